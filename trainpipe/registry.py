@@ -1,0 +1,121 @@
+"""One small registry class for every component family.
+
+A component is a plain function registered under a name. Its positional-only
+parameters are *context* the framework passes (the data spec, the parameters to
+optimise, ...); its keyword-only parameters are the options a config may set.
+That single rule lets `config.py` validate a section against the function's
+signature and `trainpipe list` describe every entry without extra metadata.
+
+    MODELS = Registry("model", module="trainpipe.models")
+
+    @MODELS.register("mlp")
+    def mlp(spec: DataSpec, /, *, widths: list[int] = [256, 128]) -> nn.Module:
+        "A fully connected net."
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trainpipe.errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    fn: Callable[..., Any]
+    description: str
+
+    def options(self) -> dict[str, inspect.Parameter]:
+        """The keyword-only parameters: what a config may set for this entry."""
+        sig = inspect.signature(self.fn)
+        return {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def accepts_any_option(self) -> bool:
+        """True when the function takes **kwargs (options checked by the callee)."""
+        sig = inspect.signature(self.fn)
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+
+
+class Registry:
+    """Name -> builder function, for one family of components."""
+
+    def __init__(
+        self,
+        family: str,
+        *,
+        module: str | None = None,
+        fallback: Callable[[str], Entry | None] | None = None,
+    ) -> None:
+        self.family = family
+        self._module = module
+        self._entries: dict[str, Entry] = {}
+        self._loaded = module is None
+        # A fallback resolves names the registry does not hold itself, such as any
+        # torchvision transform class or any timm optimizer, without listing them all.
+        self.fallback = fallback
+
+    def register(self, name: str, description: str | None = None) -> Callable[[Callable], Callable]:
+        def deco(fn: Callable) -> Callable:
+            if name in self._entries:
+                raise ValueError(f"{self.family} {name!r} is registered twice")
+            doc = description or (inspect.getdoc(fn) or "").strip().splitlines()[:1]
+            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._entries[name] = Entry(name, fn, text)
+            return fn
+
+        return deco
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self._module)  # registers the built-in entries
+
+    def __contains__(self, name: str) -> bool:
+        return self.find(name) is not None
+
+    def find(self, name: str) -> Entry | None:
+        self._ensure_loaded()
+        entry = self._entries.get(name)
+        if entry is None and self.fallback is not None:
+            entry = self.fallback(name)
+        return entry
+
+    def get(self, name: str, *, key: str | None = None) -> Entry:
+        """The entry for `name`; a ConfigError listing the choices when unknown."""
+        entry = self.find(name)
+        if entry is None:
+            where = f"{key}: " if key else ""
+            raise ConfigError(
+                f"{where}unknown {self.family} {name!r}{did_you_mean(name, self.names())}. "
+                f"Valid {self.family} names: {', '.join(self.names())}. "
+                f"Run `trainpipe list {self.family}` to see what each one does."
+            )
+        return entry
+
+    def build(self, name: str, *context: Any, **options: Any) -> Any:
+        return self.get(name).fn(*context, **options)
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._entries)
+
+    def describe(self) -> list[tuple[str, str]]:
+        self._ensure_loaded()
+        return [(n, self._entries[n].description) for n in self.names()]
+
+
+DATASETS = Registry("dataset", module="trainpipe.data.datasets")
+AUGMENTS = Registry("augment", module="trainpipe.data.augment")
+MODELS = Registry("model", module="trainpipe.models")
+OPTIMIZERS = Registry("optimizer", module="trainpipe.optim")
+SCHEDULERS = Registry("scheduler", module="trainpipe.sched")
+TRACKERS = Registry("tracker", module="trainpipe.tracking")
+
+FAMILIES: dict[str, Registry] = {
+    r.family: r for r in (DATASETS, AUGMENTS, MODELS, OPTIMIZERS, SCHEDULERS, TRACKERS)
+}
