@@ -90,8 +90,9 @@ class Registry:
         entry = self.find(name)
         if entry is None:
             where = f"{key}: " if key else ""
+            hint = did_you_mean(name, self.names())
             raise ConfigError(
-                f"{where}unknown {self.family} {name!r}{did_you_mean(name, self.names())}. "
+                f"{where}unknown {self.family} {name!r}{hint or '.'} "
                 f"Valid {self.family} names: {', '.join(self.names())}. "
                 f"Run `trainpipe list {self.family}` to see what each one does."
             )

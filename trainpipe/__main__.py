@@ -1,0 +1,3 @@
+from trainpipe.cli import main
+
+raise SystemExit(main())

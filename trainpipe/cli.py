@@ -1,0 +1,152 @@
+"""The `trainpipe` command: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 a crash inside training; 2 bad input (config, file,
+name), reported as one paragraph without a traceback (`--debug` shows it);
+130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import textwrap
+import traceback
+from collections.abc import Sequence
+
+from trainpipe.errors import ConfigError
+
+EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [KEY=VALUE ...]`: the first argument is the config unless it has '='."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from trainpipe.runner import train
+
+    config, overrides = _split_config_and_overrides(a.args)
+    if getattr(a, "nproc", None):
+        from trainpipe.distributed import launch
+
+        return launch(a.nproc, ["train", *a.args] + (["--output", a.output] if a.output else []))
+    command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "trainpipe train"
+    result = train(config, overrides, a.output, quiet=a.quiet, command=command)
+    return EXIT_OK if result.status == "completed" else EXIT_CRASH
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    import yaml
+
+    from trainpipe.config import load
+
+    config, overrides = _split_config_and_overrides(a.args)
+    cfg = load(config, overrides)
+    sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    print(f"# config is valid ({config or 'packaged quickstart'})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainpipe.config import PACKAGED_CONFIGS
+    from trainpipe.registry import FAMILIES
+
+    console = Console(highlight=False)
+    families = dict(FAMILIES)
+    wanted = a.family
+    aliases = {f"{k}s": k for k in families} | {"configs": "config", "schedulers": "scheduler",
+                                               "sched": "scheduler", "optim": "optimizer", "data": "dataset"}
+    wanted = aliases.get(wanted, wanted) if wanted else None
+    if wanted is not None and wanted not in families and wanted != "config":
+        from trainpipe.errors import did_you_mean
+
+        names = sorted(families) + ["config"]
+        raise ConfigError(
+            f"trainpipe list: unknown family {a.family!r}{did_you_mean(wanted, names) or '.'} "
+            f"Valid families: {', '.join(names)}."
+        )
+    if wanted in (None, "config"):
+        table = Table(title="configs (packaged; use the name or a path)", show_header=False)
+        for p in sorted(PACKAGED_CONFIGS.glob("*.yaml")):
+            first = next((l.lstrip("# ").strip() for l in p.read_text().splitlines() if l.startswith("#")), "")
+            table.add_row(p.stem, first)
+        console.print(table)
+    for fam, reg in families.items():
+        if wanted not in (None, fam):
+            continue
+        table = Table(title=f"{fam} (config key: {_key_for(fam)})", show_header=False)
+        for name, desc in reg.describe():
+            table.add_row(name, desc)
+        console.print(table)
+    return EXIT_OK
+
+
+def _key_for(family: str) -> str:
+    return {"dataset": "data.dataset", "augment": "data.augment", "model": "model.name",
+            "optimizer": "optim.name", "scheduler": "sched.name", "tracker": "tracking.*"}.get(family, family)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trainpipe",
+        description="Train image and tensor classifiers from one YAML config; run sweeps; write reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent("""\
+            examples:
+              trainpipe train                                   # the quickstart (digits)
+              trainpipe train configs/mnist.yaml optim.lr=0.1   # a config plus overrides
+              trainpipe check configs/cifar10.yaml              # validate, print the resolved config
+              trainpipe list models
+        """),
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train one run from a config plus KEY=VALUE overrides")
+    t.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
+    t.add_argument("--output", "-o", help="the run directory (default runs/<name>-<time>)")
+    t.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    t.add_argument("--nproc", type=int, default=None, help="train on N processes with DDP (torchrun)")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("check", help="validate a config and print it resolved, without training")
+    c.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
+    c.set_defaults(func=cmd_check)
+
+    ls = sub.add_parser("list", help="list configs, datasets, augmentations, models, optimizers, schedulers")
+    ls.add_argument("family", nargs="?", help="one family only, e.g. models")
+    ls.set_defaults(func=cmd_list)
+
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except ConfigError as e:
+        if a.debug:
+            traceback.print_exc()
+        msg = " ".join(str(e).split())
+        print(textwrap.fill(f"error: {msg}", width=100), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: the run directory's summary.json says how far it got.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if a.debug:
+            traceback.print_exc()
+        print(f"crash: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
