@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainpipe.cli import main
+
+
+def test_check_prints_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "optim.lr=0.125"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["optim"]["lr"] == 0.125
+    assert out["optim"]["nesterov"] is True  # a default of sgd, filled in
+    assert out["data"]["dataset"] == "digits"
+
+
+def test_check_bad_key_exits_2_with_one_paragraph(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr: unknown key" in err and "did you mean optim.lr?" in err
+    assert "Traceback" not in err
+
+
+def test_list_shows_every_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("quickstart", "digits", "cnn_small", "sgd", "cosine"):
+        assert word in out
+
+
+def test_list_one_family_and_unknown_family(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "cnn_small" in out and "digits" not in out
+    assert main(["list", "modles"]) == 2
+    assert "did you mean model?" in capsys.readouterr().err
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "does not exist" in err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_console_script_exit_codes(tmp_path: Path) -> None:
+    """The installed entry point: bad input is exit 2 on stderr, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "trainpipe", "train", "train.epochs=-1"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "train.epochs" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "trainpipe", "--debug", "check", "train.epochs=-1"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_crash_inside_training_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainpipe import engine
+
+    def boom(self, epoch):  # noqa: ANN001
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(engine.Trainer, "train_epoch", boom)
+    out = tmp_path / "run"
+    assert main(["train", "train.epochs=1", "--output", str(out), "--quiet"]) == 1
+    assert "disk on fire" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["stop_reason"] == "error"
+    assert (out / "config.yaml").is_file()  # written first, kept

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainpipe import config
+from trainpipe.config import RunConfig, load
+from trainpipe.errors import ConfigError
+
+
+def test_default_is_the_packaged_quickstart() -> None:
+    cfg = load()
+    assert cfg.name == "quickstart"
+    assert cfg.data.dataset == "digits" and cfg.model.name == "cnn_small"
+    assert cfg.optim.name == "sgd" and cfg.optim.options()["nesterov"] is True
+    assert cfg.sched.name == "cosine"
+    assert cfg.train.monitor == "val/acc" and cfg.train.monitor_mode == "max"
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = load(None, ["optim.lr=0.1", "train.epochs=3", "data.augment=[hflip]", "optim.nesterov=false",
+                      "train.ema.decay=0.99", "name=abc"])
+    assert cfg.optim.lr == 0.1 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 3
+    assert cfg.data.augment == ["hflip"]
+    assert cfg.optim.options()["nesterov"] is False
+    assert cfg.train.ema is not None and cfg.train.ema.decay == 0.99
+    assert cfg.name == "abc"
+
+
+def test_dict_overrides_and_yaml_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "train": {"epochs": 4}}))
+    cfg = load(p, {"optim.lr": 0.2})
+    assert (cfg.name, cfg.train.epochs, cfg.optim.lr) == ("x", 4, 0.2)
+
+
+def test_component_options_get_defaults_filled_in() -> None:
+    cfg = load(None, [])
+    opts = cfg.model.options()
+    assert "width" in opts  # a default of cnn_small, written into the resolved config
+    assert cfg.to_dict()["model"]["width"] == opts["width"]
+
+
+def test_config_is_frozen() -> None:
+    cfg = load()
+    with pytest.raises(Exception):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load(None, ["optim.lr=0.3", "train.ema.decay=0.9"])
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load(p) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optim.lrr=1", "optim.lrr: unknown key for sgd; did you mean optim.lr?"),
+        ("data.batchsize=3", "did you mean data.batch_size?"),
+        ("model.widht=3", "model.widht: unknown key for cnn_small; did you mean model.width?"),
+        ("trian.epochs=3", "trian: unknown key; did you mean train?"),
+        ("train.epochs=ten", "train.epochs: input should be a valid integer"),
+        ("data.batch_size=0", "data.batch_size: input should be greater than 0"),
+        ("optim.lr=-1", "optim.lr: input should be greater than 0"),
+        ("model.name=cnn_smal", "model.name: unknown model 'cnn_smal'; did you mean cnn_small?"),
+        ("optim.name=sdg", "optim.name: unknown optimizer 'sdg'; did you mean sgd?"),
+        ("train.device=gpu", "train.device: value error, device must be auto"),
+        ("train.precision=fp8", "train.precision: input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
+        ("data.val_split=1.5", "data.val_split: value error, val_split must be a fraction"),
+        ("optim.momentum=fast", "optim.momentum: input should be a valid number"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(None, [override])
+    assert expected in str(e.value).replace("Value error", "value error")
+
+
+def test_malformed_override_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load(None, ["epochs"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load(scalar)
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(p)
+
+
+def test_packaged_config_by_name() -> None:
+    assert config.resolve_config_path("quickstart").name == "quickstart.yaml"
+    assert load("quickstart").name == "quickstart"
+
+
+def test_every_packaged_config_validates() -> None:
+    for p in sorted(config.PACKAGED_CONFIGS.glob("*.yaml")):
+        data = yaml.safe_load(p.read_text())
+        if "parameters" in data or "method" in data:
+            continue  # sweep files are checked by the sweep tests
+        assert isinstance(load(p), RunConfig), p
