@@ -58,6 +58,8 @@ class Registry:
         # A fallback resolves names the registry does not hold itself, such as any
         # torchvision transform class or any timm optimizer, without listing them all.
         self.fallback = fallback
+        # Names the fallback resolves, offered as "did you mean" suggestions only.
+        self.fallback_names: Callable[[], list[str]] = lambda: []
 
     def register(self, name: str, description: str | None = None) -> Callable[[Callable], Callable]:
         def deco(fn: Callable) -> Callable:
@@ -90,7 +92,7 @@ class Registry:
         entry = self.find(name)
         if entry is None:
             where = f"{key}: " if key else ""
-            hint = did_you_mean(name, self.names())
+            hint = did_you_mean(name, self.names() + list(self.fallback_names()))
             raise ConfigError(
                 f"{where}unknown {self.family} {name!r}{hint or '.'} "
                 f"Valid {self.family} names: {', '.join(self.names())}. "
