@@ -1,0 +1,232 @@
+"""Batched image kernels behind `trainpipe.data.augment`, plus two small v2 transforms.
+
+torchvision's functional ops take one parameter per call (one angle, one sigma, one
+brightness factor), so they cannot give each image of a batch its own draw. These kernels
+take one parameter per sample as a tensor and reproduce torchvision's pixel conventions
+(centre-of-pixel grids, fill masks, its Gaussian kernel), so that a batched op and its
+per-sample torchvision transform give the same image for the same parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+
+def crop_at(padded: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Per-sample windows padded[b, :, top[b]:top[b]+h, left[b]:left[b]+w], as one gather."""
+    b, c, ph, pw = padded.shape
+    rows = top.view(b, 1, 1) + torch.arange(h, device=padded.device).view(1, h, 1)
+    cols = left.view(b, 1, 1) + torch.arange(w, device=padded.device).view(1, 1, w)
+    index = (rows * pw + cols).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, ph * pw).gather(2, index).view(b, c, h, w)
+
+
+def _centred_pixels(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(h, w, 3) homogeneous pixel-centre coordinates with (0, 0) at the image centre."""
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, dtype=dtype, device=device)
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, dtype=dtype, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy, torch.ones_like(gx)), dim=-1)
+
+
+def rotation_grids(degrees: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """grid_sample grids (B, h, w, 2) rotating each image counter-clockwise by degrees[b]."""
+    rad = torch.deg2rad(degrees.to(dtype))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    # The inverse rotation matrix of torchvision's rotate(), output pixel -> input pixel.
+    theta = torch.stack((cos, -sin, zero, sin, cos, zero), dim=1).view(-1, 2, 3)
+    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dtype, device=degrees.device)
+    pixels = _centred_pixels(h, w, dtype, degrees.device).view(1, h * w, 3)
+    return (pixels @ theta.transpose(1, 2) / scale).view(-1, h, w, 2)
+
+
+def perspective_grids(end_x: torch.Tensor, end_y: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """Grids (B, h, w, 2) mapping the image corners to end_x, end_y (B, 4) in pixels.
+
+    Corners run top-left, top-right, bottom-right, bottom-left. The 8 homography
+    coefficients solve torchvision's `_get_perspective_coeffs` system for all samples at
+    once; `solve_ex` skips the error check that would wait on the device.
+    """
+    device = end_x.device
+    ex, ey = end_x.double(), end_y.double()
+    sx = torch.tensor([0.0, w - 1.0, w - 1.0, 0.0], dtype=torch.float64, device=device).expand_as(ex)
+    sy = torch.tensor([0.0, 0.0, h - 1.0, h - 1.0], dtype=torch.float64, device=device).expand_as(ey)
+    one, zero = torch.ones_like(ex), torch.zeros_like(ex)
+    row_x = torch.stack((ex, ey, one, zero, zero, zero, -sx * ex, -sx * ey), dim=-1)
+    row_y = torch.stack((zero, zero, zero, ex, ey, one, -sy * ex, -sy * ey), dim=-1)
+    a = torch.stack((row_x, row_y), dim=2).view(-1, 8, 8)
+    rhs = torch.stack((sx, sy), dim=2).view(-1, 8)
+    # torchvision rounds the coefficients to float32 before building its grid.
+    coeffs = torch.linalg.solve_ex(a, rhs).result.float().to(dtype)
+    ys = torch.linspace(0.5, h - 0.5, h, dtype=dtype, device=device)
+    xs = torch.linspace(0.5, w - 0.5, w, dtype=dtype, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    pixels = torch.stack((gx, gy, torch.ones_like(gx)), dim=-1).view(1, h * w, 3)
+    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dtype, device=device)
+    numer = pixels @ coeffs[:, :6].view(-1, 2, 3).transpose(1, 2) / scale
+    denom = pixels @ torch.cat((coeffs[:, 6:], torch.ones_like(coeffs[:, :1])), dim=1).unsqueeze(2)
+    return (numer / denom - 1.0).view(-1, h, w, 2)
+
+
+def warp(x: torch.Tensor, grids: torch.Tensor, mode: str, fill: float) -> torch.Tensor:
+    """grid_sample with torchvision's fill rule: a ones channel is warped along and tells
+    how much of each output pixel came from outside the image."""
+    ones = torch.ones_like(x[:, :1])
+    out = F.grid_sample(torch.cat((x, ones), dim=1), grids, mode=mode, padding_mode="zeros", align_corners=False)
+    img, mask = out[:, :-1], out[:, -1:]
+    if mode == "nearest":
+        return torch.where(mask < 0.5, torch.full_like(img, fill), img)
+    return (img - fill) * mask + fill
+
+
+# ---------------------------------------------------------------- colour
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    r = ratio.view(-1, 1, 1, 1).to(a.dtype)
+    return (a * r + b * (1.0 - r)).clamp_(0.0, 1.0)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    delta = maxc - minc
+    flat = delta == 0
+    s = delta / torch.where(flat, torch.ones_like(maxc), maxc)
+    d = torch.where(flat, torch.ones_like(delta), delta)
+    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    return torch.stack(((h / 6.0).remainder(1.0), s, maxc), dim=1)
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv.unbind(dim=1)
+    # The closed form f(n) = v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, for
+    # n = 5, 3, 1 (R, G, B): no per-sector gather, so it batches without index tensors.
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
+    k = (n + h.unsqueeze(1) * 6.0).remainder(6.0)
+    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+def adjust_colors(
+    x: torch.Tensor,
+    *,
+    brightness: torch.Tensor | None = None,
+    contrast: torch.Tensor | None = None,
+    saturation: torch.Tensor | None = None,
+    hue: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """torchvision's adjust_brightness/contrast/saturation/hue with one factor per sample.
+
+    Saturation and hue leave 1-channel images unchanged, as torchvision (and PIL) do.
+    """
+    rgb = x.shape[1] == 3
+    if brightness is not None:
+        x = (x * brightness.view(-1, 1, 1, 1).to(x.dtype)).clamp(0.0, 1.0)
+    if contrast is not None:
+        mean = (_grey(x) if rgb else x).mean(dim=(-3, -2, -1), keepdim=True)
+        x = _blend(x, mean, contrast)
+    if saturation is not None and rgb:
+        x = _blend(x, _grey(x), saturation)
+    if hue is not None and rgb:
+        hsv = _rgb_to_hsv(x)
+        shifted = (hsv[:, 0] + hue.view(-1, 1, 1).to(x.dtype)).remainder(1.0)
+        x = _hsv_to_rgb(torch.cat((shifted.unsqueeze(1), hsv[:, 1:]), dim=1))
+    return x
+
+
+# ---------------------------------------------------------------- blur and erasing
+
+
+def _gaussian_taps(size: int, sigmas: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # torchvision's kernel: positions spread over +-(k-1)/(2*sqrt 2) and exp(-(x/sigma)^2).
+    lim = (size - 1) / (2.0 * 2.0**0.5)
+    pos = torch.linspace(-lim, lim, size, dtype=dtype, device=sigmas.device)
+    return torch.softmax(-(pos.view(1, -1) / sigmas.view(-1, 1).to(dtype)).pow(2), dim=1)
+
+
+def gaussian_blur(x: torch.Tensor, sigmas: torch.Tensor, kx: int, ky: int) -> torch.Tensor:
+    """torchvision's gaussian_blur (reflect padding) with one sigma per sample, as two
+    separable passes; the loops run over kernel taps, never over samples."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (kx // 2, kx // 2, ky // 2, ky // 2), mode="reflect")
+    taps_x, taps_y = _gaussian_taps(kx, sigmas, x.dtype), _gaussian_taps(ky, sigmas, x.dtype)
+    rows = sum(taps_x[:, i].view(-1, 1, 1, 1) * padded[..., i : i + w] for i in range(kx))
+    return sum(taps_y[:, j].view(-1, 1, 1, 1) * rows[..., j : j + h, :] for j in range(ky))
+
+
+def erase_boxes(
+    x: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    height: torch.Tensor,
+    width: torch.Tensor,
+    apply: torch.Tensor,
+    fill: torch.Tensor,
+) -> torch.Tensor:
+    """Set box b of image b to `fill` (broadcastable to x) where apply[b] is true."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    top, left = top.view(-1, 1, 1), left.view(-1, 1, 1)
+    inside = (
+        (rows >= top) & (rows < top + height.view(-1, 1, 1))
+        & (cols >= left) & (cols < left + width.view(-1, 1, 1))
+        & apply.view(-1, 1, 1)
+    )
+    return torch.where(inside.unsqueeze(1), fill.to(x.dtype), x)
+
+
+# ---------------------------------------------------------------- per-sample transforms
+
+
+class Cutout(v2.Transform):
+    """Erase a size x size square at a uniformly random centre, clipped at the border.
+
+    torchvision has no cutout: RandomErasing draws an area fraction and an aspect ratio,
+    which cannot express a fixed side length that is clipped at the image border.
+    """
+
+    def __init__(self, *, size: int, p: float = 1.0, value: float = 0.0) -> None:
+        super().__init__()
+        self.size, self.p, self.value = size, p, value
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
+        top, left = max(cy - self.size // 2, 0), max(cx - self.size // 2, 0)
+        bottom, right = min(cy - self.size // 2 + self.size, h), min(cx - self.size // 2 + self.size, w)
+        apply = bool(torch.rand(()) < self.p)
+        return dict(apply=apply, i=top, j=left, h=bottom - top, w=right - left)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        v = torch.tensor([self.value]).view(-1, 1, 1)
+        box = {k: params[k] for k in ("i", "j", "h", "w")}
+        return self._call_kernel(TF.erase, inpt, **box, v=v)
+
+
+class PadRandomCrop(v2.RandomCrop):
+    """v2.RandomCrop that crops back to the input's own size after padding.
+
+    v2.RandomCrop needs the output size up front, but `random_crop` defaults to "the size
+    of whatever image comes in", so the size is read from each input.
+    """
+
+    def __init__(self, *, padding: int, padding_mode: str) -> None:
+        super().__init__(size=1, padding=padding or None, padding_mode=padding_mode)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        self.size = tuple(v2.query_size(flat_inputs))
+        return super().make_params(flat_inputs)

@@ -1,0 +1,141 @@
+"""Batch-level MixUp and CutMix (`data.mix`), producing soft targets.
+
+Follows timm's `Mixup` (parameter names, pairing each image with the batch reversed,
+CutMix's lambda corrected to the real box area after clipping) but draws every random
+number from a `torch.Generator` on the batch's device. Neither existing implementation
+can do that: timm draws from numpy's global RNG and `torchvision.transforms.v2.MixUp` /
+`CutMix` from torch's global RNG through `torch.distributions.Beta`, so their draws can
+be neither seeded per loader nor replayed on resume, and they read lambda on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+import torch
+
+from trainpipe.errors import ConfigError, did_you_mean
+
+# Marsaglia-Tsang accepts a candidate with probability >= 0.95 for shape >= 1, so with 16
+# candidates per draw the chance that none is accepted is below 1e-20.
+_CANDIDATES = 16
+
+
+class MixConfig(pydantic.BaseModel):
+    """The `data.mix` section; an alpha of 0 turns that kind of mixing off."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    mixup_alpha: float = pydantic.Field(0.0, ge=0.0)
+    cutmix_alpha: float = pydantic.Field(0.0, ge=0.0)
+    prob: float = pydantic.Field(1.0, ge=0.0, le=1.0)  # chance that a batch (or sample) is mixed
+    switch_prob: float = pydantic.Field(0.5, ge=0.0, le=1.0)  # chance of CutMix when both are on
+    mode: Literal["batch", "elem"] = "batch"  # one lambda per batch (timm's default) or per sample
+    label_smoothing: float = pydantic.Field(0.0, ge=0.0, lt=1.0)
+
+
+def _log_gamma(shape: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """log of one Gamma(shape, 1) draw per element, by Marsaglia & Tsang (2000).
+
+    torch's own gamma sampler takes no generator, so it is written here with normal and
+    uniform draws from `g`; the candidates are drawn for all elements at once and the
+    first accepted one kept, so there is no data-dependent loop or host sync.
+    """
+    n = shape.shape[0]
+    boosted = torch.where(shape < 1.0, shape + 1.0, shape)  # shape < 1: Gamma(a+1) * U^(1/a)
+    d = boosted - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    z = torch.randn((n, _CANDIDATES), generator=g, device=shape.device)
+    u = torch.rand((n, _CANDIDATES), generator=g, device=shape.device)
+    v = (1.0 + c[:, None] * z) ** 3
+    log_v = torch.log(v.clamp_min(1e-30))
+    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d[:, None] * (1.0 - v + log_v))
+    first = ok.int().argmax(dim=1, keepdim=True)
+    log_v = torch.where(ok.any(dim=1), log_v.gather(1, first).squeeze(1), torch.zeros_like(d))
+    boost_u = 1.0 - torch.rand(n, generator=g, device=shape.device)  # in (0, 1]
+    boost = torch.where(shape < 1.0, torch.log(boost_u) / shape, torch.zeros_like(shape))
+    return torch.log(d) + log_v + boost
+
+
+def sample_beta(alpha: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """One Beta(alpha, alpha) draw per element of `alpha` (float, > 0), all from `g`."""
+    # X / (X + Y) = sigmoid(log X - log Y): stays finite when both Gammas underflow (small alpha).
+    return torch.sigmoid(_log_gamma(alpha, g) - _log_gamma(alpha, g))
+
+
+class Mix:
+    """`mix(x, y, g) -> (mixed x, soft targets (B, num_classes))`, like timm's Mixup."""
+
+    def __init__(self, cfg: MixConfig, num_classes: int) -> None:
+        self.cfg = cfg
+        self.num_classes = num_classes
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, dev = self.cfg, x.device
+        b, (h, w) = x.shape[0], x.shape[-2:]
+        n = b if cfg.mode == "elem" else 1
+        if cfg.mixup_alpha > 0 and cfg.cutmix_alpha > 0:
+            use_cutmix = torch.rand(n, generator=g, device=dev) < cfg.switch_prob
+        else:
+            use_cutmix = torch.full((n,), cfg.cutmix_alpha > 0, device=dev)
+        alpha = torch.where(use_cutmix, cfg.cutmix_alpha, cfg.mixup_alpha).float()
+        lam = sample_beta(alpha, g)
+        lam = torch.where(torch.rand(n, generator=g, device=dev) < cfg.prob, lam, torch.ones_like(lam))
+
+        # timm's rand_bbox: a box of side sqrt(1 - lam) times the image side, centred on a
+        # uniform pixel and clipped at the border; lambda then becomes the area kept.
+        cut = torch.sqrt(1.0 - lam)
+        half_h, half_w = (cut * h).floor().long() // 2, (cut * w).floor().long() // 2
+        cy = torch.randint(0, h, (n,), generator=g, device=dev)
+        cx = torch.randint(0, w, (n,), generator=g, device=dev)
+        y0, y1 = (cy - half_h).clamp(0, h), (cy + half_h).clamp(0, h)
+        x0, x1 = (cx - half_w).clamp(0, w), (cx + half_w).clamp(0, w)
+        box_lam = 1.0 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
+        lam = torch.where(use_cutmix, box_lam, lam).expand(b)
+        use_cutmix = use_cutmix.expand(b)
+
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        in_box = (
+            (rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1))
+            & (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1))
+        ).expand(b, h, w) & use_cutmix.view(-1, 1, 1)
+        # Pixels outside a CutMix box keep weight 1, so they stay bit-exact copies.
+        weight = torch.where(use_cutmix, torch.ones_like(lam), lam).view(-1, 1, 1, 1).to(x.dtype)
+        partner = x.flip(0)
+        mixed = torch.where(in_box.unsqueeze(1), partner, x * weight + partner * (1.0 - weight))
+
+        off = cfg.label_smoothing / self.num_classes
+        target = torch.full((b, self.num_classes), off, device=dev)
+        target.scatter_(1, y.view(-1, 1), 1.0 - cfg.label_smoothing + off)
+        lam = lam.view(-1, 1)
+        return mixed, target * lam + target.flip(0) * (1.0 - lam)
+
+
+def build_mix(cfg: dict[str, Any] | MixConfig | None, num_classes: int, *, key: str = "data.mix") -> Mix | None:
+    """The mixer for `data.mix`, or None when mixing is off (no section, or both alphas 0)."""
+    if cfg is None:
+        return None
+    if not isinstance(cfg, MixConfig):
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{key}: expected a mapping such as {{mixup_alpha: 0.8, cutmix_alpha: 1.0}}, got {cfg!r}.")
+        fields = list(MixConfig.model_fields)
+        for name in cfg:
+            if name not in MixConfig.model_fields:
+                raise ConfigError(
+                    f"{key}.{name}: unknown option{did_you_mean(str(name), fields)}. "
+                    f"Valid options: {', '.join(fields)}."
+                )
+        try:
+            cfg = MixConfig(**cfg)
+        except pydantic.ValidationError as e:
+            problems = "; ".join(
+                f"{key}.{'.'.join(str(p) for p in err['loc'])} = {err['input']!r}: {err['msg']}" for err in e.errors()
+            )
+            raise ConfigError(f"{problems}.") from None
+    if cfg.mixup_alpha == 0 and cfg.cutmix_alpha == 0 or cfg.prob == 0:
+        return None
+    return Mix(cfg, num_classes)
