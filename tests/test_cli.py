@@ -36,7 +36,7 @@ def test_list_shows_every_family(capsys: pytest.CaptureFixture[str]) -> None:
 def test_list_one_family_and_unknown_family(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "models"]) == 0
     out = capsys.readouterr().out
-    assert "cnn_small" in out and "digits" not in out
+    assert "cnn_small" in out and "dataset (config key" not in out
     assert main(["list", "modles"]) == 2
     assert "did you mean model?" in capsys.readouterr().err
 

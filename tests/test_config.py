@@ -69,16 +69,16 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ("optim.lr=-1", "optim.lr: input should be greater than 0"),
         ("model.name=cnn_smal", "model.name: unknown model 'cnn_smal'; did you mean cnn_small?"),
         ("optim.name=sdg", "optim.name: unknown optimizer 'sdg'; did you mean sgd?"),
-        ("train.device=gpu", "train.device: value error, device must be auto"),
+        ("train.device=gpu", "train.device: device must be auto, cpu, cuda, cuda:N or mps; got 'gpu'"),
         ("train.precision=fp8", "train.precision: input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
-        ("data.val_split=1.5", "data.val_split: value error, val_split must be a fraction"),
+        ("data.val_split=1.5", "data.val_split: val_split must be a fraction"),
         ("optim.momentum=fast", "optim.momentum: input should be a valid number"),
     ],
 )
 def test_bad_values_name_the_key(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as e:
         load(None, [override])
-    assert expected in str(e.value).replace("Value error", "value error")
+    assert expected in str(e.value)
 
 
 def test_malformed_override_and_missing_file(tmp_path: Path) -> None:

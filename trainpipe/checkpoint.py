@@ -71,7 +71,8 @@ def load(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
 def capture_rng() -> dict[str, Any]:
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # numpy's state holds an ndarray, which weights_only loading refuses; keep it as a tensor.
+        "numpy": _numpy_state_out(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -81,10 +82,20 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(_as_python_rng(state["python"]))
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state_in(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_out(s: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = s
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _numpy_state_in(d: dict[str, Any]) -> tuple:
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"])
 
 
 def _as_python_rng(s: Any) -> tuple:

@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.debug:
             traceback.print_exc()
         msg = " ".join(str(e).split())
-        print(textwrap.fill(f"error: {msg}", width=100), file=sys.stderr)
+        print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: the run directory's summary.json says how far it got.", file=sys.stderr)
