@@ -137,7 +137,9 @@ FIXED = [  # settings with no randomness left: the batched form must equal torch
 
 @pytest.mark.parametrize(("name", "options"), FIXED)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_batched_form_matches_torchvision_for_fixed_parameters(name: str, options: dict, channels: int) -> None:
+def test_batched_form_matches_torchvision_for_fixed_parameters(
+    name: str, options: dict, channels: int
+) -> None:
     op = one({name: options})
     x = images(4, channels, 12, 12)
     t = op.transform()
@@ -277,7 +279,10 @@ def test_brightness_factor_is_per_sample_and_within_range() -> None:
 @pytest.mark.parametrize("component", ["brightness", "contrast", "saturation", "hue"])
 def test_colour_kernels_match_torchvision_with_a_factor_per_sample(component: str) -> None:
     x = images(6, 3, 8, 8, seed=3)
-    factors = torch.tensor([0.0, 0.1, -0.2, 0.45, -0.5, 0.3]) if component == "hue" else torch.linspace(0.2, 1.9, 6)
+    if component == "hue":
+        factors = torch.tensor([0.0, 0.1, -0.2, 0.45, -0.5, 0.3])
+    else:
+        factors = torch.linspace(0.2, 1.9, 6)
     fn = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
           "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}[component]
     expected = torch.stack([fn(img, float(f)) for img, f in zip(x, factors)])
@@ -564,3 +569,16 @@ def test_batched_ops_and_mix_never_wait_on_the_host_on_cuda() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.device.type == "cuda" and torch.isfinite(mixed).all()
+
+
+def test_build_mix_takes_a_validated_config_section() -> None:
+    import pydantic
+
+    class Section(pydantic.BaseModel):  # the shape of the run config's data.mix section
+        mixup_alpha: float = 0.0
+        cutmix_alpha: float = 1.0
+        prob: float = 1.0
+        switch_prob: float = 0.5
+
+    mix = build_mix(Section(), 3)
+    assert mix is not None and mix.cfg.cutmix_alpha == 1.0 and mix.cfg.mixup_alpha == 0.0

@@ -124,6 +124,14 @@ def _coin(x: torch.Tensor, g: torch.Generator, p: float) -> torch.Tensor:
     return torch.rand(x.shape[0], generator=g, device=x.device) < p
 
 
+def _constants(values: float | Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """(1, len(values), 1, 1) on like's device, built with fills: torch.tensor(list,
+    device=cuda) would copy from pageable host memory and wait for the device."""
+    values = [values] if isinstance(values, (int, float)) else values
+    fills = [torch.full((), float(v), dtype=like.dtype, device=like.device) for v in values]
+    return torch.stack(fills).view(1, -1, 1, 1)
+
+
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), a, b)
 
@@ -147,6 +155,11 @@ def random_crop(
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         h, w = out or x.shape[-2:]
+        if torch_mode == "reflect" and padding >= min(x.shape[-2:]):
+            raise ConfigError(
+                f"random_crop: reflect padding of {padding} needs images larger than {padding} "
+                f"pixels, got {tuple(x.shape[-2:])}; lower padding or use padding_mode: zero."
+            )
         padded = F.pad(x, (padding,) * 4, mode=torch_mode) if padding else x
         ph, pw = padded.shape[-2:]
         if h > ph or w > pw:
@@ -243,8 +256,9 @@ def perspective(
         b, (h, w) = x.shape[0], x.shape[-2:]
         # The corner draws of RandomPerspective.make_params: whole-pixel offsets in [0, bound).
         bound_h, bound_w = int(distortion_scale * (h // 2)) + 1, int(distortion_scale * (w // 2)) + 1
-        far_x = torch.tensor([0, w - bound_w, w - bound_w, 0], device=x.device)
-        far_y = torch.tensor([0, 0, h - bound_h, h - bound_h], device=x.device)
+        corner = torch.arange(4, device=x.device)  # top-left, top-right, bottom-right, bottom-left
+        far_x = ((corner == 1) | (corner == 2)) * (w - bound_w)
+        far_y = (corner >= 2) * (h - bound_h)
         end_x = torch.randint(0, bound_w, (b, 4), generator=g, device=x.device) + far_x
         end_y = torch.randint(0, bound_h, (b, 4), generator=g, device=x.device) + far_y
         apply = _coin(x, g, p)
@@ -355,7 +369,7 @@ def random_erasing(
         if value == "random":
             fill = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
         else:
-            fill = torch.tensor(value, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            fill = _constants(value, x)
             if fill.shape[1] not in (1, x.shape[1]):
                 raise ConfigError(
                     f"random_erasing: value has {fill.shape[1]} entries but the images have "
@@ -382,7 +396,7 @@ def cutout(*, size: int = 8, p: float = 1.0, value: float = 0.0) -> AugmentOp:
         cx = torch.randint(0, w, (b,), generator=g, device=x.device)
         top, left = (cy - size // 2).clamp(0, h), (cx - size // 2).clamp(0, w)
         bottom, right = (cy - size // 2 + size).clamp(0, h), (cx - size // 2 + size).clamp(0, w)
-        fill = torch.full((1, 1, 1, 1), value, dtype=x.dtype, device=x.device)
+        fill = _constants(value, x)
         return erase_boxes(x, top, left, bottom - top, right - left, _coin(x, g, p), fill)
 
     return AugmentOp("cutout", batch, lambda: Cutout(size=size, p=p, value=value))
@@ -401,12 +415,10 @@ def _torchvision_class(name: str) -> type[v2.Transform] | None:
     return None
 
 
-def _torchvision_op(name: str, options: dict[str, Any]) -> AugmentOp:
+def _torchvision_op(name: str, cls: type[v2.Transform], options: dict[str, Any]) -> AugmentOp:
     if name in _MIX_CLASSES:
         raise OptionError(name, "mixes pairs of images and their labels, so it belongs in data.mix "
                           "(e.g. data.mix: {mixup_alpha: 0.8, cutmix_alpha: 1.0}), not in data.augment.")
-    cls = _torchvision_class(name)
-    assert cls is not None
     params = inspect.signature(cls).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         for arg in options:
@@ -424,15 +436,20 @@ def _torchvision_entry(name: str) -> Entry | None:
     cls = _torchvision_class(name)
     if cls is None:
         return None
-    summary = (inspect.getdoc(cls) or "").strip().splitlines()[:1]
-    return Entry(name, functools.partial(_torchvision_op_kwargs, name), (summary or [name])[0])
+
+    def build(**options: Any) -> AugmentOp:
+        return _torchvision_op(name, cls, options)
+
+    summary = " ".join((inspect.getdoc(cls) or name).strip().split("\n\n")[0].split())
+    return Entry(name, build, f"{summary} (torchvision, stream loader only)")
 
 
-def _torchvision_op_kwargs(name: str, /, **options: Any) -> AugmentOp:
-    return _torchvision_op(name, options)
+def _torchvision_names() -> list[str]:
+    return [n for n in dir(v2) if _torchvision_class(n) is not None]
 
 
 AUGMENTS.fallback = _torchvision_entry
+AUGMENTS.fallback_names = _torchvision_names
 
 
 # ---------------------------------------------------------------- pipelines
@@ -487,9 +504,9 @@ def build_pipeline(specs: Sequence[Any] | None, *, key: str = "data.augment") ->
         entry = AUGMENTS.find(name)
         if entry is None:
             builtin = AUGMENTS.names()
-            everything = builtin + [n for n in dir(v2) if _torchvision_class(n) is not None]
+            hint = did_you_mean(name, builtin + _torchvision_names())
             raise ConfigError(
-                f"{where}: unknown augmentation {name!r}{did_you_mean(name, everything)}. "
+                f"{where}: unknown augmentation {name!r}{hint}. "
                 f"Built-in ops: {', '.join(builtin)}; any torchvision.transforms.v2 class also "
                 "works by its exact name (e.g. RandAugment) with its own arguments."
             )

@@ -39,14 +39,18 @@ def rotation_grids(degrees: torch.Tensor, h: int, w: int, dtype: torch.dtype) ->
     rad = torch.deg2rad(degrees.to(dtype))
     cos, sin = torch.cos(rad), torch.sin(rad)
     zero = torch.zeros_like(cos)
-    # The inverse rotation matrix of torchvision's rotate(), output pixel -> input pixel.
-    theta = torch.stack((cos, -sin, zero, sin, cos, zero), dim=1).view(-1, 2, 3)
-    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dtype, device=degrees.device)
+    # The inverse rotation of torchvision's rotate() (output pixel -> input pixel), each row
+    # scaled to grid_sample's [-1, 1] units.
+    row_x = torch.stack((cos, -sin, zero), dim=1) / (0.5 * w)
+    row_y = torch.stack((sin, cos, zero), dim=1) / (0.5 * h)
+    theta = torch.stack((row_x, row_y), dim=2)  # (B, 3, 2)
     pixels = _centred_pixels(h, w, dtype, degrees.device).view(1, h * w, 3)
-    return (pixels @ theta.transpose(1, 2) / scale).view(-1, h, w, 2)
+    return (pixels @ theta).view(-1, h, w, 2)
 
 
-def perspective_grids(end_x: torch.Tensor, end_y: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+def perspective_grids(
+    end_x: torch.Tensor, end_y: torch.Tensor, h: int, w: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Grids (B, h, w, 2) mapping the image corners to end_x, end_y (B, 4) in pixels.
 
     Corners run top-left, top-right, bottom-right, bottom-left. The 8 homography
@@ -55,8 +59,9 @@ def perspective_grids(end_x: torch.Tensor, end_y: torch.Tensor, h: int, w: int, 
     """
     device = end_x.device
     ex, ey = end_x.double(), end_y.double()
-    sx = torch.tensor([0.0, w - 1.0, w - 1.0, 0.0], dtype=torch.float64, device=device).expand_as(ex)
-    sy = torch.tensor([0.0, 0.0, h - 1.0, h - 1.0], dtype=torch.float64, device=device).expand_as(ey)
+    corner = torch.arange(4, device=device).expand_as(ex)  # TL, TR, BR, BL
+    sx = ((corner == 1) | (corner == 2)).double() * (w - 1.0)
+    sy = (corner >= 2).double() * (h - 1.0)
     one, zero = torch.ones_like(ex), torch.zeros_like(ex)
     row_x = torch.stack((ex, ey, one, zero, zero, zero, -sx * ex, -sx * ey), dim=-1)
     row_y = torch.stack((zero, zero, zero, ex, ey, one, -sy * ex, -sy * ey), dim=-1)
@@ -68,8 +73,9 @@ def perspective_grids(end_x: torch.Tensor, end_y: torch.Tensor, h: int, w: int, 
     xs = torch.linspace(0.5, w - 0.5, w, dtype=dtype, device=device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     pixels = torch.stack((gx, gy, torch.ones_like(gx)), dim=-1).view(1, h * w, 3)
-    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=dtype, device=device)
-    numer = pixels @ coeffs[:, :6].view(-1, 2, 3).transpose(1, 2) / scale
+    numer_x = pixels @ (coeffs[:, 0:3] / (0.5 * w)).unsqueeze(2)
+    numer_y = pixels @ (coeffs[:, 3:6] / (0.5 * h)).unsqueeze(2)
+    numer = torch.cat((numer_x, numer_y), dim=2)
     denom = pixels @ torch.cat((coeffs[:, 6:], torch.ones_like(coeffs[:, :1])), dim=1).unsqueeze(2)
     return (numer / denom - 1.0).view(-1, h, w, 2)
 
@@ -78,7 +84,9 @@ def warp(x: torch.Tensor, grids: torch.Tensor, mode: str, fill: float) -> torch.
     """grid_sample with torchvision's fill rule: a ones channel is warped along and tells
     how much of each output pixel came from outside the image."""
     ones = torch.ones_like(x[:, :1])
-    out = F.grid_sample(torch.cat((x, ones), dim=1), grids, mode=mode, padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        torch.cat((x, ones), dim=1), grids, mode=mode, padding_mode="zeros", align_corners=False
+    )
     img, mask = out[:, :-1], out[:, -1:]
     if mode == "nearest":
         return torch.where(mask < 0.5, torch.full_like(img, fill), img)
@@ -113,7 +121,7 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     h, s, v = hsv.unbind(dim=1)
     # The closed form f(n) = v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, for
     # n = 5, 3, 1 (R, G, B): no per-sector gather, so it batches without index tensors.
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
     k = (n + h.unsqueeze(1) * 6.0).remainder(6.0)
     return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 

@@ -10,6 +10,7 @@ be neither seeded per loader nor replayed on resume, and they read lambda on the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import pydantic
@@ -115,13 +116,23 @@ class Mix:
         return mixed, target * lam + target.flip(0) * (1.0 - lam)
 
 
-def build_mix(cfg: dict[str, Any] | MixConfig | None, num_classes: int, *, key: str = "data.mix") -> Mix | None:
-    """The mixer for `data.mix`, or None when mixing is off (no section, or both alphas 0)."""
+def build_mix(
+    cfg: Mapping[str, Any] | pydantic.BaseModel | None, num_classes: int, *, key: str = "data.mix"
+) -> Mix | None:
+    """The mixer for `data.mix`, or None when mixing is off (no section, both alphas 0, prob 0).
+
+    `cfg` is a mapping or any pydantic model with these fields (such as the run config's
+    `data.mix` section); options a mapping leaves out take MixConfig's defaults.
+    """
     if cfg is None:
         return None
     if not isinstance(cfg, MixConfig):
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"{key}: expected a mapping such as {{mixup_alpha: 0.8, cutmix_alpha: 1.0}}, got {cfg!r}.")
+        if isinstance(cfg, pydantic.BaseModel):
+            cfg = cfg.model_dump()
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(
+                f"{key}: expected a mapping such as {{mixup_alpha: 0.8, cutmix_alpha: 1.0}}, got {cfg!r}."
+            )
         fields = list(MixConfig.model_fields)
         for name in cfg:
             if name not in MixConfig.model_fields:
@@ -130,10 +141,11 @@ def build_mix(cfg: dict[str, Any] | MixConfig | None, num_classes: int, *, key: 
                     f"Valid options: {', '.join(fields)}."
                 )
         try:
-            cfg = MixConfig(**cfg)
+            cfg = MixConfig(**dict(cfg))
         except pydantic.ValidationError as e:
             problems = "; ".join(
-                f"{key}.{'.'.join(str(p) for p in err['loc'])} = {err['input']!r}: {err['msg']}" for err in e.errors()
+                f"{key}.{'.'.join(str(p) for p in err['loc'])} = {err['input']!r}: {err['msg']}"
+                for err in e.errors()
             )
             raise ConfigError(f"{problems}.") from None
     if cfg.mixup_alpha == 0 and cfg.cutmix_alpha == 0 or cfg.prob == 0:
