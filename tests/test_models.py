@@ -162,10 +162,10 @@ def test_torchvision_sets_channels_and_classes(arch: str, head_type: type, chann
     assert model(torch.randn(2, channels, 64, 64)).shape == (2, 7)
 
 
-@pytest.mark.parametrize(("name", "wrong", "right"), [("timm", "resnet81", "resnet18"), ("torchvision", "resnet81", "resnet18")])
-def test_unknown_arch_suggests_the_closest(name: str, wrong: str, right: str) -> None:
-    with pytest.raises(ConfigError, match=rf"model\.arch: .*{wrong}.*did you mean {right}\?"):
-        build(name, {"arch": wrong}, IMAGE)
+@pytest.mark.parametrize("name", ["timm", "torchvision"])
+def test_unknown_arch_suggests_the_closest(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"model\.arch: .*'resnet81'.*did you mean resnet18\?"):
+        build(name, {"arch": "resnet81"}, IMAGE)
 
 
 def test_pretrained_download_failure_is_a_config_error() -> None:

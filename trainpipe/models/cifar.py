@@ -118,7 +118,9 @@ class PreActResNet(HeadMixin, nn.Module):
 
 def _check_width(width: int) -> None:
     if width < 1:
-        raise ConfigError(f"model.width: must be a positive channel count (64 is the standard ResNet-18); got {width}.")
+        raise ConfigError(
+            f"model.width: must be a positive channel count (64 is the standard ResNet-18); got {width}."
+        )
 
 
 @MODELS.register("resnet18_cifar")
@@ -144,7 +146,9 @@ def wide_resnet(spec: DataSpec, /, *, depth: int = 28, widen_factor: int = 10, d
             f"model.depth: wide_resnet needs depth = 6n + 4 with n >= 1 (10, 16, 22, 28, 40); got {depth}."
         )
     if widen_factor < 1:
-        raise ConfigError(f"model.widen_factor: must be a positive integer (10 for WRN-28-10); got {widen_factor}.")
+        raise ConfigError(
+            f"model.widen_factor: must be a positive integer (10 for WRN-28-10); got {widen_factor}."
+        )
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1) (the paper uses 0.3); got {dropout}.")
     n = (depth - 4) // 6
