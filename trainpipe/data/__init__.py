@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from trainpipe.data.base import DataSpec, SourceData, Split
-from trainpipe.data.datasets import stratified_split
-from trainpipe.data.loaders import DeviceLoader
+from trainpipe.data.images import conform
+from trainpipe.data.loaders import DeviceLoader, StreamLoader
+from trainpipe.data.prepare import feature_stats
+from trainpipe.data.splits import carve_val, take_fraction
+from trainpipe.errors import ConfigError
 from trainpipe.registry import DATASETS
 
 if TYPE_CHECKING:
     from trainpipe.config import DataConfig
 
-__all__ = ["DataBundle", "DataSpec", "Split", "build"]
+__all__ = ["DataBundle", "DataSpec", "DeviceLoader", "SourceData", "Split", "StreamLoader", "build", "load_source"]
+
+# DeviceLoader only when the data take at most this share of the free device memory
+# (or of the host RAM on CPU): the model, activations and optimizer state need the rest.
+DEVICE_MEMORY_SHARE = 0.25
 
 
 @dataclass
@@ -30,51 +37,117 @@ class DataBundle:
     info: dict = field(default_factory=dict)
 
 
-def _carve_val(train: Split, val_split: float, seed: int) -> tuple[Split, Split | None]:
-    n = len(train)
-    n_val = int(val_split) if val_split >= 1 else int(round(n * val_split))
-    if n_val <= 0:
-        return train, None
-    keep, out = stratified_split(train.y.numpy(), n_val, seed)
-    return train.subset(torch.from_numpy(keep)), train.subset(torch.from_numpy(out))
+def load_source(cfg: "DataConfig") -> SourceData:
+    """The dataset as its source publishes it, with `data.channels` / `data.image_size` applied."""
+    src: SourceData = DATASETS.build(cfg.dataset, cfg, **cfg.options())
+
+    def fit(s: Split | None) -> Split | None:
+        # Cached sources conform at cache time (a no-op here); this covers the others.
+        if s is None or not s.is_image:
+            return s
+        x = conform(s.x, channels=cfg.channels, size=cfg.image_size)
+        return s if x is s.x else Split(x, s.y)
+
+    src.train, src.val, src.test = fit(src.train), fit(src.val), fit(src.test)
+    return src
 
 
-def _mean_std(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = split.x
-    if x.dtype == torch.uint8:
-        xf = x.float().div_(255.0)
-        dims = (0, 2, 3)
-    else:
-        xf = x.float()
-        dims = (0,)
-    mean = xf.mean(dim=dims)
-    std = xf.std(dim=dims).clamp_min(1e-6)
-    return tuple(mean.tolist()), tuple(std.tolist())
+def memory_budget(device: torch.device) -> int:
+    """Bytes of data a DeviceLoader may place on `device`."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * DEVICE_MEMORY_SHARE)
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory() * DEVICE_MEMORY_SHARE)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return int(ram * DEVICE_MEMORY_SHARE)
+
+
+def choose_loader(requested: str, ops: list, nbytes: int, device: torch.device) -> tuple[str, str]:
+    """("device" | "stream", why) for `data.loader`."""
+    unbatched = [op.name for op in ops if not op.has_batched]
+    if requested == "device":
+        if unbatched:
+            raise ConfigError(
+                f"data.loader: device needs every op in data.augment to have a batched form, but "
+                f"{', '.join(unbatched)} has none; set data.loader=auto (or stream), or remove those ops."
+            )
+        return "device", "data.loader=device"
+    if requested == "stream":
+        return "stream", "data.loader=stream"
+    if unbatched:
+        return "stream", f"{', '.join(unbatched)} has no batched form"
+    budget = memory_budget(device)
+    if nbytes > budget:
+        return "stream", f"data ({nbytes / 2**20:.0f} MiB) exceed {DEVICE_MEMORY_SHARE:.0%} of {device.type} memory"
+    return "device", f"data ({nbytes / 2**20:.0f} MiB) fit in {device.type} memory"
 
 
 def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: bool = False) -> DataBundle:
-    src: SourceData = DATASETS.build(cfg.dataset, cfg, **cfg.options())
-    train, val = (src.train, src.val) if src.val is not None else _carve_val(src.train, cfg.val_split, seed)
-    if cfg.fraction < 1:
-        keep, _ = stratified_split(train.y.numpy(), len(train) - int(round(len(train) * cfg.fraction)), seed)
-        train = train.subset(torch.from_numpy(keep))
-    mean, std = (src.mean, src.std) if src.mean is not None else _mean_std(train)
+    from trainpipe.data.augment import build_pipeline, stream_transform
+
+    device = torch.device(device)
+    src = load_source(cfg)
+    official_val = src.val is not None
+    train, val = (src.train, src.val) if official_val else carve_val(src.train, cfg.val_split, seed)
+    train = take_fraction(train, cfg.fraction, seed)
+    test = src.test
+    if src.normalized:
+        mean = std = None
+    elif src.mean is not None:
+        mean, std = src.mean, src.std
+    else:
+        mean, std = feature_stats(src.train.x)
     spec = DataSpec(tuple(train.sample_shape), len(src.classes), tuple(src.classes))
-    from trainpipe.data.augment import build_pipeline
 
     ops = build_pipeline(cfg.augment)
+    if ops and not train.is_image:
+        raise ConfigError(
+            f"data.augment: image augmentations need image data, but {cfg.dataset} gives feature vectors of "
+            f"shape {spec.in_shape}; remove data.augment."
+        )
     mix = None
-    if cfg.mix is not None and (cfg.mix.mixup_alpha > 0 or cfg.mix.cutmix_alpha > 0):
+    if cfg.mix is not None:
         from trainpipe.data.mix import build_mix
 
         mix = build_mix(cfg.mix.model_dump(), spec.num_classes)
+
+    total = sum(s.nbytes for s in (train, val, test) if s is not None)
+    kind, why = choose_loader(cfg.loader, ops, total, device)
+    eval_kind = kind
+    if kind == "stream" and cfg.loader == "auto" and total <= memory_budget(device):
+        eval_kind = "device"  # only the augmentation needed streaming; evaluation has none
     common = dict(device=device, mean=mean, std=std, channels_last=channels_last)
+    workers = dict(num_workers=cfg.num_workers)
+    drop_last = cfg.drop_last
+    if kind == "device":
+        train_loader: Any = DeviceLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
+                                         ops=ops, mix=mix, seed=seed, **common)
+    else:
+        train_loader = StreamLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
+                                    transform=stream_transform(ops) if ops else None, mix=mix, seed=seed,
+                                    **common, **workers)
     eval_bs = cfg.eval_batch_size or max(cfg.batch_size, 256)
-    train_loader = DeviceLoader(
-        train, batch_size=cfg.batch_size, shuffle=True, drop_last=cfg.drop_last and len(train) > cfg.batch_size,
-        ops=ops, mix=mix, seed=seed, **common,
-    )
-    make_eval = lambda s: None if s is None else DeviceLoader(s, batch_size=eval_bs, **common)  # noqa: E731
-    info = {"loader": "device", "train_size": len(train), "val_size": len(val) if val else 0,
-            "test_size": len(src.test) if src.test else 0}
-    return DataBundle(train_loader, make_eval(val), make_eval(src.test), spec, mean, std, info)
+
+    def make_eval(s: Split | None) -> Any:
+        if s is None:
+            return None
+        if eval_kind == "device":
+            return DeviceLoader(s, batch_size=eval_bs, **common)
+        return StreamLoader(s, batch_size=eval_bs, **common, **workers)
+
+    info = {
+        "loader": kind,
+        "loader_reason": why,
+        "eval_loader": eval_kind,
+        "train_size": len(train),
+        "val_size": len(val) if val is not None else 0,
+        "val_source": "official" if official_val else ("carved from train" if val is not None else "none"),
+        "test_size": len(test) if test is not None else 0,
+        "cache": src.extra.get("cache", "off"),
+        "skipped_corrupt": src.extra.get("skipped", 0),
+    }
+    return DataBundle(train_loader, make_eval(val), make_eval(test), spec, mean, std, info)

@@ -27,7 +27,12 @@ class DataSpec:
 
 @dataclass
 class Split:
-    """One split held as tensors: `x` uint8 (N, C, H, W) or float32 (N, D); `y` int64 (N,)."""
+    """One split held as tensors: `x` uint8 (N, C, H, W) or float32 (N, D); `y` int64 (N,).
+
+    Subclasses may store inputs in another form (e.g. frames with context windows)
+    and build each sample's input in `gather`; loaders only call `gather`, `y`,
+    `subset`, `to`, `groups` and `sample_shape`.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -49,6 +54,24 @@ class Split:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    @property
+    def is_image(self) -> bool:
+        return self.x.dtype == torch.uint8 and self.x.dim() == 4
+
+    @property
+    def groups(self) -> torch.Tensor | None:
+        """Per-sample group ids that must not be split apart (None: samples are independent).
+
+        Validation carve-outs and `data.fraction` subsets select whole groups, so that
+        near-identical neighbours (frames of one utterance) never sit on both sides.
+        """
+        return None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the split takes (what a DeviceLoader would put on the device)."""
+        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()
+
 
 @dataclass
 class SourceData:
@@ -61,4 +84,7 @@ class SourceData:
     # Per-channel mean/std in [0, 1] units; None means "compute on train and cache".
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # True when the source already standardised its inputs (frames): loaders then
+    # apply no mean/std of their own.
+    normalized: bool = False
     extra: dict = field(default_factory=dict)

@@ -2,6 +2,9 @@
 
 A source is registered in `DATASETS` and receives the data config as context;
 its keyword-only parameters are the dataset-specific keys of the `data` section.
+The built-in sources live in `standard` (the published datasets, via torchvision),
+`folders` (image folders and arrays) and `frames` (frames with context windows);
+importing this module registers them all.
 """
 
 from __future__ import annotations
@@ -12,23 +15,13 @@ import numpy as np
 import torch
 
 from trainpipe.data.base import SourceData, Split
+from trainpipe.data.splits import stratified_split
 from trainpipe.registry import DATASETS
 
 if TYPE_CHECKING:
     from trainpipe.config import DataConfig
 
-
-def stratified_split(y: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, out) with `n_out` samples carved out, class proportions preserved."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    if n_out <= 0:
-        return idx, idx[:0]
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 and n_out >= len(counts) else None
-    keep, out = train_test_split(idx, test_size=n_out, random_state=seed, stratify=stratify)
-    return np.sort(keep), np.sort(out)
+__all__ = ["DATASETS", "stratified_split"]
 
 
 @DATASETS.register("digits")
@@ -49,3 +42,7 @@ def digits(cfg: "DataConfig", /, *, test_split: float = 0.2) -> SourceData:
         test=to_split(test_idx),
         classes=[str(c) for c in d.target_names],
     )
+
+
+# Registers the other built-in sources (imported last: they import from the modules above).
+from trainpipe.data import folders, frames, standard  # noqa: E402,F401

@@ -1,22 +1,126 @@
 """Loaders: iterables of (inputs, targets) batches already on the training device.
 
-`DeviceLoader` keeps the whole uint8 split on the device and augments a whole batch
-at a time with tensor ops (airbench's approach): no worker processes, no host round
-trip. Its shuffling and augmentation draws come from a generator re-seeded from
-(seed, epoch) at the start of every epoch, so an epoch's batches depend only on
-the seed and the epoch number: that is what makes resume exact.
+Both loaders share one contract: `len(loader)` batches per epoch, `set_epoch(e)`
+before iterating, a settable `batch_size` (read when an epoch starts), and batches
+`(x, y)` on the device with x normalised float (channels-last when asked) and y int64
+labels, or float soft targets (B, C) after MixUp/CutMix.
+
+Everything random is a function of (seed, epoch): the sample order comes from a CPU
+generator (so both loaders, on any device, visit samples in the same order), and the
+augmentation and mixing draws from generators seeded from the same pair. An epoch's
+batches therefore depend only on the seed and the epoch number: that is what makes
+resume exact.
+
+`DeviceLoader` keeps the whole split on the device and augments a whole batch at a
+time with tensor ops (airbench's approach): no workers, no host round trip.
+`StreamLoader` is a torch DataLoader applying per-sample torchvision v2 transforms in
+worker processes: for ops without a batched form and for data too big for the device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from trainpipe.data.base import Split
 
+Mix = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
-class DeviceLoader:
+# Independent random streams derived from one (seed, epoch) pair.
+ORDER, AUGMENT, MIX = 0, 1, 2
+
+
+def stream_seed(seed: int, epoch: int, stream: int) -> int:
+    # A large odd multiplier keeps (seed, epoch) pairs from colliding; 4 streams per pair.
+    return ((seed * 1_000_003 + epoch) * 4 + stream) % (2**63)
+
+
+def generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(stream_seed(seed, epoch, stream))
+    return g
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of an epoch (CPU int64), the same for both loaders."""
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator(seed, epoch, ORDER))
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    # drop_last never drops everything: a split smaller than one batch still gives one.
+    if drop_last and n >= batch_size:
+        return n // batch_size
+    return -(-n // batch_size)
+
+
+class _Normalize:
+    """(x - mean) / std as one fused multiply-add, then channels-last: the same arithmetic in both loaders."""
+
+    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, *, image: bool,
+                 channels_last: bool, device: torch.device) -> None:
+        shape = (1, -1, 1, 1) if image else (1, -1)
+        self.scale = self.shift = None
+        if mean is not None and std is not None:
+            s = 1.0 / torch.tensor(std, dtype=torch.float64)
+            self.scale = s.float().to(device).view(shape)
+            self.shift = (-torch.tensor(mean, dtype=torch.float64) * s).float().to(device).view(shape)
+        self.channels_last = channels_last
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            x = torch.addcmul(self.shift, x, self.scale)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def to_unit_float(x: torch.Tensor, image: bool) -> torch.Tensor:
+    """uint8 images -> float in [0, 1]; features -> float."""
+    return x.float().div_(255.0) if image else x.float()
+
+
+class _Base:
+    split: Split
+
+    def __init__(self, split: Split, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+                 device: torch.device, mix: Mix | None) -> None:
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+        self.device = torch.device(device)
+        self.mix = mix
+        self._n = len(split)
+
+    def __len__(self) -> int:
+        return num_batches(self._n, self.batch_size, self.drop_last)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples seen per epoch (fewer than the split when drop_last drops a tail)."""
+        return min(self._n, len(self) * self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _mixed(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.mix is None:
+            yield from batches
+            return
+        g = generator(self.seed, self.epoch, MIX, self.device)
+        for x, y in batches:
+            yield self.mix(x, y, g)
+
+
+class DeviceLoader(_Base):
+    """The whole split on the device; batched augmentation with an independent draw per sample."""
+
     def __init__(
         self,
         split: Split,
@@ -27,69 +131,137 @@ class DeviceLoader:
         std: Sequence[float] | None,
         shuffle: bool = False,
         drop_last: bool = False,
-        ops: Sequence = (),
-        mix=None,
+        ops: Sequence[Any] = (),
+        mix: Mix | None = None,
         seed: int = 0,
         channels_last: bool = False,
     ) -> None:
-        self.split = split.to(device)
-        self.device = device
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
+        super().__init__(split, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                         device=device, mix=mix)
+        self.split = split.to(self.device)
         self.ops = list(ops)
-        self.mix = mix
-        self.seed = seed
-        self.epoch = 0
-        self.channels_last = channels_last
-        is_image = split.x.dtype == torch.uint8
-        shape = (1, -1, 1, 1) if is_image else (1, -1)
-        self._mean = None if mean is None else torch.tensor(mean, device=device, dtype=torch.float32).view(shape)
-        self._std = None if std is None else torch.tensor(std, device=device, dtype=torch.float32).view(shape)
-        self._is_image = is_image
-
-    def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        n = len(self.split)
-        return len(self) * self.batch_size if self.drop_last and n >= self.batch_size else n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _generator(self) -> torch.Generator:
-        g = torch.Generator(device=self.device)
-        # A large odd multiplier keeps (seed, epoch) pairs from colliding.
-        g.manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
-        return g
+        self._is_image = split.is_image
+        self._normalize = _Normalize(mean, std, image=self._is_image, channels_last=channels_last, device=self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.split)
-        g = self._generator()
-        order = torch.randperm(n, generator=g, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
+        return self._mixed(self._batches())
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = epoch_order(self._n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle).to(self.device)
+        g = generator(self.seed, self.epoch, AUGMENT, self.device) if self.ops else None
         bs = self.batch_size
         for b in range(len(self)):
             idx = order[b * bs : (b + 1) * bs]
-            x = self.split.gather(idx)
-            y = self.split.y[idx]
-            x = self.prepare(x, g)
-            if self.mix is not None:
-                x, y = self.mix(x, y, g)
-            yield x, y
+            yield self.prepare(self.split.gather(idx), g), self.split.y[idx]
 
     def prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        if self._is_image:
-            x = x.float().div_(255.0)
-            if g is not None:
-                for op in self.ops:
-                    x = op.batch(x, g)
-        else:
-            x = x.float()
-        if self._mean is not None:
-            x = (x - self._mean) / self._std
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        """Raw gathered inputs -> augmented (when `g` is given), normalised float batch."""
+        x = to_unit_float(x, self._is_image)
+        if g is not None:
+            for op in self.ops:
+                x = op.batch(x, g)
+        return self._normalize(x)
+
+
+class _SplitDataset(Dataset):
+    """Samples of a split for worker processes; each item is (index, seed of its random draws)."""
+
+    def __init__(self, split: Split, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self.split = split
+        self.transform = transform
+        self.is_image = split.is_image
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, sample_seed = item
+        x = to_unit_float(self.split.gather(torch.tensor([i]))[0], self.is_image)
+        if self.transform is not None:
+            # Seeding per sample makes the draws independent of worker count, worker
+            # assignment and persistent workers' history; in the main process the
+            # global RNG is restored afterwards so that training randomness is untouched.
+            with torch.random.fork_rng(devices=[], enabled=get_worker_info() is None):
+                torch.manual_seed(sample_seed)
+                x = self.transform(x)
+        return x, self.split.y[i]
+
+
+class _EpochBatches:
+    """The batch sampler: the loader's current order, batch size and per-sample seeds."""
+
+    def __init__(self, loader: "StreamLoader") -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        ld = self.loader
+        order = epoch_order(ld._n, seed=ld.seed, epoch=ld.epoch, shuffle=ld.shuffle).tolist()
+        seeds = torch.randint(0, 2**62, (ld._n,), generator=generator(ld.seed, ld.epoch, AUGMENT)).tolist()
+        bs = ld.batch_size
+        for b in range(len(ld)):
+            idx = order[b * bs : (b + 1) * bs]
+            yield [(i, seeds[i]) for i in idx]
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Transforms written with numpy or `random` get distinct, reproducible streams per worker.
+    import random
+
+    import numpy as np
+
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+class StreamLoader(_Base):
+    """A torch DataLoader over per-sample transforms, with workers; mixing happens on the device."""
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        mix: Mix | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+        num_workers: int = 2,
+        prefetch_factor: int = 4,
+    ) -> None:
+        super().__init__(split, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                         device=device, mix=mix)
+        self.split = split
+        self._normalize = _Normalize(mean, std, image=split.is_image, channels_last=channels_last, device=self.device)
+        pin = self.device.type == "cuda"
+        self._pin = pin
+        g = torch.Generator()
+        g.manual_seed(seed)
+        self.dataloader = DataLoader(
+            _SplitDataset(split, transform),
+            batch_sampler=_EpochBatches(self),
+            num_workers=num_workers,
+            pin_memory=pin,
+            # Workers that survive between epochs skip a fork and a dataset copy per epoch.
+            persistent_workers=num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            worker_init_fn=_seed_worker if num_workers > 0 else None,
+            generator=g,
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._mixed(self._batches())
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.dataloader:
+            x = x.to(self.device, non_blocking=self._pin)
+            y = y.to(self.device, non_blocking=self._pin)
+            yield self._normalize(x), y

@@ -1,0 +1,135 @@
+"""What every cached source shares: decode once, conform, compute stats, cache.
+
+A source supplies the list of files it reads (for the cache fingerprint) and a
+`decode()` function returning a `Decoded`; `cached_source` runs `decode` only on a
+cache miss, applies `data.image_size` / `data.channels`, checks the labels, fills
+in mean/std and returns a `SourceData`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainpipe.data import cache
+from trainpipe.data.base import SourceData, Split
+from trainpipe.data.images import check_labels, conform
+from trainpipe.errors import DataError
+
+if TYPE_CHECKING:
+    from trainpipe.config import DataConfig
+
+SPLITS = ("train", "val", "test")
+# Part of every cache key: bump when a source's decoding changes what it stores.
+SOURCES_VERSION = 1
+
+
+@dataclass
+class Decoded:
+    """A source's splits as decoded from its files (before resizing and channel changes)."""
+
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train" (required), "val", "test"
+    classes: list[str]
+    # Published per-channel mean/std for the dataset's own channels, or None: computed.
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"skipped": 3}
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # extra arrays to cache
+
+
+def feature_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (images, in [0, 1] units) or per-feature mean and std, in float64 chunks."""
+    image = x.dtype == torch.uint8 and x.dim() == 4
+    n_feat = x.shape[1]
+    total = torch.zeros(n_feat, dtype=torch.float64)
+    total_sq = torch.zeros(n_feat, dtype=torch.float64)
+    count = 0
+    per_row = max(1, x[0].numel() if len(x) else 1)
+    step = max(1, (1 << 22) // per_row)  # about 4M values per chunk
+    for i in range(0, len(x), step):
+        c = x[i : i + step].double()
+        if image:
+            c = c.div_(255.0).transpose(0, 1).reshape(n_feat, -1)
+        else:
+            c = c.reshape(len(c), n_feat).T
+        total += c.sum(dim=1)
+        total_sq += (c * c).sum(dim=1)
+        count += c.shape[1]
+    if count == 0:
+        return (0.0,) * n_feat, (1.0,) * n_feat
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    std = var.sqrt().clamp_min(1e-6)  # a constant pixel or feature would divide by zero
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _adapt_stats(
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Published stats for the channels actually served (grey repeated to RGB keeps them)."""
+    if stats is None:
+        return None
+    mean, std = stats
+    if len(mean) == channels:
+        return mean, std
+    if len(mean) == 1:
+        return mean * channels, std * channels
+    return None  # RGB turned grey: the published values no longer apply; compute them
+
+
+def cached_source(
+    cfg: "DataConfig",
+    name: str,
+    options: dict[str, Any],
+    inputs: Sequence[Path],
+    decode: Callable[[], Decoded],
+) -> SourceData:
+    """Load the decoded dataset from the cache, or decode, conform and cache it."""
+    key = {
+        "source": name,
+        "version": SOURCES_VERSION,
+        "options": options,
+        "image_size": cfg.image_size,
+        "channels": cfg.channels,
+        "skip_corrupt": cfg.skip_corrupt,
+        "files": cache.fingerprint(inputs),
+    }
+
+    def build() -> tuple[cache.Tensors, cache.Meta]:
+        d = decode()
+        if "train" not in d.splits:
+            raise DataError(f"data.dataset={name}: the source produced no train split.")
+        tensors: dict[str, torch.Tensor] = dict(d.tensors)
+        num_classes = len(d.classes)
+        for split, (x, y) in d.splits.items():
+            if x.dtype == torch.uint8 and x.dim() == 4:
+                x = conform(x, channels=cfg.channels, size=cfg.image_size)
+            y = y.to(torch.int64)
+            if len(x) != len(y):
+                raise DataError(f"data.dataset={name}: the {split} split has {len(x)} inputs but {len(y)} labels.")
+            check_labels(y, num_classes, f"data.dataset={name} ({split} labels)")
+            tensors[f"{split}_x"], tensors[f"{split}_y"] = x.contiguous(), y.contiguous()
+        train_x = tensors["train_x"]
+        is_image = train_x.dtype == torch.uint8 and train_x.dim() == 4
+        stats = _adapt_stats(d.stats, train_x.shape[1]) if is_image else None
+        mean, std = stats if stats is not None else feature_stats(train_x)
+        meta = {"classes": list(d.classes), "mean": list(mean), "std": list(std), **d.meta}
+        return tensors, meta
+
+    tensors, meta, status = cache.load_or_build(cache.cache_root(cfg.cache_dir), name, key, build)
+    splits = {s: Split(tensors[f"{s}_x"], tensors[f"{s}_y"]) for s in SPLITS if f"{s}_x" in tensors}
+    extra = {k: v for k, v in meta.items() if k not in ("classes", "mean", "std")}
+    extra["cache"] = status
+    extra["tensors"] = {k: v for k, v in tensors.items() if not k.endswith(("_x", "_y"))}
+    return SourceData(
+        train=splits["train"],
+        test=splits.get("test"),
+        val=splits.get("val"),
+        classes=list(meta["classes"]),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        extra=extra,
+    )
