@@ -38,9 +38,11 @@ def stream_seed(seed: int, epoch: int, stream: int) -> int:
     return ((seed * 1_000_003 + epoch) * 4 + stream) % (2**63)
 
 
-def generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+def generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu", rank: int = 0) -> torch.Generator:
     g = torch.Generator(device=device)
-    g.manual_seed(stream_seed(seed, epoch, stream))
+    # DDP ranks augment different samples and need their own draws; rank 0 keeps the
+    # single-process stream (the offset is the 64-bit golden ratio, as in splitmix64).
+    g.manual_seed((stream_seed(seed, epoch, stream) + rank * 0x9E3779B97F4A7C15) % (2**63))
     return g
 
 
@@ -97,6 +99,7 @@ class _Base:
         self.device = torch.device(device)
         self.mix = mix
         self._n = len(split)
+        self.rank, self.world_size = 0, 1
 
     def __len__(self) -> int:
         return num_batches(self._n, self.batch_size, self.drop_last)
@@ -109,11 +112,19 @@ class _Base:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Yield only samples rank, rank + world_size, ... of each batch (DDP: trainpipe.distributed).
+
+        `batch_size`, `len()` and `num_samples` stay global: every rank takes the same
+        number of steps, each on its slice of the same global batch.
+        """
+        self.rank, self.world_size = rank, world_size
+
     def _mixed(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.mix is None:
             yield from batches
             return
-        g = generator(self.seed, self.epoch, MIX, self.device)
+        g = generator(self.seed, self.epoch, MIX, self.device, self.rank)
         for x, y in batches:
             yield self.mix(x, y, g)
 
@@ -148,10 +159,10 @@ class DeviceLoader(_Base):
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_order(self._n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle).to(self.device)
-        g = generator(self.seed, self.epoch, AUGMENT, self.device) if self.ops else None
+        g = generator(self.seed, self.epoch, AUGMENT, self.device, self.rank) if self.ops else None
         bs = self.batch_size
         for b in range(len(self)):
-            idx = order[b * bs : (b + 1) * bs]
+            idx = order[b * bs : (b + 1) * bs][self.rank :: self.world_size]
             yield self.prepare(self.split.gather(idx), g), self.split.y[idx]
 
     def prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
@@ -202,7 +213,7 @@ class _EpochBatches:
         seeds = torch.randint(0, 2**62, (ld._n,), generator=generator(ld.seed, ld.epoch, AUGMENT)).tolist()
         bs = ld.batch_size
         for b in range(len(ld)):
-            idx = order[b * bs : (b + 1) * bs]
+            idx = order[b * bs : (b + 1) * bs][ld.rank :: ld.world_size]
             yield [(i, seeds[i]) for i in idx]
 
 
