@@ -55,6 +55,7 @@ class MixConfig(Section):
     cutmix_alpha: float = Field(0.0, ge=0)
     prob: float = Field(1.0, ge=0, le=1)
     switch_prob: float = Field(0.5, ge=0, le=1)
+    mode: Literal["batch", "elem"] = "batch"  # one lambda per batch (timm's default) or per sample
 
 
 class DataConfig(ComponentSection):
@@ -339,6 +340,9 @@ def _complete_components(cfg: RunConfig) -> RunConfig:
         full = opts.model_dump(mode="json")
         base = sec.model_dump(mode="json", exclude=set(sec.options()))
         updates[section] = type(sec).model_validate({**base, **full})
+    from trainpipe.data.augment import build_pipeline
+
+    build_pipeline(cfg.data.augment, key="data.augment")  # bad ops fail now, not after data loading
     return cfg.model_copy(update=updates)
 
 

@@ -47,7 +47,7 @@ def _torchvision_op(name: str, cls: type[v2.Transform], options: dict[str, Any])
             if arg not in params:
                 raise OptionError(
                     name,
-                    f"torchvision.transforms.v2.{name} has no argument {arg!r}{did_you_mean(arg, params)}. "
+                    f"torchvision.transforms.v2.{name} has no argument {arg!r}{did_you_mean(arg, params) or '.'} "
                     f"Its arguments are: {', '.join(params) or 'none'}.",
                 )
     try:
@@ -111,7 +111,7 @@ def _build_op(entry: Entry, options: dict[str, Any]) -> AugmentOp:
     known = entry.options()
     for arg in options:
         if arg not in known:
-            raise OptionError(entry.name, f"unknown option {arg!r}{did_you_mean(arg, known)}. "
+            raise OptionError(entry.name, f"unknown option {arg!r}{did_you_mean(arg, known) or '.'} "
                               f"Options of {entry.name}: {', '.join(known) or 'none'}.")
     try:
         return _validated(entry.fn)(**options)
@@ -133,7 +133,7 @@ def build_pipeline(specs: Sequence[Any] | None, *, key: str = "data.augment") ->
             builtin = AUGMENTS.names()
             hint = did_you_mean(name, builtin + _torchvision_names())
             raise ConfigError(
-                f"{where}: unknown augmentation {name!r}{hint}. "
+                f"{where}: unknown augmentation {name!r}{hint or '.'} "
                 f"Built-in ops: {', '.join(builtin)}; any torchvision.transforms.v2 class also "
                 "works by its exact name (e.g. RandAugment) with its own arguments."
             )

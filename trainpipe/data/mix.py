@@ -137,7 +137,7 @@ def build_mix(
         for name in cfg:
             if name not in MixConfig.model_fields:
                 raise ConfigError(
-                    f"{key}.{name}: unknown option{did_you_mean(str(name), fields)}. "
+                    f"{key}.{name}: unknown option{did_you_mean(str(name), fields) or '.'} "
                     f"Valid options: {', '.join(fields)}."
                 )
         try:

@@ -64,13 +64,13 @@ def timm_model(
     from_hub = arch.startswith(("hf-hub:", "hf_hub:"))
     if not from_hub and not timm.is_model(arch):
         raise ConfigError(
-            f"model.arch: unknown timm model {arch!r}{did_you_mean(arch, timm.list_models())}. "
+            f"model.arch: unknown timm model {arch!r}{did_you_mean(arch, timm.list_models()) or '.'} "
             f"List the names with `python -c \"import timm; print(timm.list_models('*resnet*'))\"`."
         )
     if pretrained and not from_hub and not (timm.list_pretrained(arch) or timm.list_pretrained(arch + ".*")):
         raise ConfigError(
             f"model.pretrained: timm publishes no pretrained weights for {arch!r}"
-            f"{did_you_mean(arch, timm.list_pretrained())}. Train it from scratch "
+            f"{did_you_mean(arch, timm.list_pretrained()) or '.'} Train it from scratch "
             f"(model.pretrained=false) or pick a name from timm.list_pretrained()."
         )
     kwargs: dict[str, Any] = {"drop_rate": drop_rate}
@@ -188,7 +188,7 @@ def torchvision_model(spec: DataSpec, pretrained: bool = False, /, *, arch: str 
     names = torchvision_names()
     if arch not in names:
         raise ConfigError(
-            f"model.arch: unknown torchvision classification model {arch!r}{did_you_mean(arch, names)}. "
+            f"model.arch: unknown torchvision classification model {arch!r}{did_you_mean(arch, names) or '.'} "
             f"Valid names: {', '.join(names)}."
         )
     kwargs = dict(_TORCHVISION_KWARGS.get(arch, {}))
