@@ -1,0 +1,215 @@
+"""The results of a sweep: one row per trial, as CSV and Markdown, and the best config.
+
+Everything is read from the study (not from the trial directories), so any machine
+that can reach the storage writes the same table. Rows are sorted by the sweep metric,
+best first; trials without a value (running, waiting, failed) follow by number.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from trainpipe.sweep import study as st
+from trainpipe.sweep.space import sample
+from trainpipe.sweep.spec import SweepSpec
+
+STATE_NAMES = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+               TrialState.WAITING: "waiting", TrialState.FAIL: "failed"}
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str  # completed | pruned | failed | running | waiting
+    params: dict[str, Any]
+    value: float | None  # best value of the sweep metric over the trial's epochs
+    train_acc: float | None = None  # final epoch's
+    test_acc: float | None = None  # of the best checkpoint
+    epochs: int | None = None
+    epoch_time_s: float | None = None
+    wall_time_s: float | None = None
+    reason: str = ""
+    host: str = ""
+    run_dir: str = ""
+    curve: dict[int, float] = field(default_factory=dict)  # epoch -> metric, as reported
+
+    @property
+    def name(self) -> str:
+        return f"{self.number:04d}"
+
+
+def trial_params(trial: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
+    """The config values of a trial, replayed from Optuna's stored values (also mid-sampling)."""
+    fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {p.key: sample(fixed, p) for p in spec.varied if p.key in trial.params}
+
+
+def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
+    res = trial.user_attrs.get("result") or {}
+    state = STATE_NAMES.get(trial.state, trial.state.name.lower())
+    curve = {int(k): float(v) for k, v in trial.intermediate_values.items()}
+    value = res.get("best")
+    if value is None and curve and trial.state in (TrialState.RUNNING, TrialState.PRUNED):
+        value = max(curve.values()) if spec.goal == "maximize" else min(curve.values())
+    reason = res.get("reason") or ""
+    if trial.state == TrialState.FAIL and res.get("status") in (None, "running"):
+        reason = "its worker died and it was retried too often" if "failed_trial" in trial.system_attrs \
+            else "its worker died"
+    if trial.state == TrialState.RUNNING:
+        reason = f"epoch {max(curve)}" if curve else "starting"
+    worker = trial.user_attrs.get("worker") or {}
+    return TrialRow(trial.number, state, trial_params(trial, spec), value, res.get("train_acc"), res.get("test_acc"),
+                    res.get("epochs") if trial.state != TrialState.RUNNING else len(curve),
+                    res.get("epoch_time_s"), res.get("wall_time_s"), str(reason), worker.get("host", ""),
+                    trial.user_attrs.get("run_dir", ""), curve)
+
+
+def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
+    """Every trial that counts (not re-queued or discarded ones), best first."""
+    led = st.ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
+    rows = [row_of(t, spec) for t in led.visible]
+    sign = -1.0 if spec.goal == "maximize" else 1.0
+    scored = [r for r in rows if _finite(r.value)]
+    rest = [r for r in rows if not _finite(r.value)]
+    scored.sort(key=lambda r: (sign * r.value, r.number))
+    return scored + sorted(rest, key=lambda r: r.number)
+
+
+def best_row(rows: list[TrialRow]) -> TrialRow | None:
+    return next((r for r in rows if r.state == "completed" and _finite(r.value)), None)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+# ------------------------------------------------------------------- writing
+def columns(spec: SweepSpec) -> list[str]:
+    return (["trial", "state"] + [p.key for p in spec.varied]
+            + [f"best {spec.metric}", "train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir"])
+
+
+def as_record(r: TrialRow, spec: SweepSpec) -> list[Any]:
+    return ([r.name, r.state] + [r.params.get(p.key) for p in spec.varied]
+            + [r.value, r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir])
+
+
+def to_csv(rows: list[TrialRow], spec: SweepSpec) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(columns(spec))
+    for r in rows:
+        w.writerow([json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v)
+                    for v in as_record(r, spec)])
+    return buf.getvalue()
+
+
+def table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
+    cols = columns(spec)[:-2]  # host and run_dir are in the CSV; the table stays readable
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---" if c in ("state", "reason") else "---:" for c in cols) + "|"]
+    for r in rows:
+        cells = [fmt(v) for v in as_record(r, spec)[: len(cols)]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return lines
+
+
+def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
+    lines = [f"# Sweep {spec.name}", "", summary_line(rows, spec), "", *table_lines(rows, spec)]
+    best = best_row(rows)
+    if best is not None:
+        lines += ["", f"Best: trial {best.name} ({spec.metric} {fmt(best.value)}); its complete config is "
+                      f"best.yaml: `trainpipe train best.yaml`."]
+    return "\n".join(lines) + "\n"
+
+
+def counts(rows: list[TrialRow]) -> dict[str, int]:
+    out = {k: 0 for k in ("completed", "pruned", "failed", "running", "waiting")}
+    for r in rows:
+        out[r.state] = out.get(r.state, 0) + 1
+    return out
+
+
+def summary_line(rows: list[TrialRow], spec: SweepSpec) -> str:
+    planned = spec.planned_trials()
+    c = counts(rows)
+    done = c["completed"] + c["pruned"] + c["failed"]
+    of = f" of {planned}" if planned is not None else ""
+    parts = ", ".join(f"{n} {k}" for k, n in c.items() if n)
+    return (f"{spec.method} search, {spec.metric} ({spec.goal}): {done}{of} trials finished"
+            f"{' (' + parts + ')' if parts else ''}; updated {dt.datetime.now():%Y-%m-%d %H:%M:%S}.")
+
+
+def best_config(row: TrialRow, spec: SweepSpec) -> dict[str, Any]:
+    """The complete resolved config of a trial, as `trainpipe train` would read it."""
+    from trainpipe import config as config_mod
+
+    return config_mod.load(spec.base, {**spec.constant_overrides(), **row.params}).to_dict()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    # Several workers rewrite these files; each write is whole, the last one wins.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
+    """Rewrite results.csv, results.md and best.yaml from the study."""
+    d = Path(sweep_dir)
+    rows = trial_rows(study, spec)
+    write_atomic(d / "results.csv", to_csv(rows, spec))
+    write_atomic(d / "results.md", to_markdown(rows, spec))
+    best = best_row(rows)
+    if best is not None:
+        try:
+            cfg = best_config(best, spec)
+        except Exception as e:  # the base config changed or vanished since: keep the table anyway
+            print(f"best.yaml not written: {e}")
+        else:
+            header = (f"# Best trial {best.name} of sweep {spec.name}: {spec.metric} {fmt(best.value)} "
+                      f"({spec.goal}).\n# Complete resolved config; run it with: trainpipe train {d / 'best.yaml'}\n")
+            write_atomic(d / "best.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
+    return rows
+
+
+def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) -> str:
+    """What `trainpipe sweep DIR --status` prints."""
+    lines = [f"sweep {spec.name} ({sweep_dir})", summary_line(rows, spec)]
+    best = best_row(rows)
+    if best is not None:
+        params = " ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
+        lines.append(f"best so far: trial {best.name}, {spec.metric} {fmt(best.value)}, test/acc "
+                     f"{fmt(best.test_acc)}  {params}")
+    else:
+        lines.append("best so far: none (no trial has completed yet)")
+    running = [r for r in rows if r.state == "running"]
+    for r in running:
+        lines.append(f"running: trial {r.name} on {r.host or '?'}, {r.reason}, {spec.metric} so far {fmt(r.value)}")
+    lines += ["", *table_lines(rows, spec)]
+    return "\n".join(lines) + "\n"

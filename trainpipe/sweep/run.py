@@ -1,0 +1,242 @@
+"""`trainpipe sweep`: check the sweep, prepare its directory, run the workers, write results.
+
+The sweep directory (default `sweeps/<name>/`, the name being the sweep file's
+`name:` or its file name):
+
+    sweep.yaml     the sweep file as given (resuming reads this copy)
+    study.json     study name, storage (password hidden), base config, fingerprint
+    optuna.db      the Optuna study, SQLite (unless --storage names another database)
+    results.csv    one row per trial, best first (rewritten after every trial)
+    results.md     the same table in Markdown
+    best.yaml      the best completed trial's complete config: `trainpipe train best.yaml`
+    trials/NNNN/   one ordinary run directory per trial (NNNN = Optuna's trial number):
+                   config.yaml, summary.json, metrics.jsonl, checkpoints/, ...
+
+Running the same command again resumes: Optuna's storage knows every trial, so
+finished ones are never re-run and queued ones (lost or interrupted) run first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import shlex
+import signal
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from trainpipe.errors import ConfigError
+from trainpipe.sweep import study as st
+from trainpipe.sweep.check import check_against_config
+from trainpipe.sweep.results import TrialRow, status_text, trial_rows, write_results
+from trainpipe.sweep.spec import SweepSpec, load_spec
+from trainpipe.sweep.worker import WorkerConfig, install_signal_handlers, run_worker, worker_main
+
+META = "study.json"
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    study_name: str
+    storage: str  # password hidden
+    rows: list[TrialRow]
+    interrupted: bool = False
+
+
+def read_meta(d: Path) -> dict[str, Any] | None:
+    p = d / META
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def locate(sweep: str | Path, output: str | Path | None = None) -> tuple[SweepSpec, Path, dict[str, Any] | None]:
+    """The spec, the sweep directory and its metadata (None for a new sweep).
+
+    `sweep` is a sweep file, or a sweep directory to resume (its stored copy is used).
+    """
+    p = Path(sweep)
+    if p.is_dir():
+        meta = read_meta(p)
+        if meta is None:
+            raise ConfigError(f"{p} is a directory but not a sweep directory (it has no {META}); pass a "
+                              f"sweep file, or the directory a sweep wrote.")
+        if output is not None and Path(output).resolve() != p.resolve():
+            raise ConfigError(f"--output {output} differs from the sweep directory {p}; leave --output out.")
+        spec = load_spec(p / "sweep.yaml", base=meta.get("base"))
+        return replace(spec, name=meta["study_name"]), p, meta
+    spec = load_spec(p)
+    d = Path(output) if output is not None else Path("sweeps") / spec.name
+    return spec, d, read_meta(d)
+
+
+def storage_url(d: Path, storage: str | None, meta: dict[str, Any] | None) -> str:
+    recorded = None if meta is None else meta.get("storage")
+    if meta is not None and recorded is None and storage:
+        raise ConfigError(f"the sweep in {d} keeps its study in {d / 'optuna.db'}; leave --storage out to "
+                          f"resume it, or use another --output for a sweep in {st.redact(storage)}.")
+    if storage:
+        if recorded is not None and st.redact(storage) != recorded:
+            raise ConfigError(f"the sweep in {d} keeps its study in {recorded}, not {st.redact(storage)}; pass "
+                              f"that --storage, or another --output.")
+        return storage
+    if recorded is not None:
+        if "***" in recorded:
+            raise ConfigError(f"the sweep in {d} keeps its study in {recorded}; pass --storage with the "
+                              f"password (it is not written to disk).")
+        return recorded
+    return st.default_storage_url(d)
+
+
+def parse_devices(devices: str | list[str] | None) -> list[str] | None:
+    if devices is None:
+        return None
+    items = devices.split(",") if isinstance(devices, str) else [str(x) for x in devices]
+    out = [x.strip() for x in items if x.strip()]
+    bad = [x for x in out if not (x.isdigit() or x == "cpu")]
+    if bad or not out:
+        raise ConfigError(f"--devices {devices!r}: expected GPU indices and/or cpu separated by commas, e.g. "
+                          f"--devices 0,1 (several workers may share one: --workers 4 --devices 0,1).")
+    return out
+
+
+def run_sweep(
+    sweep: str | Path,
+    output: str | Path | None = None,
+    *,
+    workers: int = 1,
+    devices: str | list[str] | None = None,
+    storage: str | None = None,
+    trials: int | None = None,
+    heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S,
+    grace_period: int = st.GRACE_PERIOD_S,
+) -> SweepOutcome:
+    """Run (or resume, or join) a sweep; returns when it is complete or interrupted.
+
+    `trials` caps the sweep's total number of trials (it overrides run_cap).
+    """
+    spec, d, meta = locate(sweep, output)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1; got {workers}.")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials must be at least 1; got {trials}.")
+    devs = parse_devices(devices)
+    base_cfg = check_against_config(spec)
+    if meta is not None and meta.get("fingerprint") != spec.fingerprint():
+        raise ConfigError(f"{d} holds a sweep started from a different sweep file (method, metric, parameters, "
+                          f"base or fixed changed; the original is {d / 'sweep.yaml'}). Restore it, or pass "
+                          f"another --output for the new sweep.")
+    url = storage_url(d, storage, meta)
+    (d / "trials").mkdir(parents=True, exist_ok=True)
+    study_name = meta["study_name"] if meta else spec.name
+    if spec.source and Path(spec.source).resolve() != (d / "sweep.yaml").resolve():
+        st_text = Path(spec.source).read_text()
+        (d / "sweep.yaml").write_text(st_text)
+    if meta is None:
+        meta = {"study_name": study_name, "storage": None if storage is None else st.redact(url),
+                "sweep_file": str(Path(spec.source).resolve()) if spec.source else None, "base": spec.base,
+                "fingerprint": spec.fingerprint(), "created": dt.datetime.now().isoformat(timespec="seconds"),
+                "method": spec.method, "metric": spec.metric, "goal": spec.goal,
+                "params": [p.key for p in spec.varied]}
+        (d / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    storage_obj = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study = st.open_study(spec, storage_obj, study_name=study_name, epochs=base_cfg.train.epochs)
+    total = spec.planned_trials()
+    if trials is not None:
+        total = min(trials, spec.grid_size()) if spec.method == "grid" else trials
+    planned = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
+    print(f"sweep {study_name}: {spec.method} over {', '.join(p.key for p in spec.varied) or 'nothing'}, "
+          f"{spec.metric} ({spec.goal}), {planned}, {workers} worker{'s' if workers > 1 else ''} -> {d}"
+          f"{'' if storage is None else ' (study in ' + st.redact(url) + ')'}", flush=True)
+
+    command = "trainpipe sweep " + shlex.join([str(sweep)] + ([f"--output={output}"] if output else []))
+    common = dict(spec=spec, sweep_dir=str(d), storage_url=url, study_name=study_name, total=total,
+                  epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,
+                  grace_period=grace_period, command=command)
+    configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
+                            parent_pid=os.getpid() if workers > 1 else None, **common) for i in range(workers)]
+    interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
+    rows = write_results(d, study, spec)
+    print(status_text(rows, spec, d).rstrip(), flush=True)
+    if interrupted:
+        print(f"interrupted: running trials were marked and queued again; resume with: trainpipe sweep {d}"
+              f"{'' if storage is None else ' --storage URL'}", file=sys.stderr)
+    return SweepOutcome(d, study_name, st.redact(url), rows, interrupted)
+
+
+def run_in_process(wc: WorkerConfig) -> bool:
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    install_signal_handlers()
+    try:
+        run_worker(wc)
+        return False
+    except KeyboardInterrupt:
+        return True
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+
+
+def run_processes(configs: list[WorkerConfig]) -> bool:
+    """Spawned workers (a fresh interpreter each: CUDA must not be inherited); True if interrupted."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker_main, args=(wc,), name=f"trainpipe-sweep-worker-{wc.index}")
+             for wc in configs]
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    install_signal_handlers()
+    interrupted = False
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        interrupted = True
+        for p in procs:  # a terminal's Ctrl-C reached them already; a `kill` of this process did not
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)
+        for p in procs:
+            p.join(timeout=120)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+    for p, wc in zip(procs, configs):
+        if p.exitcode == 130:
+            interrupted = True
+        elif p.exitcode not in (0, None) and not interrupted:
+            print(f"worker {wc.index} stopped with exit code {p.exitcode}; its trial, if any, is queued again "
+                  f"on the next start", file=sys.stderr)
+    return interrupted
+
+
+def open_sweep(sweep_dir: str | Path, storage: str | None = None) -> tuple[SweepSpec, Any]:
+    """The spec and the Optuna study of an existing sweep directory (for status and reports)."""
+    import optuna
+
+    spec, d, meta = locate(sweep_dir)
+    url = storage_url(d, storage, meta)
+    if url == st.default_storage_url(d) and not (d / "optuna.db").is_file():
+        raise ConfigError(f"{d} has no optuna.db: the sweep never started here.")
+    try:
+        study = optuna.load_study(study_name=meta["study_name"], storage=st.make_storage(url))
+    except KeyError:
+        raise ConfigError(f"the storage {st.redact(url)} has no study {meta['study_name']!r}.") from None
+    return spec, study
+
+
+def sweep_status(sweep: str | Path, output: str | Path | None = None, storage: str | None = None) -> str:
+    """The text of `trainpipe sweep DIR --status`."""
+    p = Path(sweep)
+    d = p if p.is_dir() else (Path(output) if output is not None else Path("sweeps") / load_spec(p).name)
+    if read_meta(d) is None:
+        raise ConfigError(f"no sweep in {d} (no {META}); pass the sweep directory, e.g. sweeps/NAME.")
+    spec, study = open_sweep(d, storage)
+    return status_text(trial_rows(study, spec), spec, d)

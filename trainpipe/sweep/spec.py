@@ -1,0 +1,426 @@
+"""The sweep file: W&B's sweep schema (plus our `base` and `fixed`), parsed and checked.
+
+`load_spec(path)` reads and checks the file's own structure (method, metric,
+distributions, ranges); `check_against_config(spec)` then resolves the config of
+every candidate value through `trainpipe.config.load`, so that a parameter key that
+is not a config key, or a value the config rejects, stops the sweep with exit 2
+before any trial starts. Nothing here imports Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainpipe.errors import ConfigError, did_you_mean
+
+METHODS = ("grid", "random", "bayes")
+# W&B's distributions (https://docs.wandb.ai/guides/sweeps/sweep-config-keys), same names and meanings.
+DISTRIBUTIONS = (
+    "constant", "categorical", "int_uniform", "uniform", "q_uniform",
+    "log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
+    "inv_log_uniform", "inv_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal",
+)
+RANGED = ("int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values", "q_log_uniform",
+          "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values")
+NORMAL = ("normal", "q_normal", "log_normal", "q_log_normal")
+PARAM_KEYS = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "parameters")
+# Keys of a W&B sweep file that only make sense for `wandb agent`; accepted so that
+# existing files work unchanged.
+IGNORED_KEYS = ("program", "command", "project", "entity", "description", "controller")
+TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "base", "fixed", *IGNORED_KEYS)
+EPOCH_METRICS = ("val/acc", "val/loss", "val/top5", "train/acc", "train/loss")
+GRID_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class Param:
+    """One swept config key and the distribution its values come from."""
+
+    key: str  # dotted config key, e.g. optim.lr
+    distribution: str
+    values: tuple[Any, ...] = ()  # constant: (value,); categorical: the choices
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+    mu: float = 0.0
+    sigma: float = 1.0
+
+    @property
+    def varied(self) -> bool:
+        return self.distribution != "constant"
+
+    def quantize(self, x: float) -> float | int:
+        """W&B's q_* distributions: round(x / q) * q; integral when q is an integer."""
+        if self.q is None:
+            return x
+        v = round(x / self.q) * self.q
+        return int(round(v)) if float(self.q).is_integer() else v
+
+    def grid_values(self) -> list[Any] | None:
+        """Every value a grid visits, or None when the distribution is continuous."""
+        if self.distribution in ("constant", "categorical"):
+            return list(self.values)
+        if self.distribution == "int_uniform":
+            return list(range(int(self.low), int(self.high) + 1))
+        if self.distribution == "q_uniform":
+            start, stop = math.ceil(self.low / self.q - 1e-9), math.floor(self.high / self.q + 1e-9)
+            return [self.quantize(k * self.q) for k in range(start, stop + 1)]
+        return None
+
+    def candidates(self) -> list[Any]:
+        """Values that stand for the whole range when checking the config accepts them."""
+        grid = self.grid_values()
+        if grid is not None:
+            return grid
+        d, lo, hi = self.distribution, self.low, self.high
+        if d in ("log_uniform", "q_log_uniform"):
+            return [self.quantize(math.exp(lo)), self.quantize(math.exp(hi))]
+        if d == "inv_log_uniform":
+            return [math.exp(-hi), math.exp(-lo)]
+        if d in NORMAL:
+            x = [self.mu - 3 * self.sigma, self.mu, self.mu + 3 * self.sigma]
+            return [self.quantize(math.exp(v) if d.startswith(("log", "q_log")) else v) for v in x]
+        return [self.quantize(lo), self.quantize(hi)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"distribution": self.distribution}
+        if self.values:
+            d["values"] = list(self.values)
+        for k in ("low", "high", "q"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.distribution in NORMAL:
+            d.update(mu=self.mu, sigma=self.sigma)
+        return d
+
+
+@dataclass(frozen=True)
+class Hyperband:
+    """W&B's `early_terminate: {type: hyperband}`, in epochs (one report per epoch)."""
+
+    min_iter: int = 1
+    max_iter: int | None = None  # None: the base config's train.epochs
+    eta: int = 3
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    method: str
+    metric: str
+    goal: str  # maximize | minimize
+    params: tuple[Param, ...]
+    base: str | None  # a config path (absolute) or a packaged config name; None = quickstart
+    fixed: dict[str, Any] = field(default_factory=dict)
+    run_cap: int | None = None
+    hyperband: Hyperband | None = None
+    source: str | None = None  # the sweep file it came from
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def varied(self) -> list[Param]:
+        return [p for p in self.params if p.varied]
+
+    @property
+    def direction(self) -> str:
+        return self.goal
+
+    def constant_overrides(self) -> dict[str, Any]:
+        """What every trial sets besides its sampled values: monitor, `fixed`, constants.
+
+        Each trial monitors the sweep metric, so that its best checkpoint, early stopping
+        and summary refer to the number the sweep optimises. `fixed` comes after and may
+        override that on purpose.
+        """
+        out: dict[str, Any] = {"train.monitor": self.metric,
+                               "train.monitor_mode": "max" if self.goal == "maximize" else "min"}
+        out.update(self.fixed)
+        out.update({p.key: p.values[0] for p in self.params if not p.varied})
+        return out
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of a grid sweep, in file order (the last parameter varies fastest)."""
+        keys = [p.key for p in self.varied]
+        values = [p.grid_values() or [] for p in self.varied]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+    def grid_size(self) -> int:
+        return math.prod(len(p.grid_values() or []) for p in self.varied)
+
+    def planned_trials(self) -> int | None:
+        """How many trials make the sweep complete; None: until stopped."""
+        caps = [c for c in (self.run_cap, self.grid_size() if self.method == "grid" else None) if c is not None]
+        return min(caps) if caps else None
+
+    def fingerprint(self) -> str:
+        """Identifies the search: a resumed or joined sweep must have the same one."""
+        ident = {"method": self.method, "metric": self.metric, "goal": self.goal,
+                 "params": {p.key: p.to_dict() for p in self.params}, "fixed": self.fixed,
+                 "hyperband": None if self.hyperband is None else vars(self.hyperband),
+                 "base": _base_identity(self.base)}
+        blob = json.dumps(ident, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _base_identity(base: str | None) -> Any:
+    # The base file's content, not its path: the same sweep may be started from
+    # another checkout or machine.
+    from trainpipe.config import read_yaml, resolve_config_path
+
+    if base is None:
+        return "quickstart"
+    p = resolve_config_path(base)
+    return read_yaml(p, what="base config") if p.is_file() else base
+
+
+# ----------------------------------------------------------------------- parsing
+def load_spec(path: str | Path, *, base: str | None = None) -> SweepSpec:
+    """Read a sweep file. `base` replaces the file's own `base` (used when resuming)."""
+    from trainpipe.config import read_yaml
+
+    p = Path(path)
+    data = read_yaml(p, what="sweep file")
+    return parse_spec(data, source=p, base=base)
+
+
+def parse_spec(data: Mapping[str, Any], *, source: str | Path | None = None, base: str | None = None) -> SweepSpec:
+    """Check the structure of a sweep file's contents and build a `SweepSpec`."""
+    where = f"sweep file {str(source)!r}" if source else "sweep"
+    data = dict(data)
+    for k in data:
+        if k not in TOP_KEYS:
+            raise ConfigError(f"{where}: unknown top-level key {k!r}{did_you_mean(k, TOP_KEYS) or '.'} "
+                              f"Valid keys: {', '.join(TOP_KEYS)}.")
+    method = data.get("method")
+    if method not in METHODS:
+        got = "missing" if method is None else f"{method!r}"
+        raise ConfigError(f"{where}: method is {got}{did_you_mean(str(method), METHODS) or '.'} "
+                          f"Set method to one of: {', '.join(METHODS)}.")
+    resolved_base = base if base is not None else _resolve_base(data.get("base"), source, where)
+    metric, goal = _parse_metric(data.get("metric"), where, resolved_base)
+    raw_params = data.get("parameters")
+    if not isinstance(raw_params, Mapping) or not raw_params:
+        raise ConfigError(f"{where}: parameters must be a non-empty mapping of config keys to "
+                          f"{{values: [...]}}, {{value: x}} or {{min, max, distribution}}.")
+    params = tuple(_parse_params(raw_params, prefix="", where=where))
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, Mapping):
+        raise ConfigError(f"{where}: fixed must be a mapping of dotted config keys to values, e.g. "
+                          f"{{train.epochs: 10}}; got {type(fixed).__name__}.")
+    fixed = dict(_flatten(fixed))
+    run_cap = data.get("run_cap")
+    if run_cap is not None and (isinstance(run_cap, bool) or not isinstance(run_cap, int) or run_cap < 1):
+        raise ConfigError(f"{where}: run_cap must be a positive whole number; got {run_cap!r}.")
+    hyperband = _parse_early_terminate(data.get("early_terminate"), where)
+    if method == "grid":
+        for prm in params:
+            if prm.grid_values() is None:
+                raise ConfigError(
+                    f"{where}: parameters.{prm.key}: method grid needs a finite set of values, but "
+                    f"distribution {prm.distribution} is continuous. Give it values: [...], or use "
+                    f"int_uniform / q_uniform, or switch to method random or bayes.")
+    name = data.get("name") or (Path(source).stem if source else "sweep")
+    spec = SweepSpec(name=str(name), method=method, metric=metric, goal=goal, params=params,
+                     base=resolved_base, fixed=fixed, run_cap=run_cap, hyperband=hyperband,
+                     source=str(source) if source else None, raw=dict(data))
+    if method == "grid" and spec.grid_size() > GRID_LIMIT:
+        raise ConfigError(f"{where}: the grid has {spec.grid_size():,} combinations (more than "
+                          f"{GRID_LIMIT:,}); use method random or bayes with a run_cap.")
+    return spec
+
+
+def _parse_metric(metric: Any, where: str, base: str | None) -> tuple[str, str]:
+    if metric is None:  # W&B allows that for grid and random; use what the runs monitor
+        from trainpipe import config as config_mod
+
+        try:
+            t = config_mod.load(base).train
+        except ConfigError as e:
+            raise ConfigError(f"{where}: the base config {base or 'quickstart'} does not validate: {e}") from None
+        return t.monitor, "maximize" if t.monitor_mode == "max" else "minimize"
+    if not isinstance(metric, Mapping) or "name" not in metric:
+        raise ConfigError(f"{where}: metric must be a mapping with name and goal, e.g. "
+                          f"{{name: val/acc, goal: maximize}}; got {metric!r}.")
+    unknown = [k for k in metric if k not in ("name", "goal", "target")]
+    if unknown:
+        raise ConfigError(f"{where}: metric.{unknown[0]} is not a metric key; valid keys: name, goal.")
+    name = str(metric["name"])
+    if name.startswith("test/"):
+        raise ConfigError(f"{where}: metric.name is {name!r}: a sweep selects on a validation metric, "
+                          f"never on the test set (that would leak it into the choice). Use e.g. "
+                          f"{name.replace('test/', 'val/', 1)}; test accuracy is still reported for every trial.")
+    if name not in EPOCH_METRICS and not name.startswith(("val/", "train/")):
+        raise ConfigError(f"{where}: metric.name {name!r} is not a metric trainpipe logs per epoch"
+                          f"{did_you_mean(name.replace('_', '/'), EPOCH_METRICS) or '.'} "
+                          f"Valid names: {', '.join(EPOCH_METRICS)}.")
+    goal = metric.get("goal")
+    if goal is None:
+        # W&B minimises by default, which silently picks the worst run for an accuracy.
+        if not name.endswith("loss"):
+            raise ConfigError(f"{where}: metric.goal is missing for {name}; W&B's default would be "
+                              f"minimize. Add goal: maximize (or goal: minimize).")
+        goal = "minimize"
+    if goal not in ("maximize", "minimize"):
+        raise ConfigError(f"{where}: metric.goal must be maximize or minimize; got {goal!r}"
+                          f"{did_you_mean(str(goal), ['maximize', 'minimize']) or '.'}")
+    return name, goal
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """`fixed` may be nested ({train: {epochs: 5}}) or dotted ({train.epochs: 5})."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v):
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _parse_params(block: Mapping[str, Any], *, prefix: str, where: str) -> list[Param]:
+    out: list[Param] = []
+    for name, body in block.items():
+        key = f"{prefix}{name}"
+        if not isinstance(body, Mapping):
+            raise ConfigError(
+                f"{where}: parameters.{key} must be a mapping such as {{values: [...]}}, {{value: x}} or "
+                f"{{min: a, max: b}}; got {body!r}. For a list of choices write values: {body!r}.")
+        if "parameters" in body:
+            extra = [k for k in body if k != "parameters"]
+            if extra or not isinstance(body["parameters"], Mapping):
+                raise ConfigError(f"{where}: parameters.{key}: a nested block holds only parameters: {{...}}.")
+            out.extend(_parse_params(body["parameters"], prefix=key + ".", where=where))
+            continue
+        out.append(_parse_param(key, dict(body), where))
+    return out
+
+
+def _number(key: str, field_name: str, v: Any, where: str) -> float:
+    # PyYAML reads 1e-3 (no dot) as a string; W&B files are full of those.
+    if isinstance(v, bool):
+        v = None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: parameters.{key}.{field_name} must be a number; got {v!r}.") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{where}: parameters.{key}.{field_name} must be finite; got {v!r}.")
+    return int(x) if isinstance(v, int) else x
+
+
+def _parse_param(key: str, body: dict[str, Any], where: str) -> Param:
+    for k in body:
+        if k not in PARAM_KEYS:
+            hint = " (W&B's categorical probabilities are not supported)" if k == "probabilities" else ""
+            raise ConfigError(f"{where}: parameters.{key}: unknown key {k!r}{hint}"
+                              f"{did_you_mean(k, PARAM_KEYS) or '.'} Valid keys: {', '.join(PARAM_KEYS[:-1])}.")
+    dist = body.get("distribution")
+    if dist is None:  # W&B's inference rules
+        if "values" in body:
+            dist = "categorical"
+        elif "value" in body:
+            dist = "constant"
+        elif "min" in body and "max" in body:
+            both_int = all(isinstance(body[k], int) and not isinstance(body[k], bool) for k in ("min", "max"))
+            dist = "int_uniform" if both_int else "uniform"
+        else:
+            raise ConfigError(f"{where}: parameters.{key} needs values: [...], value: x, or min and max "
+                              f"(with an optional distribution).")
+    if dist not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: parameters.{key}.distribution {dist!r} is unknown"
+                          f"{did_you_mean(str(dist), DISTRIBUTIONS) or '.'} Valid: {', '.join(DISTRIBUTIONS)}.")
+    if dist == "constant":
+        if "value" not in body:
+            raise ConfigError(f"{where}: parameters.{key}: distribution constant needs value: x.")
+        return Param(key, dist, (body["value"],))
+    if dist == "categorical":
+        values = body.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: parameters.{key}.values must be a non-empty list; got {values!r}.")
+        seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        if len(set(seen)) != len(seen):
+            raise ConfigError(f"{where}: parameters.{key}.values lists the same value twice: {values!r}.")
+        return Param(key, dist, tuple(values))
+    q = _number(key, "q", body.get("q", 1), where) if dist.startswith("q_") else None
+    if q is not None and q <= 0:
+        raise ConfigError(f"{where}: parameters.{key}.q must be positive; got {q!r}.")
+    if dist in NORMAL:
+        mu = _number(key, "mu", body.get("mu", 0.0), where)
+        sigma = _number(key, "sigma", body.get("sigma", 1.0), where)
+        if sigma <= 0:
+            raise ConfigError(f"{where}: parameters.{key}.sigma must be positive; got {sigma!r}.")
+        return Param(key, dist, q=q, mu=mu, sigma=sigma)
+    for k in ("min", "max"):
+        if k not in body:
+            raise ConfigError(f"{where}: parameters.{key}: distribution {dist} needs min and max.")
+    lo, hi = _number(key, "min", body["min"], where), _number(key, "max", body["max"], where)
+    if lo > hi:
+        raise ConfigError(f"{where}: parameters.{key}: min ({lo}) is greater than max ({hi}); swap them.")
+    if dist == "int_uniform" and not (float(lo).is_integer() and float(hi).is_integer()):
+        raise ConfigError(f"{where}: parameters.{key}: int_uniform needs whole-number min and max; "
+                          f"got {lo} and {hi}.")
+    if dist in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") and lo <= 0:
+        raise ConfigError(f"{where}: parameters.{key}: {dist} needs min > 0 (values are sampled on a "
+                          f"log scale); got min {lo}. For exponents of e use distribution log_uniform.")
+    return Param(key, dist, low=lo, high=hi, q=q)
+
+
+def _parse_early_terminate(et: Any, where: str) -> Hyperband | None:
+    if et is None:
+        return None
+    if not isinstance(et, Mapping) or et.get("type") != "hyperband":
+        got = et.get("type") if isinstance(et, Mapping) else et
+        raise ConfigError(f"{where}: early_terminate.type must be hyperband (the only one W&B defines); "
+                          f"got {got!r}.")
+    allowed = ("type", "min_iter", "max_iter", "eta", "s", "strict")
+    for k in et:
+        if k not in allowed:
+            raise ConfigError(f"{where}: early_terminate.{k} is unknown{did_you_mean(k, allowed) or '.'} "
+                              f"Valid keys: {', '.join(allowed)}.")
+    ints = {}
+    for k in ("min_iter", "max_iter", "eta", "s"):
+        v = et.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (2 if k == "eta" else 1)):
+            low = 2 if k == "eta" else 1
+            raise ConfigError(f"{where}: early_terminate.{k} must be a whole number >= {low}; got {v!r}.")
+        ints[k] = v
+    eta = ints["eta"] or 3
+    min_iter, max_iter = ints["min_iter"], ints["max_iter"]
+    if min_iter is None and max_iter is not None and ints["s"] is not None:
+        # W&B's (max_iter, s) form: s brackets below max_iter.
+        min_iter = max(1, max_iter // eta ** ints["s"])
+    min_iter = min_iter or 1
+    if max_iter is not None and max_iter < min_iter:
+        raise ConfigError(f"{where}: early_terminate: min_iter ({min_iter}) is greater than max_iter ({max_iter}).")
+    return Hyperband(min_iter=min_iter, max_iter=max_iter, eta=eta)
+
+
+def _resolve_base(base: Any, source: str | Path | None, where: str) -> str | None:
+    """`base:` is relative to the sweep file; a bare name may be a packaged config."""
+    from trainpipe.config import PACKAGED_CONFIGS, resolve_config_path
+
+    if base is None:
+        return None
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{where}: base must be the path of a config file; got {base!r}.")
+    tried = []
+    if source is not None and not Path(base).is_absolute():
+        cand = (Path(source).resolve().parent / base)
+        tried.append(str(cand))
+        if cand.is_file():
+            return str(cand)
+    cand = resolve_config_path(base)
+    if cand.is_file():
+        return str(cand.resolve())
+    tried.append(str(Path(base).resolve()))
+    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    raise ConfigError(f"{where}: base config {base!r} not found (looked at {', '.join(tried)} and the "
+                      f"packaged configs: {', '.join(names)}). The path is relative to the sweep file.")

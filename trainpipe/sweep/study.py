@@ -1,0 +1,262 @@
+"""The Optuna side of a sweep: storage, study, sampler, pruner, and the trial ledger.
+
+Storage is an `RDBStorage` (SQLite file in the sweep directory by default, any
+SQLAlchemy URL otherwise) with heartbeats: a trial whose worker stops beating for
+`grace_period` seconds is failed and re-queued as a WAITING copy with the same
+parameters (Optuna's retry callback). On one machine a dead worker is noticed at once
+from its process id instead of waiting for the grace period.
+
+Some trials exist only for bookkeeping and are hidden from results: a trial that was
+re-queued (its copy carries on), and a trial *discarded* because another worker had
+already claimed the same grid point or the run cap was reached in the meantime.
+`ledger()` sorts that out once for everyone (results, status, the worker loop).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import os
+import socket
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from trainpipe.errors import ConfigError
+from trainpipe.sweep.space import grid_search_space
+from trainpipe.sweep.spec import SweepSpec
+
+HEARTBEAT_INTERVAL_S = 30
+GRACE_PERIOD_S = 120
+# A worker that dies over and over on the same configuration (out of memory, say)
+# stops being retried after this many attempts; the trial then shows as failed.
+MAX_RETRIES = 3
+FINGERPRINT_ATTR = "trainpipe:fingerprint"
+
+_RETRY_CLS = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+
+
+def quiet_optuna() -> None:
+    """We print our own one line per trial; Optuna's per-trial logs and experimental notes would repeat it."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
+def default_storage_url(sweep_dir: str | Path) -> str:
+    return f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for files and messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+                 grace_period: int = GRACE_PERIOD_S) -> optuna.storages.RDBStorage:
+    quiet_optuna()
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several worker processes write to one file; wait for the lock instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    retry = _RETRY_CLS(max_retry=MAX_RETRIES)
+    params = inspect.signature(optuna.storages.RDBStorage).parameters
+    cb_name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period, **{cb_name: retry})
+    except ImportError as e:
+        raise ConfigError(f"--storage {redact(url)}: the database driver is not installed ({e}). For "
+                          f"PostgreSQL: pip install 'trainpipe[postgres]'.") from None
+    except Exception as e:
+        if type(e).__module__.startswith("sqlalchemy"):
+            raise ConfigError(f"--storage {redact(url)}: cannot open the database: "
+                              f"{str(e).splitlines()[0]}. Check the URL, that the server runs and accepts "
+                              f"this user, and that the database exists.") from None
+        raise
+
+
+def sampler_for(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    if spec.method == "grid":
+        return FileOrderGridSampler(grid_search_space(spec), [p.key for p in spec.varied])
+    if spec.method == "random":
+        return optuna.samplers.RandomSampler()
+    # constant_liar: parallel workers see each other's running trials as bad guesses and
+    # spread out instead of sampling the same promising point.
+    return optuna.samplers.TPESampler(constant_liar=True)
+
+
+class FileOrderGridSampler(optuna.samplers.GridSampler):
+    """GridSampler that visits combinations in the sweep file's order, as W&B does.
+
+    Optuna shuffles the grid; a fixed order makes trial NNNN the NNNN-th combination
+    of the file (last parameter fastest), which is what users read in the table.
+    """
+
+    def __init__(self, search_space: dict[str, list[Any]], order: list[str]) -> None:
+        super().__init__(search_space)
+        import itertools
+
+        names = sorted(search_space)
+        ordered = list(itertools.product(*(search_space[k] for k in order)))
+        pos = [order.index(n) for n in names]
+        if hasattr(self, "_all_grids"):
+            self._all_grids = [tuple(c[i] for i in pos) for c in ordered]
+
+
+def pruner_for(spec: SweepSpec, epochs: int) -> optuna.pruners.BasePruner:
+    hb = spec.hyperband
+    if hb is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.HyperbandPruner(min_resource=hb.min_iter, max_resource=hb.max_iter or max(epochs, 1),
+                                          reduction_factor=hb.eta)
+
+
+def open_study(spec: SweepSpec, storage: optuna.storages.BaseStorage, *, study_name: str,
+               epochs: int) -> optuna.Study:
+    """Create the study or join it; a study made from a different sweep file is refused."""
+    study = optuna.create_study(storage=storage, study_name=study_name, direction=spec.direction,
+                                sampler=sampler_for(spec), pruner=pruner_for(spec, epochs), load_if_exists=True)
+    fp = study.user_attrs.get(FINGERPRINT_ATTR)
+    if fp is None:
+        study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
+        study.set_user_attr("trainpipe:sweep", {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
+                                                "params": [p.key for p in spec.varied], "name": spec.name})
+    elif fp != spec.fingerprint():
+        raise ConfigError(
+            f"study {study_name!r} in the storage was created from a different sweep (its method, metric, "
+            f"parameters, base config or fixed values differ). Use the original sweep file, or give this "
+            f"sweep another name (the sweep file's name: key) so that it gets a study of its own.")
+    if study.direction.name.lower() != spec.direction:
+        raise ConfigError(f"study {study_name!r} optimises in the other direction; give this sweep another name.")
+    return study
+
+
+# ------------------------------------------------------------------- the ledger
+@dataclass
+class Ledger:
+    """The trials that count, and why the others don't."""
+
+    visible: list[FrozenTrial] = field(default_factory=list)
+    superseded: set[int] = field(default_factory=set)  # numbers re-queued under a new trial
+    discarded: list[FrozenTrial] = field(default_factory=list)
+
+    def by_state(self, *states: TrialState) -> list[FrozenTrial]:
+        return [t for t in self.visible if t.state in states]
+
+
+def ledger(trials: Iterable[FrozenTrial]) -> Ledger:
+    trials = list(trials)
+    superseded = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    led = Ledger(superseded=superseded)
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.user_attrs.get("discarded"):
+            led.discarded.append(t)
+        elif t.number not in superseded:
+            led.visible.append(t)
+    return led
+
+
+def point_of(trial: FrozenTrial, keys: list[str]) -> tuple | None:
+    """A trial's grid point (Optuna's stored values), or None while not all are sampled."""
+    if not all(k in trial.params for k in keys):
+        return None
+    return tuple(repr(trial.params[k]) for k in keys)
+
+
+# ---------------------------------------------------------------- who is alive
+@lru_cache(maxsize=1)
+def machine_id() -> str:
+    """Host plus boot and process-namespace ids: two containers on one host differ."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id",):
+        try:
+            parts.append(Path(path).read_text().strip())
+        except OSError:
+            pass
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return "|".join(parts)
+
+
+def worker_attr() -> dict[str, Any]:
+    return {"machine": machine_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is dead for our purpose.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def requeue(study: optuna.Study, trial_id: int) -> bool:
+    """Fail a running trial (if nobody else did) and queue a copy; True when this call did it."""
+    storage = study._storage
+    try:
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    frozen = storage.get_trial(trial_id)
+    if not frozen.user_attrs.get("discarded"):
+        _RETRY_CLS(max_retry=MAX_RETRIES)(study, frozen)
+    return True
+
+
+def retry_interrupted(study: optuna.Study, trial_id: int) -> None:
+    """Queue a copy of a trial that Ctrl-C ended (Optuna has marked it failed)."""
+    frozen = study._storage.get_trial(trial_id)
+    status = (frozen.user_attrs.get("result") or {}).get("status")
+    if frozen.state == TrialState.FAIL and status in ("interrupted", "running") and not frozen.user_attrs.get("discarded"):
+        _RETRY_CLS(max_retry=None)(study, frozen)
+
+
+def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S) -> list[int]:
+    """Re-queue running trials whose worker is gone; returns their numbers.
+
+    Same machine: the worker's process id is checked directly. Elsewhere: Optuna's
+    heartbeat (`fail_stale_trials`). A trial that died before it recorded its worker
+    is judged by its age.
+    """
+    reaped = []
+    now = dt.datetime.now()
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker")
+        if w is not None:
+            dead = w.get("machine") == machine_id() and w.get("pid") != os.getpid() and not pid_alive(int(w["pid"]))
+        else:
+            started = t.datetime_start or now
+            # The worker records itself first thing; a trial this old without a record
+            # lost its worker between Optuna's ask and the objective.
+            dead = (now - started).total_seconds() > grace_period
+        if dead and requeue(study, t._trial_id):
+            reaped.append(t.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+    return reaped
+

@@ -1,0 +1,304 @@
+"""A sweep worker: takes trials from the study until the sweep is complete.
+
+Each trial is one `trainpipe.train()` call (the code path of `trainpipe train`) in
+`DIR/trials/NNNN/`, with a callback that reports the metric every epoch and, with
+hyperband, stops the run when Optuna prunes it. A failed trial is recorded with its
+reason and the worker goes on; Ctrl-C marks the running trial interrupted, queues a
+copy of it for the next start, and stops the worker.
+
+The worker loop decides between three things each round: run a trial (a queued copy,
+or a new one while the sweep has room), wait (everything is claimed but other
+workers are still running: one of them may die and its trial come back), or stop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from trainpipe.callbacks import Callback
+from trainpipe.sweep import study as st
+from trainpipe.sweep.space import trial_overrides
+from trainpipe.sweep.spec import SweepSpec
+
+EXIT_INTERRUPTED = 130
+
+
+class TrialFailed(Exception):
+    """The run failed (an exception or a non-finite loss); recorded, the sweep goes on."""
+
+
+class TrialDiscarded(Exception):
+    """Another worker already took this configuration, or the cap was reached meanwhile."""
+
+
+@dataclass
+class WorkerConfig:
+    spec: SweepSpec
+    sweep_dir: str
+    storage_url: str
+    study_name: str
+    total: int | None  # trials that complete the sweep; None: until stopped
+    epochs: int  # the base config's train.epochs (hyperband's default max_iter)
+    index: int = 0
+    workers: int = 1
+    device: str | None = None  # "cpu" or a GPU index
+    spawned: bool = False
+    heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S
+    grace_period: int = st.GRACE_PERIOD_S
+    parent_pid: int | None = None
+    poll_s: float = 2.0
+    command: str = "trainpipe sweep"
+
+    def say(self, msg: str) -> None:
+        prefix = f"[worker {self.index}] " if self.workers > 1 else ""
+        print(f"{prefix}{msg}", flush=True)
+
+
+class ReportToStudy(Callback):
+    """Reports the sweep metric to Optuna every epoch; stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, prune: bool) -> None:
+        self.trial, self.metric, self.prune = trial, metric, prune
+
+    def on_epoch_end(self, trainer: Any) -> None:
+        m = trainer.state.metrics
+        value = m.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(float(value), step=int(m["epoch"]))
+        if self.prune and self.trial.should_prune():
+            trainer.state.should_stop = True
+            trainer.state.stop_reason = "pruned"
+
+
+def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
+    values = [h[metric] for h in history if isinstance(h.get(metric), (int, float)) and math.isfinite(h[metric])]
+    if not values:
+        return None
+    return max(values) if goal == "maximize" else min(values)
+
+
+def device_overrides(device: str | None, spawned: bool) -> dict[str, Any]:
+    if device is None:
+        return {}
+    if device == "cpu":
+        return {"train.device": "cpu"}
+    # A spawned worker sees only its GPU (CUDA_VISIBLE_DEVICES), as cuda:0.
+    return {"train.device": "cuda" if spawned else f"cuda:{device}"}
+
+
+def describe(overrides: dict[str, Any]) -> str:
+    from trainpipe.sweep.results import fmt
+
+    return " ".join(f"{k}={fmt(v)}" for k, v in overrides.items()) or "(no varied parameters)"
+
+
+class Objective:
+    def __init__(self, wc: WorkerConfig, study: optuna.Study) -> None:
+        self.wc, self.study = wc, study
+        self.trial_id: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        wc, spec = self.wc, self.wc.spec
+        self.trial_id = trial._trial_id
+        trial.set_user_attr("worker", st.worker_attr())
+        overrides = trial_overrides(trial, spec)
+        why = self.discard_reason(trial)
+        if why:
+            trial.set_user_attr("discarded", why)
+            raise TrialDiscarded(why)
+        run_dir = Path(wc.sweep_dir) / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("result", {"status": "running"})
+        if run_dir.exists() and any(run_dir.iterdir()):
+            return self.fail(trial, f"{run_dir} already exists (from another study?); move it away")
+        retry = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        again = f" (again: trial {retry:04d} lost its worker or was interrupted)" if retry is not None else ""
+        wc.say(f"trial {trial.number:04d} started{again}: {describe(overrides)}")
+        from trainpipe.runner import train
+
+        all_overrides = {**spec.constant_overrides(), **overrides, **device_overrides(wc.device, wc.spawned)}
+        callback = ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)
+        try:
+            result = train(spec.base, all_overrides, run_dir, quiet=wc.workers > 1, callbacks=[callback],
+                           command=f"{wc.command} (trial {trial.number:04d})")
+        except KeyboardInterrupt:
+            trial.set_user_attr("result", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
+            raise
+        except Exception as e:
+            return self.fail(trial, f"{type(e).__name__}: {e}", summary_path=run_dir / "summary.json")
+        s = result.summary
+        best = best_of(result.metrics, spec.metric, spec.goal)
+        res = {"status": s.get("status"), "reason": s.get("stop_reason"), "best": best,
+               "train_acc": s.get("final/train/acc"), "test_acc": s.get("test/acc"), "epochs": s.get("epochs_run"),
+               "epoch_time_s": s.get("epoch_time_s"), "wall_time_s": s.get("wall_time_s")}
+        if s.get("status") == "failed":
+            return self.fail(trial, s.get("error") or s.get("stop_reason") or "failed", res=res)
+        if s.get("stop_reason") == "pruned":
+            res["status"], res["reason"] = "pruned", f"pruned after epoch {s.get('epochs_run')}"
+            trial.set_user_attr("result", res)
+            wc.say(f"trial {trial.number:04d} pruned after epoch {s.get('epochs_run')}: "
+                   f"best {spec.metric} {_num(best)}")
+            raise optuna.TrialPruned(res["reason"])
+        if best is None:
+            return self.fail(trial, f"the run logged no {spec.metric} (metric.name of the sweep); "
+                                    f"val/* metrics need a validation split (data.val_split > 0)", res=res)
+        trial.set_user_attr("result", res)
+        wc.say(f"trial {trial.number:04d} completed: {spec.metric} {_num(best)}, test/acc "
+               f"{_num(s.get('test/acc'))}, {s.get('wall_time_s', 0):.1f}s")
+        return best
+
+    def fail(self, trial: optuna.Trial, reason: str, *, res: dict[str, Any] | None = None,
+             summary_path: Path | None = None) -> float:
+        res = dict(res or {})
+        if summary_path is not None and summary_path.is_file():
+            import json
+
+            s = json.loads(summary_path.read_text())
+            res.update({"epochs": s.get("epochs_run"), "wall_time_s": s.get("wall_time_s")})
+        res.update({"status": "failed", "reason": reason[:500]})
+        trial.set_user_attr("result", res)
+        self.wc.say(f"trial {trial.number:04d} failed: {reason.splitlines()[0][:200]}")
+        raise TrialFailed(reason)
+
+    def discard_reason(self, trial: optuna.Trial) -> str | None:
+        """Checked after sampling, so that two workers racing for the last slot agree.
+
+        Of two trials with the same grid point the lower number keeps it; a new trial
+        beyond the cap (counting only lower numbers) gives way. Queued copies of a
+        lost trial never count against the cap: they replace it.
+        """
+        spec = self.wc.spec
+        storage = self.study._storage
+        trials = storage.get_all_trials(self.study._study_id, deepcopy=False)
+        led = st.ledger(trials)
+        me = next(t for t in trials if t._trial_id == trial._trial_id)
+        earlier = [t for t in led.visible if t.number < me.number]
+        if spec.method == "grid":
+            keys = [p.key for p in spec.varied]
+            mine = st.point_of(me, keys)
+            for t in earlier:
+                if st.point_of(t, keys) == mine:
+                    return f"same grid point as trial {t.number:04d}"
+        is_copy = "failed_trial" in me.system_attrs
+        if self.wc.total is not None and not is_copy and len(earlier) >= self.wc.total:
+            return "the sweep already has all its trials"
+        return None
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+# ------------------------------------------------------------------- the loop
+def next_action(spec: SweepSpec, led: st.Ledger, total: int | None) -> str:
+    """'run', 'wait' or 'done' (see the module docstring)."""
+    if led.by_state(TrialState.WAITING):
+        return "run"
+    room = total is None or len(led.visible) < total
+    if spec.method == "grid":
+        keys = [p.key for p in spec.varied]
+        covered = {st.point_of(t, keys) for t in led.visible} - {None}
+        room = room and len(covered) < spec.grid_size()
+    if room:
+        return "run"
+    return "wait" if led.by_state(TrialState.RUNNING) else "done"
+
+
+def run_worker(wc: WorkerConfig) -> None:
+    """Run trials until the sweep is complete. Ctrl-C re-queues the running trial and re-raises."""
+    from trainpipe.sweep.results import write_results
+
+    storage = st.make_storage(wc.storage_url, heartbeat_interval=wc.heartbeat_interval, grace_period=wc.grace_period)
+    study = optuna.load_study(study_name=wc.study_name, storage=storage, sampler=st.sampler_for(wc.spec),
+                              pruner=st.pruner_for(wc.spec, wc.epochs))
+    objective = Objective(wc, study)
+    said_wait = False
+    try:
+        while True:
+            if wc.parent_pid is not None and os.getppid() != wc.parent_pid:
+                wc.say("the sweep command is gone; this worker stops")
+                return
+            for n in st.reap_dead_trials(study, grace_period=wc.grace_period):
+                wc.say(f"trial {n:04d} lost its worker; queued again")
+            led = st.ledger(storage.get_all_trials(study._study_id, deepcopy=False))
+            action = next_action(wc.spec, led, wc.total)
+            if action == "done":
+                return
+            if action == "wait":
+                if not said_wait:
+                    n = len(led.by_state(TrialState.RUNNING))
+                    wc.say(f"waiting for {n} running trial{'s' if n > 1 else ''} of other workers")
+                    said_wait = True
+                time.sleep(wc.poll_s)
+                continue
+            said_wait = False
+            objective.trial_id = None
+            study.optimize(objective, n_trials=1, catch=(TrialFailed, TrialDiscarded), gc_after_trial=True)
+            write_results(wc.sweep_dir, study, wc.spec)
+    except KeyboardInterrupt:
+        _ignore_signals()
+        release(study, objective.trial_id)
+        write_results(wc.sweep_dir, study, wc.spec)
+        raise
+
+
+def release(study: optuna.Study, trial_id: int | None) -> None:
+    """After Ctrl-C: queue a copy of the interrupted trial and free any trial this process holds."""
+    try:
+        if trial_id is not None:
+            st.retry_interrupted(study, trial_id)
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            w = t.user_attrs.get("worker") or {}
+            if w.get("machine") == st.machine_id() and w.get("pid") == os.getpid():
+                st.requeue(study, t._trial_id)
+    except Exception as e:  # the storage may be what failed; the next start reaps by pid anyway
+        print(f"could not re-queue the interrupted trial ({type(e).__name__}: {e}); the next start will",
+              file=sys.stderr)
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    # The terminal sends Ctrl-C to every worker and the parent forwards it too:
+    # the first one stops the trial, later ones must not break the clean-up.
+    _ignore_signals()
+    raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM (a scheduler's stop) both stop the sweep cleanly, once."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+
+
+def worker_main(wc: WorkerConfig) -> None:
+    """Entry point of a spawned worker process."""
+    if wc.device not in (None, "cpu"):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d for d in visible.split(",") if d.strip()] if visible else None
+        # --devices indexes the GPUs this process could see, as torch numbers them.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(wc.device)] if ids and int(wc.device) < len(ids) else wc.device
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // wc.workers))
+    install_signal_handlers()
+    st.quiet_optuna()
+    try:
+        run_worker(wc)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
