@@ -88,6 +88,24 @@ def cmd_list(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from trainpipe.sweep import run_sweep, sweep_status
+
+    if a.status:
+        sys.stdout.write(sweep_status(a.sweep, a.output, a.storage))
+        return EXIT_OK
+    outcome = run_sweep(a.sweep, a.output, workers=a.workers, devices=a.devices, storage=a.storage, trials=a.trials)
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from trainpipe.report import report
+
+    md = report(a.dirs, a.output, evaluate=not a.no_eval, storage=a.storage)
+    print(f"report: {md} and {md.with_name('report.html')}")
+    return EXIT_OK
+
+
 def _key_for(family: str) -> str:
     return {"dataset": "data.dataset", "augment": "data.augment", "model": "model.name",
             "optimizer": "optim.name", "scheduler": "sched.name", "tracker": "tracking.*"}.get(family, family)
@@ -104,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
               trainpipe train configs/mnist.yaml optim.lr=0.1   # a config plus overrides
               trainpipe check configs/cifar10.yaml              # validate, print the resolved config
               trainpipe list models
+              trainpipe sweep lr.yaml --workers 2               # a W&B-format sweep file, run by Optuna
+              trainpipe sweep sweeps/lr --status                # its progress and results table
         """),
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -123,6 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list configs, datasets, augmentations, models, optimizers, schedulers")
     ls.add_argument("family", nargs="?", help="one family only, e.g. models")
     ls.set_defaults(func=cmd_list)
+
+    sw = sub.add_parser("sweep", help="run a sweep file (W&B format) as an Optuna study; resume; --status")
+    sw.add_argument("sweep", metavar="SWEEP", help="a sweep file, or a sweep directory to resume or inspect")
+    sw.add_argument("--output", "-o", help="the sweep directory (default sweeps/<name>)")
+    sw.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sw.add_argument("--devices", help="GPUs for the workers, round-robin, e.g. 0,1 (several workers may share one)")
+    sw.add_argument("--storage", help="a database URL shared by several machines, e.g. postgresql://user:pw@host/db "
+                                      "(default: SQLite in the sweep directory)")
+    sw.add_argument("--trials", type=int, help="total number of trials (overrides the file's run_cap)")
+    sw.add_argument("--status", action="store_true", help="print the sweep's progress and results table, run nothing")
+    sw.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="write report.md + report.html for one run, several runs, or a sweep")
+    r.add_argument("dirs", nargs="+", metavar="DIR", help="run directories, or one sweep directory")
+    r.add_argument("--output", "-o", help="folder for the report (default: the run/sweep directory; ./report "
+                                          "for several runs)")
+    r.add_argument("--no-eval", action="store_true", help="skip re-evaluating a run's best checkpoint on the "
+                                                          "test split (per-class accuracy, confusion matrix)")
+    r.add_argument("--storage", help="a sweep's Optuna storage URL, when not the sweep's own optuna.db")
+    r.set_defaults(func=cmd_report)
 
     return p
 

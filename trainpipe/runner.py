@@ -181,7 +181,7 @@ def execute(
         state = trainer.fit()
 
         summary.update(final_summary(trainer, cfg, run_dir))
-        summary["status"] = "failed" if state.stop_reason == "non_finite_loss" else "completed"
+        summary["status"] = {"non_finite_loss": "failed", "pruned": "pruned"}.get(state.stop_reason, "completed")
         summary["stop_reason"] = state.stop_reason
     except KeyboardInterrupt:
         summary.update({"status": "interrupted", "stop_reason": "interrupted"})
