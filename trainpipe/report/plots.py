@@ -1,0 +1,238 @@
+"""The report's figures, drawn with matplotlib's Agg backend and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written on headless machines; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+DPI = 110
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for row in history:
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(float(row.get("epoch", len(xs) + 1)))
+            ys.append(float(v))
+    return xs, ys
+
+
+def curves(histories: dict[str, Sequence[dict[str, Any]]], *, best_epochs: dict[str, int | None] | None = None) -> bytes:
+    """Loss, accuracy and learning rate per epoch; one colour per run, train dashed, val solid."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = plt.get_cmap("tab10" if len(histories) <= 10 else "viridis")
+    single = len(histories) == 1
+    for i, (label, hist) in enumerate(histories.items()):
+        c = colours(i if len(histories) <= 10 else i / max(len(histories) - 1, 1))
+        for ax, metric in zip(axes[:2], ("loss", "acc")):
+            for split, style in (("train", "--"), ("val", "-")):
+                xs, ys = _series(hist, f"{split}/{metric}")
+                if xs:
+                    name = split if single else f"{label} ({split})"
+                    ax.plot(xs, ys, style, color=c if not single else None, label=name, marker="." if len(xs) < 30 else None)
+        xs, ys = _series(hist, "lr")
+        if xs:
+            axes[2].plot(xs, ys, color=c, label=None if single else label)
+        best = (best_epochs or {}).get(label)
+        if best and single:
+            axes[1].axvline(best, color="grey", linestyle=":", linewidth=1, label=f"best epoch ({best})")
+    for ax, title in zip(axes, ("loss", "accuracy", "learning rate (end of epoch)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0] and (single or ax is not axes[2]):
+            ax.legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def overlay(histories: dict[str, Sequence[dict[str, Any]]], key: str, *, highlight: str | None = None,
+            values: dict[str, float | None] | None = None) -> bytes:
+    """One metric of many runs (sweep trials) on one axis, coloured by their final value."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    vals = [v for v in (values or {}).values() if v is not None]
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    cmap = plt.get_cmap("viridis")
+    for label, hist in histories.items():
+        xs, ys = _series(hist, key)
+        if not xs:
+            continue
+        v = (values or {}).get(label)
+        colour = cmap((v - lo) / (hi - lo) if v is not None and hi > lo else 0.5)
+        best = label == highlight
+        ax.plot(xs, ys, color="crimson" if best else colour, linewidth=2.5 if best else 1.0,
+                alpha=1.0 if best else 0.75, zorder=3 if best else 2, label=f"best: {label}" if best else None)
+    if vals and hi > lo:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
+        fig.colorbar(sm, ax=ax, label=f"best {key}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if highlight is not None:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion(cm: np.ndarray, classes: Sequence[str]) -> bytes:
+    """Row-normalised confusion matrix (rows: true class); counts written in when it fits."""
+    n = len(classes)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.45 * n, 16)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if n <= 40:
+        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 45, ha="center" if n > 10 else "right", fontsize=8)
+        ax.set_yticks(range(n), [str(c) for c in classes], fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def per_class(acc: Sequence[float], classes: Sequence[str]) -> bytes:
+    """Per-class accuracy as bars, sorted from worst to best."""
+    order = np.argsort(acc)
+    n = len(acc)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.18 * n, 20), 4))
+    ax.bar(range(n), [acc[i] for i in order], color="steelblue")
+    if n <= 60:
+        ax.set_xticks(range(n), [str(classes[i]) for i in order], rotation=90, fontsize=7)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _is_numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None)
+
+
+def _log_scale(values: Sequence[float]) -> bool:
+    pos = [v for v in values if v is not None]
+    return bool(pos) and min(pos) > 0 and max(pos) / min(pos) >= 20
+
+
+def metric_vs_params(rows: list[dict[str, Any]], params: list[str], metric: str) -> bytes:
+    """One panel per varied parameter: the metric of each trial against its value."""
+    cols = min(len(params), 3)
+    nrows = math.ceil(len(params) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.8 * nrows), squeeze=False)
+    for ax, p in zip(axes.flat, params):
+        pts = [(r.get(p), r.get(metric)) for r in rows if r.get(metric) is not None and r.get(p) is not None]
+        xs = [x for x, _ in pts]
+        ys = [y for _, y in pts]
+        if _is_numeric(xs):
+            ax.scatter(xs, ys, alpha=0.8)
+            if _log_scale(xs):
+                ax.set_xscale("log")
+        else:
+            cats = sorted({str(x) for x in xs})
+            pos = {c: i for i, c in enumerate(cats)}
+            jitter = np.random.default_rng(0).uniform(-0.08, 0.08, len(xs))
+            ax.scatter([pos[str(x)] + j for x, j in zip(xs, jitter)], ys, alpha=0.8)
+            ax.set_xticks(range(len(cats)), cats, rotation=20 if len(cats) > 3 else 0)
+            for c in cats:
+                ys_c = [y for x, y in pts if str(x) == c]
+                ax.hlines(np.mean(ys_c), pos[c] - 0.25, pos[c] + 0.25, color="crimson")
+        ax.set_title(p)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def parallel_coordinates(rows: list[dict[str, Any]], params: list[str], metric: str, *, goal: str = "maximize") -> bytes:
+    """Each trial a line through one axis per parameter and the metric, coloured by the metric.
+
+    Drawn here rather than with pandas or Optuna's plot: axes mix categorical values
+    with log-scaled numbers, and the data come from results, not from a live study.
+    """
+    rows = [r for r in rows if r.get(metric) is not None]
+    axes_keys = params + [metric]
+    scaled: dict[str, list[float]] = {}
+    ticks: dict[str, tuple[list[float], list[str]]] = {}
+    for k in axes_keys:
+        vals = [r.get(k) for r in rows]
+        if _is_numeric(vals) and any(v is not None for v in vals):
+            nums = [float(v) for v in vals if v is not None]
+            log = _log_scale(nums)
+            tf = (lambda v: math.log10(v)) if log else (lambda v: v)
+            lo, hi = tf(min(nums)), tf(max(nums))
+            span = hi - lo or 1.0
+            scaled[k] = [(tf(float(v)) - lo) / span if v is not None else float("nan") for v in vals]
+            if len(set(nums)) <= 6:
+                tick_vals = sorted(set(nums))
+            elif log:
+                tick_vals = [10 ** x for x in np.linspace(lo, hi, 5)]
+            else:
+                tick_vals = list(np.linspace(lo, hi, 5))
+            ticks[k] = ([(tf(v) - lo) / span if hi > lo else 0.0 for v in tick_vals], [f"{v:.3g}" for v in tick_vals])
+        else:
+            cats = sorted({str(v) for v in vals})
+            pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+            scaled[k] = [pos[str(v)] for v in vals]
+            ticks[k] = (list(pos.values()), cats)
+    fig, ax = plt.subplots(figsize=(max(7, 2.3 * len(axes_keys)), 5))
+    metric_vals = [float(r[metric]) for r in rows]
+    lo, hi = (min(metric_vals), max(metric_vals)) if metric_vals else (0.0, 1.0)
+    cmap = plt.get_cmap("viridis")
+    order = np.argsort(metric_vals) if goal == "maximize" else np.argsort(metric_vals)[::-1]
+    for i in order:  # best trials drawn last, on top
+        ys = [scaled[k][i] for k in axes_keys]
+        c = cmap((metric_vals[i] - lo) / (hi - lo) if hi > lo else 0.5)
+        ax.plot(range(len(axes_keys)), ys, color=c, alpha=0.85, linewidth=1.4)
+    for j, k in enumerate(axes_keys):
+        ax.axvline(j, color="black", linewidth=0.8)
+        for y, lab in zip(*ticks[k]):
+            ax.text(j + 0.03, y, lab, fontsize=7, va="center")
+    ax.set_xticks(range(len(axes_keys)), axes_keys, rotation=15)
+    ax.set_yticks([])
+    ax.set_xlim(-0.1, len(axes_keys) - 1 + 0.5)
+    ax.set_ylim(-0.05, 1.05)
+    if hi > lo:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
+        fig.colorbar(sm, ax=ax, label=metric)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def importance(values: dict[str, float]) -> bytes:
+    """Horizontal bars of parameter importance (Optuna), largest on top."""
+    items = sorted(values.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="steelblue")
+    ax.set_xlabel("importance (share of the metric's variance)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
