@@ -1,15 +1,20 @@
-"""Checkpoint files: atomic writes, corruption detection, RNG capture.
+"""Checkpoint files: atomic writes, a previous copy, corruption detection, RNG capture.
 
 A checkpoint is written to a temporary file in the same directory, flushed and
 fsync'ed, then renamed over the old one, so a crash at any moment leaves either
-the old file or the new one, never half of one.
+the old file or the new one, never half of one. `save_keeping_previous` first
+renames the current file to `previous.pt`, so that a file damaged later (a full
+disk, a bad copy) still leaves one good state to resume from: `find_resumable`
+tries last.pt, then previous.pt, then the epoch snapshots, newest first.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,10 @@ import numpy as np
 import torch
 
 from trainpipe.errors import ConfigError
+
+LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
+# What a checkpoint must hold to continue a run (best.pt holds weights only).
+RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "state", "rng", "config")
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -32,7 +41,20 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     except BaseException:
         with_suppressed_unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def save_keeping_previous(obj: Any, path: str | Path) -> None:
+    """`save_atomic`, after renaming the current file (if any) to previous.pt beside it."""
+    path = Path(path)
+    if path.is_file():
+        os.replace(path, path.with_name(PREVIOUS))
+    save_atomic(obj, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself is durable only once the directory entry is on disk.
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -68,6 +90,46 @@ def load(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
     return obj
 
 
+def load_resumable(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """`load`, plus a check that the file holds a full training state (not weights only)."""
+    obj = load(path, map_location=map_location)
+    missing = [k for k in RESUME_KEYS if k not in obj]
+    if missing:
+        raise ConfigError(
+            f"checkpoint {str(path)!r} holds no full training state (missing {', '.join(missing)}); "
+            f"only checkpoints/last.pt, previous.pt and epoch-NNNN.pt can be resumed from."
+        )
+    return obj
+
+
+def resume_candidates(directory: str | Path) -> list[Path]:
+    """last.pt, previous.pt, then epoch snapshots newest first: the order resume tries them in."""
+    d = Path(directory)
+    snaps = sorted(d.glob("epoch-*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0), reverse=True)
+    return [p for p in (d / LAST, d / PREVIOUS, *snaps) if p.is_file()]
+
+
+def find_resumable(
+    directory: str | Path, *, warn: Callable[[str], None] | None = None, map_location: Any = "cpu"
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest readable full checkpoint in `directory` and its path; None when there is none.
+
+    Each unreadable file is reported through `warn` (naming it) before the next one is
+    tried. When files exist but none can be read, ConfigError lists every problem.
+    """
+    problems = []
+    for path in resume_candidates(directory):
+        try:
+            return load_resumable(path, map_location=map_location), path
+        except ConfigError as e:
+            problems.append(str(e))
+            if warn is not None:
+                warn(f"{e} Trying the previous checkpoint.")
+    if problems:
+        raise ConfigError(f"no usable checkpoint in {str(directory)!r}: " + " ".join(problems))
+    return None
+
+
 def capture_rng() -> dict[str, Any]:
     state = {
         "python": random.getstate(),
@@ -77,6 +139,8 @@ def capture_rng() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
@@ -86,6 +150,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
 
 
 def _numpy_state_out(s: tuple) -> dict[str, Any]:

@@ -1,7 +1,15 @@
-"""What a run prints: a start line, a progress bar per epoch, epoch lines, a final table."""
+"""What a run prints: a start line, a progress bar per epoch, epoch lines, a final table.
+
+The progress bar appears only on an interactive terminal (or in Jupyter), never when
+the output is a file or the CI environment variable is set; epoch lines and the final
+table are printed unless the run is quiet.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +49,6 @@ class ConsoleReport(Callback):
         )
 
     def progress(self, cfg: "RunConfig", data: Any) -> Any:
-        from trainpipe.tracking import ProgressBar, console_is_interactive
-
         mode = cfg.tracking.progress
         if self.quiet or mode == "none" or (mode == "auto" and not console_is_interactive()):
             return None
@@ -55,8 +61,10 @@ class ConsoleReport(Callback):
         if self.quiet:
             return
         m = trainer.state.metrics
-        keys = [k for k in ("train/loss", "train/acc", "val/loss", "val/acc", "lr") if k in m]
+        keys = [k for k in ("train/loss", "train/acc", "val/loss", "val/acc", "val/top5", "lr") if k in m]
         parts = "  ".join(f"{k} {m[k]:.4g}" for k in keys)
+        if m.get("skipped_steps"):
+            parts += f"  skipped steps {m['skipped_steps']}"
         self.console.print(
             f"epoch {int(m['epoch'])}/{trainer.cfg.train.epochs}  {parts}  "
             f"{m['epoch_time_s']:.1f}s  {m['images_per_s']:,.0f} img/s"
@@ -81,3 +89,50 @@ class ConsoleReport(Callback):
 
 def console_report(quiet: bool) -> ConsoleReport:
     return ConsoleReport(quiet)
+
+
+def console_is_interactive() -> bool:
+    if os.environ.get("CI"):
+        return False
+    try:
+        from IPython import get_ipython  # noqa: F401
+
+        if get_ipython() is not None:  # Jupyter: rich renders its live widgets there
+            return True
+    except ImportError:
+        pass
+    return sys.stdout.isatty()
+
+
+class ProgressBar:
+    """A rich progress bar per epoch: batches, loss, accuracy, images/s, ETA.
+
+    `update` reads the device-side sums, a host sync; the loop calls it every
+    `train.log_every` steps only.
+    """
+
+    def __init__(self, epochs: int, batch_size_of: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.epochs = epochs
+        self._bs = batch_size_of
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True,
+        )
+        self._task: Any = None
+        self._t0 = 0.0
+
+    def start_epoch(self, epoch: int, n_batches: int) -> None:
+        self._t0 = time.perf_counter()
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=n_batches, epoch=epoch + 1, epochs=self.epochs, stats="")
+
+    def update(self, done: int, loss_sum: Any, correct: Any, seen: int) -> None:
+        rate = seen / max(time.perf_counter() - self._t0, 1e-9)
+        stats = f"loss {float(loss_sum) / seen:.4f}  acc {int(correct) / seen:.4f}  {rate:,.0f} img/s"
+        self._progress.update(self._task, completed=done, stats=stats)
+
+    def end_epoch(self) -> None:
+        self._progress.remove_task(self._task)
+        self._progress.stop()

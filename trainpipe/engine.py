@@ -4,7 +4,9 @@ The loop reads top to bottom. Precision, gradient accumulation, clipping and EMA
 live here, not in callbacks; callbacks observe `trainer.state` and may set
 `state.should_stop` with a reason. Metrics are summed on the device and read once
 per epoch (and every `train.log_every` steps when a progress bar is shown), so a
-step never waits for the host.
+step never waits for the host. The one exception is `train.on_nonfinite:
+skip_step`, which must know before each optimizer step whether the gradients are
+finite: one host sync per optimizer step, documented as the cost of that policy.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 
 from trainpipe.callbacks import Callback, run_hooks
 from trainpipe.config import RunConfig
+from trainpipe.errors import ConfigError
 
 
 @dataclass
@@ -34,13 +37,20 @@ class TrainState:
     stop_reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
     history: list[dict[str, float]] = field(default_factory=list)
+    nonfinite: bool = False  # the last epoch left a non-finite loss or weight
+    skipped_steps: int = 0  # optimizer steps skipped by on_nonfinite=skip_step
+    rollbacks: int = 0  # reloads of the last good checkpoint by on_nonfinite=rollback
+    lr_factor: float = 1.0  # halved by each rollback; multiplies every group's base lr
+    final: dict[str, Any] = field(default_factory=dict)  # after the loop: test metrics, bests
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        known = {f.name for f in fields(self)}
         for k, v in d.items():
-            setattr(self, k, v)
+            if k in known:
+                setattr(self, k, v)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,6 +70,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
             return torch.bfloat16
         return None  # fp32 on CPU: CPU autocast is slower than fp32 for these nets
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -93,7 +109,7 @@ class ModelEma:
             # Early averages would be dominated by the random initialisation; the
             # (1 + n) / (10 + n) ramp is the one timm and TF use.
             d = min(d, (1 + self.updates) / (10 + self.updates))
-        ema_p = [p for p in self.module.parameters()]
+        ema_p = list(self.module.parameters())
         src_p = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
@@ -114,6 +130,49 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothi
 
 def hard_labels(target: torch.Tensor) -> torch.Tensor:
     return target.argmax(dim=1) if target.dim() == 2 else target
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor on the device: every element of every tensor is finite."""
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
+    return torch.stack([t.detach().isfinite().all() for t in tensors]).all()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: Any, *, device: torch.device, amp_dtype: torch.dtype | None = None, tta: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, on the device) and labels of a whole split; `tta="flip"` averages
+    the logits of each image and its horizontal mirror."""
+    was_training = model.training
+    model.eval()
+    outs, labels = [], []
+    for x, y in loader:
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+            if tta == "flip" and x.dim() == 4:
+                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        outs.append(logits)
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, prefix: str) -> dict[str, float]:
+    """loss, top-1 accuracy and (with more than 5 classes) top-5 accuracy, as `prefix/name`."""
+    y = hard_labels(y)
+    loss = F.cross_entropy(logits, y)
+    out = {f"{prefix}/loss": loss, f"{prefix}/acc": (logits.argmax(1) == y).float().mean()}
+    if logits.shape[1] > 5:
+        top5 = logits.topk(5, dim=1).indices
+        out[f"{prefix}/top5"] = (top5 == y[:, None]).any(dim=1).float().mean()
+    return {k: float(v) for k, v in out.items()}
+
+
+# Optimizer group keys that come from the config; on resume they are taken from the
+# (possibly overridden) config rather than from the checkpoint, see `apply_config_hparams`.
+_CONFIG_GROUP_KEYS = ("base_lr", "weight_decay")
 
 
 class Trainer:
@@ -138,11 +197,22 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress = progress
         self.state = TrainState()
+        self.resumed = False
+        self._pending_rng: dict[str, Any] | None = None
         t = cfg.train
         self.amp_dtype = resolve_precision(t.precision, device)
+        if self.amp_dtype is torch.float16 and getattr(optimizer, "requires_closure", False):
+            raise ConfigError(
+                f"train.precision: fp16 cannot be combined with optim.name={cfg.optim.name}: its second "
+                f"forward/backward pass runs outside the GradScaler, so its gradients would stay scaled. "
+                f"Use train.precision=bf16 (no scaler needed) or fp32."
+            )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = ModelEma(model, t.ema.decay, t.ema.warmup) if t.ema is not None else None
+        self.skip_nonfinite = t.on_nonfinite == "skip_step"
         self.step_fn: Callable = self._train_step
+        self._skipped_this_epoch = 0
+        self._config_hparams = self._group_hparams() if optimizer is not None else []
         if t.compile:
             # Fixed batch shapes (drop_last) keep the compiled graph from recompiling.
             self.forward = torch.compile(model)
@@ -151,14 +221,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated: the EMA copy when EMA is on."""
         return self.ema.module if self.ema is not None else self.model
+
+    def _group_hparams(self) -> list[dict[str, Any]]:
+        keys = set(_CONFIG_GROUP_KEYS) | set(self.cfg.optim.options())
+        return [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups]
+
+    def apply_config_hparams(self) -> None:
+        """Set the config's hyperparameters (times `state.lr_factor` for the lr) on every group.
+
+        A checkpoint's optimizer state carries the hyperparameters it was saved with;
+        re-applying the config's makes resume-time overrides (optim.lr=..., momentum)
+        take effect, and is a no-op when nothing changed.
+        """
+        for g, fresh in zip(self.optimizer.param_groups, self._config_hparams):
+            g.update(fresh)
+            if "base_lr" in fresh:
+                g["base_lr"] = fresh["base_lr"] * self.state.lr_factor
+        self.schedule.step(self.schedule.t)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -172,27 +257,39 @@ class Trainer:
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore a full checkpoint; its RNG state (if any) is restored when `fit` starts,
+        after the callbacks' `on_fit_start`, so that nothing they do can shift it."""
         self.model.load_state_dict(d["model"])
         self.optimizer.load_state_dict(d["optimizer"])
+        self.state.load_state_dict(d["state"])
         self.schedule.load_state_dict(d["schedule"])
+        self.apply_config_hparams()
         self.scaler.load_state_dict(d["scaler"])
         if self.ema is not None and d.get("ema") is not None:
             self.ema.load_state_dict(d["ema"])
-        self.state.load_state_dict(d["state"])
         for cb in self.callbacks:
             if type(cb).__name__ in d.get("callbacks", {}):
                 cb.load_state_dict(d["callbacks"][type(cb).__name__])
+        self._pending_rng = d.get("rng")
+        self.resumed = True
 
     # --------------------------------------------------------------------- loop
-    def fit(self) -> TrainState:
+    def fit(self, finalize: Callable[["Trainer"], dict[str, Any]] | None = None) -> TrainState:
+        """Train until `train.epochs` or a stop; then `finalize(trainer)` (unless the run
+        failed) fills `state.final`, before `on_fit_end` lets trackers log it and close."""
         t = self.cfg.train
-        run_hooks(self.callbacks, "on_fit_start", self)
         try:
+            run_hooks(self.callbacks, "on_fit_start", self)
+            if self._pending_rng is not None:
+                from trainpipe.checkpoint import restore_rng
+
+                restore_rng(self._pending_rng)
+                self._pending_rng = None
             while self.state.epoch < t.epochs and not self.state.should_stop:
-                epoch = self.state.epoch
                 run_hooks(self.callbacks, "on_epoch_start", self)
+                epoch = self.state.epoch
                 start = time.perf_counter()
-                metrics = {"epoch": epoch + 1}
+                metrics: dict[str, float] = {"epoch": epoch + 1}
                 metrics.update(self.train_epoch(epoch))
                 train_time = time.perf_counter() - start
                 if self.data.val is not None:
@@ -203,13 +300,15 @@ class Trainer:
                 self.state.epoch = epoch + 1
                 self.state.metrics = metrics
                 self.state.history.append(metrics)
-                self._track_best(metrics)
-                self.schedule.epoch_end(epoch, metrics.get(t.monitor))
-                if not math.isfinite(metrics["train/loss"]) and t.on_nonfinite == "stop":
-                    self.state.should_stop, self.state.stop_reason = True, "non_finite_loss"
+                self.state.nonfinite = not self._epoch_finite(metrics)
+                if not self.state.nonfinite:
+                    self._track_best(metrics)
+                    self.schedule.epoch_end(epoch, metrics.get(t.monitor))
                 run_hooks(self.callbacks, "on_epoch_end", self)
             if self.state.stop_reason is None:
                 self.state.stop_reason = "max_epochs"
+            if finalize is not None and self.state.stop_reason != "non_finite_loss":
+                self.state.final = finalize(self)
         finally:
             run_hooks(self.callbacks, "on_fit_end", self)
         return self.state
@@ -220,6 +319,14 @@ class Trainer:
         if value is not None and is_better(value, self.state.best_metric, t.monitor_mode):
             self.state.best_metric, self.state.best_epoch = float(value), self.state.epoch
 
+    def _epoch_finite(self, metrics: dict[str, float]) -> bool:
+        # One host sync per epoch: the losses are already host floats; the weights are
+        # checked too, because the last step of an epoch can break them after its loss.
+        for key in ("train/loss", "val/loss"):
+            if key in metrics and not math.isfinite(metrics[key]):
+                return False
+        return bool(all_finite(list(self.model.parameters())))
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         t = self.cfg.train
         model, loader = self.model, self.data.train
@@ -227,19 +334,31 @@ class Trainer:
         loader.set_epoch(epoch)
         n_batches = len(loader)
         loss_sum = torch.zeros((), device=self.device)
+        loss_count = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         accum = t.grad_accum_steps
+        self._skipped_this_epoch = 0
         self.optimizer.zero_grad(set_to_none=True)
         if self.progress is not None:
             self.progress.start_epoch(epoch, n_batches)
         for i, (x, y) in enumerate(loader):
-            if i % accum == 0:
+            group_start = i - i % accum
+            if i == group_start:
                 self.schedule.step(epoch + i / n_batches)
-            last_in_group = (i + 1) % accum == 0 or i + 1 == n_batches
-            loss, logits = self.step_fn(x, y, accum, last_in_group)
+            # The last group of an epoch may be short; its losses are averaged over its own size.
+            group = min(accum, n_batches - group_start)
+            loss, logits = self.step_fn(x, y, group, i + 1 == group_start + group)
             bs = x.shape[0]
-            loss_sum += loss.detach().float() * bs
+            loss = loss.detach().float()
+            if self.skip_nonfinite:
+                # Skipped batches stay out of train/loss, so that it says how the kept steps went.
+                ok = loss.isfinite()
+                loss_sum += torch.where(ok, loss, 0.0) * bs
+                loss_count += ok * bs
+            else:
+                loss_sum += loss * bs
+                loss_count += bs
             correct += (logits.detach().argmax(dim=1) == hard_labels(y)).sum()
             seen += bs
             if self.progress is not None and ((i + 1) % t.log_every == 0 or i + 1 == n_batches):
@@ -247,69 +366,66 @@ class Trainer:
         if self.progress is not None:
             self.progress.end_epoch()
         # The one host sync of the epoch.
-        return {"train/loss": (loss_sum / max(seen, 1)).item(), "train/acc": correct.item() / max(seen, 1)}
+        out = {"train/loss": (loss_sum / loss_count).item() if seen else math.nan,
+               "train/acc": correct.item() / max(seen, 1)}
+        if self.skip_nonfinite:
+            out["skipped_steps"] = self._skipped_this_epoch
+        return out
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             logits = self.forward(x)
         return soft_cross_entropy(logits, y, self.cfg.train.label_smoothing), logits
 
+    def _grads_finite(self, loss: torch.Tensor) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # The documented host sync of skip_step: the step must be decided now.
+        return bool(all_finite(grads) & loss.detach().isfinite())
+
     def _train_step(
-        self, x: torch.Tensor, y: torch.Tensor, accum: int, step_now: bool
+        self, x: torch.Tensor, y: torch.Tensor, group: int, step_now: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one batch (1/group of an optimizer step); the step
+        itself when `step_now` (the group's last batch)."""
         t = self.cfg.train
         loss, logits = self._loss(x, y)
-        self.scaler.scale(loss / accum).backward()
-        if step_now:
-            if t.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            if getattr(self.optimizer, "requires_closure", False):
-                # SAM-style optimizers re-evaluate the loss at perturbed weights.
-                def closure() -> torch.Tensor:
-                    loss2, _ = self._loss(x, y)
-                    loss2.backward()
-                    return loss2
-
-                self.optimizer.step(closure)
-            else:
-                self.scaler.step(self.optimizer)
-            self.scaler.update()
+        self.scaler.scale(loss / group).backward()
+        if not step_now:
+            return loss, logits
+        if t.grad_clip is not None or self.skip_nonfinite:
+            self.scaler.unscale_(self.optimizer)
+        if self.skip_nonfinite and not self._grads_finite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            self.state.step += 1
-            if self.ema is not None and self.state.step % t.ema.every == 0:
-                self.ema.update(self.model)
+            self.scaler.update()  # with fp16, an overflow also lowers the loss scale
+            self.state.skipped_steps += 1
+            self._skipped_this_epoch += 1
+            return loss, logits
+        if t.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
+        if getattr(self.optimizer, "requires_closure", False):
+            # SAM-style optimizers re-evaluate the loss at perturbed weights.
+            def closure() -> torch.Tensor:
+                loss2, _ = self._loss(x, y)
+                loss2.backward()
+                return loss2
+
+            self.optimizer.step(closure)
+        else:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        if self.ema is not None and self.state.step % t.ema.every == 0:
+            self.ema.update(self.model)
         return loss, logits
 
     # --------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def predict(self, loader: Any, model: nn.Module | None = None, tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (float32, on the device) and labels for a whole split."""
-        model = model if model is not None else self.eval_model
-        tta = tta if tta is not None else self.cfg.train.tta
-        was_training = model.training
-        model.eval()
-        outs, labels = [], []
-        for x, y in loader:
-            with self.autocast():
-                logits = model(x).float()
-                if tta == "flip" and x.dim() == 4:
-                    logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
-            outs.append(logits)
-            labels.append(y)
-        model.train(was_training)
-        return torch.cat(outs), torch.cat(labels)
+        """Logits (float32, on the device) and labels for a whole split, with the run's
+        precision and (unless `tta` says otherwise) its `train.tta`."""
+        return predict(model if model is not None else self.eval_model, loader, device=self.device,
+                       amp_dtype=self.amp_dtype, tta=tta if tta is not None else self.cfg.train.tta)
 
     def evaluate(self, loader: Any, *, prefix: str, model: nn.Module | None = None, tta: str | None = None) -> dict[str, float]:
         logits, y = self.predict(loader, model=model, tta=tta)
         return metrics_from_logits(logits, y, prefix)
-
-
-def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, prefix: str) -> dict[str, float]:
-    y = hard_labels(y)
-    loss = F.cross_entropy(logits, y)
-    out = {f"{prefix}/loss": loss, f"{prefix}/acc": (logits.argmax(1) == y).float().mean()}
-    if logits.shape[1] > 5:
-        top5 = logits.topk(5, dim=1).indices
-        out[f"{prefix}/top5"] = (top5 == y[:, None]).any(dim=1).float().mean()
-    return {k: float(v) for k, v in out.items()}
