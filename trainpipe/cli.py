@@ -8,6 +8,7 @@ name), reported as one paragraph without a traceback (`--debug` shows it);
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import textwrap
@@ -31,12 +32,32 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     config, overrides = _split_config_and_overrides(a.args)
     if getattr(a, "nproc", None):
-        from trainpipe.distributed import launch
+        from trainpipe.config import load
+        from trainpipe.distributed import check, launch
 
-        return launch(a.nproc, ["train", *a.args] + (["--output", a.output] if a.output else []))
+        check(load(config, overrides), a.nproc)  # a bad config fails here, once, not in every process
+        flags = (["--output", a.output] if a.output else []) + (["--quiet"] if a.quiet else [])
+        return launch(a.nproc, (["--debug"] if a.debug else []) + ["train", *a.args, *flags])
     command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "trainpipe train"
     result = train(config, overrides, a.output, quiet=a.quiet, command=command)
     return EXIT_OK if result.status == "completed" else EXIT_CRASH
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from trainpipe.resume import resume
+
+    command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"trainpipe resume {a.run_dir}"
+    result = resume(a.run_dir, a.overrides, quiet=a.quiet, command=command)
+    return EXIT_OK if result.status == "completed" else EXIT_CRASH
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from trainpipe.evaluate import evaluate_checkpoint, print_report
+
+    result = evaluate_checkpoint(a.target, split=a.split, tta=a.tta, device=a.device)
+    if not a.quiet:
+        print_report(result)
+    return EXIT_OK
 
 
 def cmd_check(a: argparse.Namespace) -> int:
@@ -121,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
               trainpipe train                                   # the quickstart (digits)
               trainpipe train configs/mnist.yaml optim.lr=0.1   # a config plus overrides
               trainpipe check configs/cifar10.yaml              # validate, print the resolved config
+              trainpipe resume runs/quickstart-... train.epochs=40  # continue (and extend) a run
+              trainpipe eval runs/quickstart-... --split test    # metrics, per-class accuracy, confusion matrix
               trainpipe list models
               trainpipe sweep lr.yaml --workers 2               # a W&B-format sweep file, run by Optuna
               trainpipe sweep sweeps/lr --status                # its progress and results table
@@ -135,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     t.add_argument("--nproc", type=int, default=None, help="train on N processes with DDP (torchrun)")
     t.set_defaults(func=cmd_train)
+
+    rs = sub.add_parser("resume", help="continue a run from its last checkpoint, optionally with KEY=VALUE overrides")
+    rs.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds config.yaml and checkpoints/)")
+    rs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=60 to train longer")
+    rs.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    rs.set_defaults(func=cmd_resume)
+
+    ev = sub.add_parser("eval", help="evaluate a run's best checkpoint: metrics, per-class accuracy, confusion matrix")
+    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a .pt checkpoint")
+    ev.add_argument("--split", choices=("test", "val"), default="test", help="which split (default test)")
+    ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    ev.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the run's train.device)")
+    ev.add_argument("--quiet", "-q", action="store_true", help="write the files, print nothing")
+    ev.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("check", help="validate a config and print it resolved, without training")
     c.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
@@ -176,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.debug:
             traceback.print_exc()
         msg = " ".join(str(e).split())
-        print(f"error: {msg}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under DDP every rank meets the same bad input; one says so
+            print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: the run directory's summary.json says how far it got.", file=sys.stderr)

@@ -27,10 +27,11 @@ How one run is split across W processes (ranks):
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -38,7 +39,11 @@ from torch import nn
 
 from trainpipe.errors import ConfigError
 
+if TYPE_CHECKING:
+    from trainpipe.config import RunConfig
+
 T = TypeVar("T")
+EXIT_CRASH = 1  # the CLI's code for a crash: a rank killed by a signal counts as one
 
 
 def launched() -> bool:
@@ -85,16 +90,17 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     # CPU (gloo) and changes nothing on GPUs.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    # The launcher logs each failing process at length; the ranks print their own error and
+    # the line below says which one failed first.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "--module", "trainpipe", *argv])
     try:
         run(args)
     except ChildFailedError as e:
-        failures = sorted(e.failures.items())
-        first_rank, first = failures[0]
-        code = first.exitcode if first.exitcode > 0 else 1
-        print(f"error: {len(failures)} of {nproc} processes failed; rank {first_rank} exited with code "
-              f"{first.exitcode} (its message is printed above).", file=sys.stderr)
-        return code
+        first_rank, first = e.get_first_failure()
+        print(f"error: {len(e.failures)} of {nproc} processes failed; rank {first_rank} was first, with exit "
+              f"code {first.exitcode} (its message is above).", file=sys.stderr)
+        return first.exitcode if first.exitcode > 0 else EXIT_CRASH
     except (KeyboardInterrupt, SignalException):
         return 130
     return 0
@@ -109,11 +115,7 @@ def setup(device: torch.device) -> torch.device:
     """
     if not launched():
         return device
-    if device.type not in ("cuda", "cpu"):
-        raise ConfigError(
-            f"train.device={device.type}: multi-process training runs on CUDA GPUs (NCCL) or on the CPU "
-            "(gloo); set train.device=cuda or train.device=cpu, or train in one process."
-        )
+    _check_device(device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
@@ -124,6 +126,14 @@ def setup(device: torch.device) -> torch.device:
         dist.init_process_group(backend=backend, **kw)
         atexit.register(teardown)
     return device
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(
+            f"train.device={device.type}: multi-process training runs on CUDA GPUs (NCCL) or on the CPU "
+            "(gloo); set train.device=cuda or train.device=cpu, or train in one process."
+        )
 
 
 def teardown() -> None:
@@ -225,22 +235,39 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     )
 
 
-def shard(data: Any, batch_sizes: Sequence[int]) -> None:
-    """Give this rank its slice of every split's batches (see the module docstring).
+def batch_sizes(cfg: "RunConfig") -> list[int]:
+    """Every global training batch size a run uses: data.batch_size and any scheduled ones."""
+    return [cfg.data.batch_size, *(cfg.train.batch_size_schedule or {}).values()]
 
-    `batch_sizes` are the global training batch sizes the run will use (data.batch_size
-    and any train.batch_size_schedule values); each must be divisible by the world size.
-    """
-    if not is_distributed():
-        return
-    w = world_size()
-    bad = sorted({b for b in batch_sizes if b % w})
+
+def check(cfg: "RunConfig", nproc: int) -> None:
+    """Refuse, before any process starts, a config that cannot run on `nproc` processes."""
+    bad = sorted({b for b in batch_sizes(cfg) if b % nproc})
     if bad:
         raise ConfigError(
-            f"data.batch_size: under {w} processes the batch size is the global batch, split evenly "
-            f"across processes, so it must be divisible by {w}; got {', '.join(map(str, bad))}. "
-            f"Choose a multiple of {w} (also in train.batch_size_schedule)."
+            f"data.batch_size: with {nproc} processes the batch size is the global batch, split evenly "
+            f"across processes, so it must be divisible by {nproc}; got {', '.join(map(str, bad))}. "
+            f"Choose a multiple of {nproc} (also in train.batch_size_schedule)."
         )
+    from trainpipe.engine import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    _check_device(device)
+    # Under torchrun (several machines) the world may exceed this machine's GPUs; `--nproc` is one machine.
+    if device.type == "cuda" and not launched() and nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"--nproc {nproc}: each process trains on its own GPU, but this machine has "
+            f"{torch.cuda.device_count()}. Use --nproc {max(torch.cuda.device_count(), 1)}, or "
+            "train.device=cpu to run the processes on the CPU."
+        )
+
+
+def shard(data: Any, cfg: "RunConfig") -> None:
+    """Give this rank its slice of every split's batches (see the module docstring)."""
+    if not is_distributed():
+        return
+    check(cfg, world_size())
+    w = world_size()
     for loader in (data.train, data.val, data.test):
         if loader is not None:
             loader.shard(rank(), w)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainpipe import distributed
 from trainpipe.callbacks import Callback, run_hooks
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError
@@ -213,11 +214,12 @@ class Trainer:
         self.step_fn: Callable = self._train_step
         self._skipped_this_epoch = 0
         self._config_hparams = self._group_hparams() if optimizer is not None else []
+        step_model = distributed.wrap(model, device)  # DDP under several processes, else `model`
         if t.compile:
             # Fixed batch shapes (drop_last) keep the compiled graph from recompiling.
-            self.forward = torch.compile(model)
+            self.forward = torch.compile(step_model)
         else:
-            self.forward = model
+            self.forward = step_model
 
     # ------------------------------------------------------------------ helpers
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -365,7 +367,9 @@ class Trainer:
                 self.progress.update(i + 1, loss_sum, correct, seen)
         if self.progress is not None:
             self.progress.end_epoch()
-        # The one host sync of the epoch.
+        # The one host sync of the epoch (and under DDP its one all-reduce).
+        loss_sum, loss_count, correct, seen = distributed.all_reduce_sums(loss_sum, loss_count, correct, seen)
+        distributed.average_buffers(self.model, self.eval_model)
         out = {"train/loss": (loss_sum / loss_count).item() if seen else math.nan,
                "train/acc": correct.item() / max(seen, 1)}
         if self.skip_nonfinite:
@@ -428,4 +432,5 @@ class Trainer:
 
     def evaluate(self, loader: Any, *, prefix: str, model: nn.Module | None = None, tta: str | None = None) -> dict[str, float]:
         logits, y = self.predict(loader, model=model, tta=tta)
+        logits, y = distributed.gather_rows(logits), distributed.gather_rows(y)  # each rank predicted its shard
         return metrics_from_logits(logits, y, prefix)
