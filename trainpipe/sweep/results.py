@@ -80,14 +80,15 @@ def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
 
 
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
-    """Every trial that counts (not re-queued or discarded ones), best first."""
+    """Every trial that counts (not re-queued or discarded ones), best first; failed ones last."""
     led = st.ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
     rows = [row_of(t, spec) for t in led.visible]
     sign = -1.0 if spec.goal == "maximize" else 1.0
-    scored = [r for r in rows if _finite(r.value)]
-    rest = [r for r in rows if not _finite(r.value)]
-    scored.sort(key=lambda r: (sign * r.value, r.number))
-    return scored + sorted(rest, key=lambda r: r.number)
+    # A failed trial may have logged the metric before it failed; it is shown, not ranked.
+    ranked = [r for r in rows if _finite(r.value) and r.state != "failed"]
+    rest = [r for r in rows if not (_finite(r.value) and r.state != "failed")]
+    ranked.sort(key=lambda r: (sign * r.value, r.number))
+    return ranked + sorted(rest, key=lambda r: r.number)
 
 
 def best_row(rows: list[TrialRow]) -> TrialRow | None:

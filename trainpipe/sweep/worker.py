@@ -117,7 +117,7 @@ class Objective:
         if why:
             trial.set_user_attr("discarded", why)
             raise TrialDiscarded(why)
-        run_dir = Path(wc.sweep_dir) / "trials" / f"{trial.number:04d}"
+        run_dir = (Path(wc.sweep_dir) / "trials" / f"{trial.number:04d}").resolve()
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("result", {"status": "running"})
         if run_dir.exists() and any(run_dir.iterdir()):
