@@ -28,7 +28,8 @@ _CHUNK = 1024  # images per resize call: bounds the float scratch memory of big 
 
 def hwc_to_chw(arr: np.ndarray) -> torch.Tensor:
     """(N, H, W) or (N, H, W, C) uint8 -> contiguous (N, C, H, W) tensor."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.dim() == 3:
         return t.unsqueeze(1).contiguous()
     return t.permute(0, 3, 1, 2).contiguous()
@@ -69,34 +70,31 @@ def conform(x: torch.Tensor, *, channels: int | None, size: int | None) -> torch
 
 
 def _decode_one(path: Path, size: int | None) -> torch.Tensor | Exception:
-    from torchvision.io import ImageReadMode, decode_image
+    """One file -> uint8 (C, H, W) with C = 1 (grey) or 3, or the exception that stopped it.
+
+    PIL rather than torchvision.io: torchvision 0.29 deprecates its decoders, and PIL
+    reads every common format, converts palettes, alpha and CMYK itself, and can decode
+    a JPEG straight at a reduced scale (`draft`) when it is going to be shrunk anyway.
+    """
+    from PIL import Image
 
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        try:
-            img = decode_image(data, mode=ImageReadMode.UNCHANGED)
-            img = img[0] if img.dim() == 4 else img  # an animated GIF: its first frame
-            if img.shape[0] in (2, 4):  # alpha or CMYK: let the decoder convert, it knows which
-                img = decode_image(data, mode=ImageReadMode.GRAY if img.shape[0] == 2 else ImageReadMode.RGB)
-                img = img[0] if img.dim() == 4 else img
-        except RuntimeError:
-            img = _decode_with_pil(path)  # BMP, TIFF, PPM: formats torchvision.io does not read
+        with Image.open(path) as im:
+            if size is not None:
+                im.draft(im.mode, (size, size))  # JPEG only: DCT scaling, never below size
+            im.load()
+            if im.mode.startswith("I;16"):  # 16-bit grey PNG: keep the top byte, not a clip
+                arr = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+            else:
+                if im.mode not in ("L", "RGB"):
+                    im = im.convert("L" if im.mode in ("1", "LA", "I", "F") else "RGB")
+                arr = np.asarray(im)
+        img = hwc_to_chw(arr[None])[0]
         if size is not None:
             img = resize_square(img.unsqueeze(0), size)[0]
         return img.contiguous()
     except Exception as e:  # any failure means "this file is not a readable image"
         return e
-
-
-def _decode_with_pil(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("L" if im.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
-        arr = np.asarray(im)
-    return hwc_to_chw(arr[None])[0]
 
 
 def decode_files(
