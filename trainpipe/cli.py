@@ -46,6 +46,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_resume(a: argparse.Namespace) -> int:
     from trainpipe.resume import resume
 
+    if getattr(a, "nproc", None):
+        from trainpipe.distributed import launch
+
+        flags = ["--quiet"] if a.quiet else []
+        return launch(a.nproc, (["--debug"] if a.debug else []) + ["resume", a.run_dir, *a.overrides, *flags])
     command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"trainpipe resume {a.run_dir}"
     result = resume(a.run_dir, a.overrides, quiet=a.quiet, command=command)
     return EXIT_OK if result.status == "completed" else EXIT_CRASH
@@ -163,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds config.yaml and checkpoints/)")
     rs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=60 to train longer")
     rs.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    rs.add_argument("--nproc", type=int, default=None, help="continue on N processes with DDP (torchrun)")
     rs.set_defaults(func=cmd_resume)
 
     ev = sub.add_parser("eval", help="evaluate a run's best checkpoint: metrics, per-class accuracy, confusion matrix")

@@ -30,6 +30,7 @@ import atexit
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,7 +57,10 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    """This process's rank: from the process group, or from torchrun's RANK before joining it."""
+    if is_distributed():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def world_size() -> int:
@@ -226,13 +230,22 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """
     if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
         return model
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     # Buffers are averaged once per epoch (`average_buffers`) instead of broadcast from
     # rank 0 before every forward: one collective per epoch instead of one per step.
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-    )
+    # torch 2.14 renamed the option; older releases only know broadcast_buffers.
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+    # Gradients that are views into DDP's buckets save a copy per step and a gradient's
+    # worth of memory. The reducer warns when a gradient arrives with other strides than
+    # its bucket view; for weights with a size-1 dimension (the first conv of a grey-image
+    # net) both describe the same memory, and any real mismatch is still copied correctly.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True, **{no_sync: False})
 
 
 def batch_sizes(cfg: "RunConfig") -> list[int]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from trainpipe import checkpoint as ckpt
 from trainpipe import config as config_mod
+from trainpipe import distributed
 from trainpipe.errors import ConfigError
 from trainpipe.runner import RunResult, append_history, execute, write_config
 
@@ -56,10 +57,18 @@ def resume(
     command = command or f"trainpipe.resume({str(run_dir)!r}, overrides={overrides!r})"
 
     def warn(msg: str) -> None:
-        print(f"warning: {' '.join(msg.split())}", file=sys.stderr)
+        if main:
+            print(f"warning: {' '.join(msg.split())}", file=sys.stderr)
 
+    # Under DDP (`--nproc`, torchrun) only rank 0 records and prints; every rank reads
+    # the files before rank 0 may rewrite config.yaml.
+    main = distributed.is_main()
     found = ckpt.find_resumable(run_dir / "checkpoints", warn=warn)
     summary = read_summary(run_dir)
+    from trainpipe.engine import resolve_device
+
+    distributed.setup(resolve_device(cfg.train.device))
+    distributed.barrier()
     if found is None:
         # Killed before its first checkpoint: nothing to continue, so start over in place.
         warn(f"{run_dir / 'checkpoints'} holds no checkpoint yet; starting the run over.")
@@ -70,7 +79,7 @@ def resume(
     epoch = int(st["epoch"])
     stopped_early = st.get("stop_reason") == "early_stopping"
     if not overrides and summary.get("status") == "completed" and (epoch >= cfg.train.epochs or stopped_early):
-        if not quiet:
+        if not quiet and main:
             print(f"{run_dir} already finished ({summary.get('stop_reason')}, {epoch} epochs); "
                   f"to train longer, resume with train.epochs=N (N > {epoch}).")
         return RunResult(run_dir, summary, list(st.get("history", [])), cfg)
@@ -79,7 +88,7 @@ def resume(
     st["should_stop"], st["stop_reason"] = False, None
     if stopped_early and "EarlyStopping" in state.get("callbacks", {}):
         state["callbacks"]["EarlyStopping"]["bad_epochs"] = 0  # patience starts over
-    if not quiet:
+    if not quiet and main:
         print(f"resuming {run_dir} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
     return execute(cfg, run_dir, quiet=quiet, resume_state=state, resume_path=path,
                    prior_wall_time=float(summary.get("wall_time_s") or 0.0))
@@ -87,6 +96,8 @@ def resume(
 
 def _record(run_dir: Path, cfg: config_mod.RunConfig, old: config_mod.RunConfig, overrides: list[str],
             command: str, *, checkpoint: str | None, epoch: int) -> None:
+    if not distributed.is_main():
+        return
     event: dict[str, Any] = {"event": "resume", "command": command, "overrides": overrides,
                              "checkpoint": checkpoint, "from_epoch": epoch}
     if overrides:
