@@ -154,6 +154,9 @@ def metric_vs_params(rows: list[dict[str, Any]], params: list[str], metric: str)
             ax.scatter(xs, ys, alpha=0.8)
             if _log_scale(xs):
                 ax.set_xscale("log")
+            if len(set(xs)) <= 8:  # a grid: label the values tried, not round numbers between them
+                ax.set_xticks(sorted(set(xs)), [f"{v:.3g}" for v in sorted(set(xs))])
+                ax.minorticks_off()
         else:
             cats = sorted({str(x) for x in xs})
             pos = {c: i for i, c in enumerate(cats)}

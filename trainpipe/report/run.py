@@ -65,6 +65,7 @@ def result_columns(runs: list[Run]) -> list[str]:
 
 # ---------------------------------------------------------------------- one run
 def run_report(run: Run, output: Path, *, evaluate: bool = True) -> Path:
+    output.mkdir(parents=True, exist_ok=True)
     s = run.summary
     cfg = run.config
     doc = Doc(f"Run report: {run.label}")

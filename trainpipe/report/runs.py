@@ -149,9 +149,15 @@ def defaults_for(config: dict[str, Any]) -> dict[str, Any]:
 
 def differs_from_defaults(config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(dotted key, value, default) for each key whose value is not the default."""
+    from trainpipe.config import COMPONENT_SECTIONS, RunConfig
+
     if not config:
         return []
     run, default = flatten(config), flatten(defaults_for(config))
+    plain = RunConfig()
+    for section in COMPONENT_SECTIONS:  # the component itself is compared with the global default
+        sec = getattr(plain, section)
+        default[f"{section}.{sec.name_field}"] = sec.component()
     out = []
     for key, value in run.items():
         d = default.get(key, MISSING)

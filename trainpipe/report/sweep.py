@@ -9,7 +9,9 @@ the storage cannot be reached the report says so and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,7 @@ class Sweep:
     params: list[str]
     trials: list[Trial]
     method: str = ""
+    name: str = ""
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -127,7 +130,11 @@ def load_sweep(path: Path) -> Sweep:
     sign = -1.0 if goal == "maximize" else 1.0
     trials.sort(key=lambda t: (t.value is None or not math.isfinite(t.value),
                                sign * t.value if t.value is not None and math.isfinite(t.value) else 0.0, t.name))
-    return Sweep(path, metric, goal, params, trials, str(spec.get("method", "")))
+    name = str(spec.get("name") or path.resolve().name)
+    if (path / "study.json").is_file():  # the study name the sweep ran under
+        with contextlib.suppress(ValueError, AttributeError):
+            name = str(json.loads((path / "study.json").read_text()).get("study_name") or name)
+    return Sweep(path, metric, goal, params, trials, str(spec.get("method", "")), name)
 
 
 def _trial_name(row: dict[str, str]) -> str | None:
@@ -157,7 +164,7 @@ def _common(runs: dict[str, Run], section: str, key: str) -> Any:
 # ---------------------------------------------------------------------- report
 def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Path:
     sw = load_sweep(path)
-    doc = Doc(f"Sweep report: {path.resolve().name}")
+    doc = Doc(f"Sweep report: {sw.name}")
     states: dict[str, int] = {}
     for t in sw.trials:
         states[t.state] = states.get(t.state, 0) + 1
@@ -233,6 +240,9 @@ def param_importance(path: Path, storage: str | None = None) -> dict[str, float]
 
     from trainpipe.sweep.run import open_sweep
 
+    if not (path / "study.json").is_file():
+        raise FileNotFoundError(f"no Optuna study recorded in {path} (study.json, written by `trainpipe sweep`, "
+                                f"is missing).")
     _, study = open_sweep(path, storage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:

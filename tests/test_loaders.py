@@ -1,0 +1,239 @@
+"""DeviceLoader and StreamLoader: one contract, the same batches, reproducible from (seed, epoch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from trainpipe.config import DataConfig
+from trainpipe.data import build
+from trainpipe.data.base import Split
+from trainpipe.data.loaders import DeviceLoader, StreamLoader
+from trainpipe.errors import ConfigError
+
+CPU = torch.device("cpu")
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+def image_split(n: int = 37, seed: int = 0) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 6, 5), dtype=torch.uint8, generator=g)
+    return Split(x, torch.arange(n) % 4)
+
+
+def device_loader(split: Split, **kw) -> DeviceLoader:
+    args = dict(batch_size=8, device=CPU, mean=MEAN, std=STD, shuffle=True, seed=3)
+    return DeviceLoader(split, **{**args, **kw})
+
+
+def stream_loader(split: Split, **kw) -> StreamLoader:
+    args = dict(batch_size=8, device=CPU, mean=MEAN, std=STD, shuffle=True, seed=3, num_workers=0)
+    return StreamLoader(split, **{**args, **kw})
+
+
+def epoch(loader, e: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.set_epoch(e)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+
+
+class FlipOp:
+    """A minimal op with both forms: mirrors each image with probability 1/2."""
+
+    name = "flip"
+    has_batched = True
+
+    def batch(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        coin = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
+        return torch.where(coin.view(-1, 1, 1, 1), x.flip(-1), x)
+
+    def transform(self) -> v2.Transform:
+        return v2.RandomHorizontalFlip(0.5)
+
+
+class NoBatchedForm(FlipOp):
+    name = "no_batch"
+    has_batched = False
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_identity_pipeline_gives_identical_tensors(workers: int, channels_last: bool) -> None:
+    split = image_split()
+    dev = epoch(device_loader(split, channels_last=channels_last), 1)
+    stream = epoch(stream_loader(split, num_workers=workers, channels_last=channels_last), 1)
+    assert same(dev, stream)
+    x, y = dev[0]
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # normalised: ((x / 255) - mean) / std, per channel
+    idx = torch.cat([yb for _, yb in dev])
+    assert sorted(idx.tolist()) == sorted(split.y.tolist())
+
+
+def test_identity_values_are_normalised_pixels() -> None:
+    split = image_split(8)
+    [(x, _)] = epoch(device_loader(split, shuffle=False))
+    expected = (split.x.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    assert torch.allclose(x, expected, atol=1e-6)
+
+
+def test_features_are_normalised_per_feature() -> None:
+    x = torch.randn(20, 4) * 3 + 1
+    split = Split(x, torch.arange(20) % 2)
+    mean, std = tuple(x.mean(0).tolist()), tuple(x.std(0).tolist())
+    [(xb, _)] = epoch(device_loader(split, batch_size=20, shuffle=False, mean=mean, std=std))
+    assert torch.allclose(xb.mean(0), torch.zeros(4), atol=1e-5)
+    [(xs, _)] = epoch(stream_loader(split, batch_size=20, shuffle=False, mean=mean, std=std))
+    assert torch.equal(xb, xs)
+
+
+@pytest.mark.parametrize("kind", ["device", "stream"])
+def test_same_seed_same_batches_other_epoch_other_order(kind: str) -> None:
+    split = image_split()
+
+    def make(**kw):
+        if kind == "device":
+            return device_loader(split, ops=[FlipOp()], **kw)
+        return stream_loader(split, transform=FlipOp().transform(), **kw)
+
+    a, b = make(), make()
+    e0 = epoch(a, 0)
+    assert same(e0, epoch(b, 0))
+    assert same(e0, epoch(a, 0))  # iterating again replays the epoch
+    e1 = epoch(a, 1)
+    first_images = lambda batches: torch.cat([x for x, _ in batches]).flatten(1)  # noqa: E731
+    assert not torch.equal(first_images(e0), first_images(e1))
+    assert not same(epoch(make(seed=4), 0), e0)
+
+
+def test_device_augmentation_is_reproducible_and_per_sample() -> None:
+    split = Split(torch.arange(3 * 1 * 4, dtype=torch.uint8).view(1, 3, 1, 4).repeat(64, 1, 1, 1) * 10,
+                  torch.zeros(64, dtype=torch.int64))
+    a = epoch(device_loader(split, batch_size=64, ops=[FlipOp()], mean=None, std=None), 2)
+    b = epoch(device_loader(split, batch_size=64, ops=[FlipOp()], mean=None, std=None), 2)
+    assert same(a, b)
+    x = a[0][0]
+    flipped = (x[:, 0, 0, 0] > x[:, 0, 0, -1])
+    assert 10 < int(flipped.sum()) < 54  # an independent draw per sample, not one per batch
+    c = epoch(device_loader(split, batch_size=64, ops=[FlipOp()], mean=None, std=None), 3)
+    assert not torch.equal(c[0][0], x)
+
+
+def test_stream_draws_depend_only_on_seed_and_epoch() -> None:
+    """Worker count and persistent workers' history do not change an epoch's batches (resume relies on it)."""
+    split = image_split(40)
+    flip = v2.RandomHorizontalFlip(0.5)
+    persistent = stream_loader(split, transform=flip, num_workers=2, batch_size=16)
+    first = [epoch(persistent, e) for e in range(3)]
+    fresh = stream_loader(split, transform=flip, num_workers=0, batch_size=16)
+    assert same(epoch(fresh, 2), first[2])  # a resumed run starting at epoch 2
+    plain = epoch(stream_loader(split, num_workers=0, batch_size=16), 2)
+    assert not same(plain, first[2])  # the transform did flip something
+    global_state = torch.get_rng_state()
+    epoch(fresh, 0)
+    assert torch.equal(torch.get_rng_state(), global_state)  # training randomness untouched
+
+
+@pytest.mark.parametrize("make", [device_loader, stream_loader])
+def test_drop_last(make) -> None:
+    split = image_split(10)
+    keep = make(split, batch_size=4, drop_last=False)
+    assert len(keep) == 3 and keep.num_samples == 10
+    assert [len(y) for _, y in epoch(keep)] == [4, 4, 2]
+    drop = make(split, batch_size=4, drop_last=True)
+    assert len(drop) == 2 and drop.num_samples == 8
+    assert [len(y) for _, y in epoch(drop)] == [4, 4]
+    tiny = make(image_split(3), batch_size=4, drop_last=True)
+    assert len(tiny) == 1 and [len(y) for _, y in epoch(tiny)] == [3]
+
+
+@pytest.mark.parametrize("make,kw", [(device_loader, {}), (stream_loader, {"num_workers": 2})])
+def test_batch_size_can_change_between_epochs(make, kw) -> None:
+    split = image_split(24)
+    loader = make(split, batch_size=4, drop_last=True, **kw)
+    assert [len(y) for _, y in epoch(loader, 0)] == [4] * 6
+    loader.batch_size = 10
+    assert len(loader) == 2 and loader.num_samples == 20
+    batches = epoch(loader, 1)
+    assert [len(y) for _, y in batches] == [10, 10]
+
+
+def test_mixing_happens_on_the_device_in_both_loaders() -> None:
+    def mix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = torch.rand((), generator=g, device=x.device)
+        soft = torch.nn.functional.one_hot(y, 4).float()
+        return lam * x + (1 - lam) * x.flip(0), lam * soft + (1 - lam) * soft.flip(0)
+
+    split = image_split()
+    dev = epoch(device_loader(split, mix=mix), 1)
+    stream = epoch(stream_loader(split, mix=mix), 1)
+    assert same(dev, stream)
+    y = dev[0][1]
+    assert y.shape == (8, 4) and torch.allclose(y.sum(1), torch.ones(8))
+
+
+def test_len_matches_iteration() -> None:
+    split = image_split(50)
+    for loader in (device_loader(split, batch_size=7), stream_loader(split, batch_size=7)):
+        assert len(epoch(loader)) == len(loader) == 8
+
+
+# ------------------------------------------------------------------ choice in build()
+def cfg(**kw) -> DataConfig:
+    return DataConfig.model_validate({"dataset": "digits", "batch_size": 32, **kw})
+
+
+def test_auto_picks_device_for_batched_ops() -> None:
+    b = build(cfg(augment=[{"name": "random_crop", "padding": 2}, "hflip"]), seed=0, device=CPU)
+    assert isinstance(b.train, DeviceLoader) and b.info["loader"] == "device"
+    x, y = next(iter(b.train))
+    assert x.shape == (32, 1, 8, 8) and y.dtype == torch.int64
+
+
+def test_auto_picks_stream_for_an_op_without_batched_form() -> None:
+    b = build(cfg(augment=[{"RandomInvert": {"p": 0.5}}], num_workers=0), seed=0, device=CPU)
+    assert isinstance(b.train, StreamLoader) and b.info["loader"] == "stream"
+    assert "RandomInvert" in b.info["loader_reason"] and isinstance(b.val, DeviceLoader)
+    x, _ = next(iter(b.train))
+    assert x.shape == (32, 1, 8, 8)
+
+
+def test_auto_picks_stream_when_data_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainpipe.data as data
+
+    monkeypatch.setattr(data, "memory_budget", lambda device: 1000)
+    b = build(cfg(num_workers=0), seed=0, device=CPU)
+    assert b.info["loader"] == "stream" and "exceed" in b.info["loader_reason"]
+    assert isinstance(b.test, StreamLoader)
+
+
+def test_device_loader_refuses_ops_without_batched_form() -> None:
+    with pytest.raises(ConfigError, match="data.loader: device.*RandomInvert"):
+        build(cfg(augment=["RandomInvert"], loader="device"), seed=0, device=CPU)
+
+
+def test_explicit_stream_with_real_ops_matches_shapes() -> None:
+    b = build(cfg(augment=[{"name": "random_crop", "padding": 2}, "hflip"], loader="stream", num_workers=0),
+              seed=0, device=CPU)
+    assert isinstance(b.train, StreamLoader)
+    x, _ = next(iter(b.train))
+    assert x.shape == (32, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_image_ops_on_feature_data_are_refused(tmp_path) -> None:
+    np.savez(tmp_path / "f.npz", train_x=np.zeros((10, 3), np.float32), train_y=np.arange(10) % 2)
+    with pytest.raises(ConfigError, match="data.augment: image augmentations need image data"):
+        build(cfg(dataset="arrays", path=str(tmp_path / "f.npz"), augment=["hflip"]), seed=0, device=CPU)
+
+
+def test_build_identity_loaders_agree_end_to_end() -> None:
+    dev = build(cfg(loader="device"), seed=5, device=CPU)
+    stream = build(cfg(loader="stream", num_workers=0), seed=5, device=CPU)
+    assert same(epoch(dev.train, 1), epoch(stream.train, 1))
+    assert same(epoch(dev.test), epoch(stream.test))
