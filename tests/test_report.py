@@ -255,3 +255,17 @@ def test_html_renders_in_chromium(kind: str, runs: dict[str, trainpipe.RunResult
     assert ink_rows.max() > 1000
     colourful = (img.max(axis=2).astype(int) - img.min(axis=2)) > 60  # the plots' coloured lines
     assert colourful.sum() > 500
+
+
+# ---------------------------------------------------------------------- recipes
+def test_packaged_sweep_recipe_resolves_every_trial_config() -> None:
+    """The run recipes are validated by the config tests; the sweep recipe is checked here."""
+    from trainpipe.config import PACKAGED_CONFIGS
+    from trainpipe.sweep.check import check_against_config
+    from trainpipe.sweep.spec import load_spec
+
+    spec = load_spec(PACKAGED_CONFIGS / "sweep_cifar100.yaml")
+    assert Path(spec.base).name == "cifar100.yaml"
+    assert spec.method == "grid" and spec.planned_trials() == 16
+    assert {p.key for p in spec.varied} == {"model.name", "optim.name", "data.augment", "optim.lr"}
+    check_against_config(spec)  # every combination of the grid validates
