@@ -38,6 +38,10 @@ def classifier_params(model: nn.Module) -> list[nn.Parameter]:
     return list(linears[-1].parameters()) if linears else []
 
 
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                  nn.ConvTranspose3d)
+
+
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The weights Muon is meant for: every Linear and conv weight except the first layer's and the head's.
 
@@ -47,7 +51,7 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     Linear/conv weights (position embeddings, class tokens, attention's packed
     in-projection) are not matrices of a linear map between hidden layers either.
     """
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    layers = [m for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)]
     head = {id(p) for p in classifier_params(model)}
     return [m.weight for m in layers[1:] if id(m.weight) not in head]
 
@@ -62,33 +66,30 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Trainable parameters split by (head or backbone, decayed or not, hidden matrix or not).
 
-    The decay rule is timm's `param_groups_weight_decay` (1-D tensors, biases and a
-    model's `no_weight_decay()` names get none). Head groups come first so that the
-    first group's lr is the configured one.
+    The decay rule is timm's `param_groups_weight_decay`: no decay on 1-D tensors
+    (norm weights), biases and the names a model lists in `no_weight_decay()`
+    (position embeddings, class tokens). Written out because that function's
+    signature changed within timm 1.0.x. Head groups come first so that the first
+    group's lr is the configured one.
     """
-    from timm.optim import param_groups_weight_decay
-
-    no_wd_names = getattr(model, "no_weight_decay", lambda: set())()
-    by_decay = param_groups_weight_decay(
-        model, weight_decay=weight_decay, weight_decay_exclude_1d=not decay_norm_and_bias,
-        no_weight_decay_list=no_wd_names,
-    )
+    no_wd_names = set(getattr(model, "no_weight_decay", lambda: set())())
     split_head = backbone_lr_mult != 1.0
     head = {id(p) for p in classifier_params(model)} if split_head else set()
     matrices = {id(p) for p in hidden_matrices(model)}
     groups: dict[tuple[bool, bool, bool], dict[str, Any]] = {}
-    for g in by_decay:
-        decays = g["weight_decay"] > 0
-        for p in g["params"]:
-            key = (id(p) in head, decays, id(p) in matrices)
-            if key not in groups:
-                mult = 1.0 if key[0] or not split_head else backbone_lr_mult
-                parts = (["head" if key[0] else "backbone"] if split_head else []) + [
-                    "decay" if decays else "no_decay"] + (["matrix"] if key[2] else [])
-                name = "/".join(parts)
-                groups[key] = {"params": [], "name": name, "lr": lr * mult, "base_lr": lr * mult,
-                               "lr_mult": mult, "weight_decay": g["weight_decay"], "matrix": key[2]}
-            groups[key]["params"].append(p)
+    for pname, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        one_d = p.ndim <= 1 or pname.endswith(".bias")
+        decays = weight_decay > 0 and (decay_norm_and_bias or not one_d) and pname not in no_wd_names
+        key = (id(p) in head, decays, id(p) in matrices)
+        if key not in groups:
+            mult = 1.0 if key[0] or not split_head else backbone_lr_mult
+            parts = ["head" if key[0] else "backbone"] if split_head else []
+            parts += ["decay" if decays else "no_decay"] + (["matrix"] if key[2] else [])
+            groups[key] = {"params": [], "name": "/".join(parts), "lr": lr * mult, "base_lr": lr * mult,
+                           "lr_mult": mult, "weight_decay": weight_decay if decays else 0.0, "matrix": key[2]}
+        groups[key]["params"].append(p)
     return [groups[k] for k in sorted(groups, key=lambda k: (not k[0], not k[1], not k[2]))]
 
 
@@ -162,7 +163,10 @@ def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, neste
     apart (scaled by `backbone_lr_mult` like every other lr).
     """
     if not 1 <= ns_steps < 100:
-        raise ConfigError(f"optim.ns_steps: Newton-Schulz steps must be in [1, 99], got {ns_steps}; 5 is the usual value.")
+        raise ConfigError(f"optim.ns_steps: Newton-Schulz steps must be in [1, 99], got {ns_steps}; 5 is usual.")
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(f"optim.name: muon needs torch.optim.Muon (torch >= 2.9), this is torch {torch.__version__}; "
+                          "upgrade torch or choose another optimizer.")
     matrices = [g for g in param_groups if g.get("matrix")]
     others = [g for g in param_groups if not g.get("matrix")]
     if adamw_lr is not None:

@@ -106,7 +106,11 @@ def _matrix_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.permute(0, *inner).reshape(t.shape[0], -1)
 
 
-class KernelMuon(torch.optim.Muon):
+# torch.optim.Muon arrived in torch 2.9; with an older torch the class exists but `muon` refuses to build it.
+_MuonBase: type[Optimizer] = getattr(torch.optim, "Muon", Optimizer)
+
+
+class KernelMuon(_MuonBase):  # type: ignore[misc,valid-type]
     """torch.optim.Muon that also accepts conv kernels, each treated as an (out, fan_in) matrix.
 
     torch's Muon refuses any tensor that is not 2-D when it is built, although its
