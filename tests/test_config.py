@@ -114,3 +114,25 @@ def test_every_packaged_config_validates() -> None:
         if "parameters" in data or "method" in data:
             continue  # sweep files are checked by the sweep tests
         assert isinstance(load(p), RunConfig), p
+
+
+def test_switching_a_component_by_override_drops_its_old_options() -> None:
+    # quickstart sets optim.momentum/nesterov for sgd; a sweep over optim.name must still work
+    cfg = load(None, ["optim.name=adamw"])
+    assert "momentum" not in cfg.optim.options() and "betas" in cfg.optim.options()
+    cfg = load(None, ["optim.name=lion"])  # any timm optimizer: only its own options remain
+    assert cfg.optim.options() == {}
+    cfg = load(None, ["optim.name=sam", "optim.rho=0.1"])
+    assert cfg.optim.options()["rho"] == 0.1 and cfg.optim.lr == 0.05  # section keys stay
+    # an option given explicitly for the new component is still checked
+    with pytest.raises(ConfigError, match="optim.momentum: unknown key for adamw"):
+        load(None, ["optim.name=adamw", "optim.momentum=0.5"])
+
+
+@pytest.mark.parametrize("override, key", [
+    (["optim.name=sam", "train.precision=fp16"], "train.precision: fp16 cannot be combined"),
+    (["optim.name=sam", "train.grad_accum_steps=2"], "train.grad_accum_steps: SAM"),
+])
+def test_incompatible_combinations_are_refused(override: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load(None, override)

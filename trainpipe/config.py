@@ -291,8 +291,28 @@ def load(
         data = read_yaml(PACKAGED_CONFIGS / "quickstart.yaml")
     else:
         data = read_yaml(resolve_config_path(path))
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(_drop_switched_options(data, overrides), overrides)
     return validate(data)
+
+
+def _drop_switched_options(data: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """When an override switches a component (`optim.name=adamw`), the config's options that
+    belonged to the old component (`optim.momentum`) are dropped unless the new one takes them
+    too, so that sweeps over `optim.name` or `model.name` work from any base config."""
+    pairs = dict(parse_overrides(overrides))
+    out = _deepcopy(data)
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig), ("sched", SchedConfig)):
+        name_key = f"{section}.{cls.name_field}"
+        sec = out.get(section)
+        if name_key not in pairs or not isinstance(sec, dict) or sec.get(cls.name_field) == pairs[name_key]:
+            continue
+        old = cls.registry.find(str(sec.get(cls.name_field, cls.model_fields[cls.name_field].default)))
+        new = cls.registry.find(str(pairs[name_key]))
+        if old is None or new is None:
+            continue  # validation will name the unknown component
+        stale = set(old.options()) - set(new.options()) - set(cls.model_fields)
+        out[section] = {k: v for k, v in sec.items() if k not in stale}
+    return out
 
 
 def validate(data: Mapping[str, Any]) -> RunConfig:
@@ -324,26 +344,65 @@ def options_model(entry: Entry) -> type[BaseModel]:
     return create_model(f"{entry.name}_options", __config__=ConfigDict(extra=extra), **fields)
 
 
+def validate_options(
+    entry: Entry, options: Mapping[str, Any], *, key: str, also_valid: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`options` checked against `entry`'s keyword-only parameters: coerced, defaults filled in.
+
+    `key` is the dotted prefix errors name (e.g. `optim` or `sched.schedulers[1]`);
+    `also_valid` lists the section's own keys, offered in did-you-mean suggestions.
+    """
+    try:
+        validated = options_model(entry).model_validate(dict(options))
+    except ValidationError as e:
+        valid = list(also_valid) + list(entry.options())
+        raise ConfigError(_explain(e, options, prefix=key, valid_keys=valid, entry=entry)) from None
+    out = {n: getattr(validated, n) for n in entry.options()}
+    return {**out, **(validated.__pydantic_extra__ or {})}
+
+
 def _complete_components(cfg: RunConfig) -> RunConfig:
     updates = {}
     for section in COMPONENT_SECTIONS:
         sec: ComponentSection = getattr(cfg, section)
-        key = f"{section}.{sec.name_field}"
-        entry = sec.registry.get(sec.component(), key=key)
-        model = options_model(entry)
-        try:
-            opts = model.model_validate(sec.options())
-        except ValidationError as e:
-            base_fields = list(type(sec).model_fields)
-            valid = base_fields + list(entry.options())
-            raise ConfigError(_explain(e, sec.options(), prefix=section, valid_keys=valid, entry=entry)) from None
-        full = opts.model_dump(mode="json")
+        entry = sec.registry.get(sec.component(), key=f"{section}.{sec.name_field}")
+        opts = validate_options(entry, sec.options(), key=section, also_valid=list(type(sec).model_fields))
         base = sec.model_dump(mode="json", exclude=set(sec.options()))
-        updates[section] = type(sec).model_validate({**base, **full})
+        updates[section] = type(sec).model_validate({**base, **_json_ready(opts)})
     from trainpipe.data.augment import build_pipeline
 
     build_pipeline(cfg.data.augment, key="data.augment")  # bad ops fail now, not after data loading
-    return cfg.model_copy(update=updates)
+    cfg = cfg.model_copy(update=updates)
+    _cross_checks(cfg)
+    return cfg
+
+
+def _json_ready(x: Any) -> Any:
+    """Plain YAML-safe values (tuples become lists), so the resolved config round-trips."""
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_ready(v) for v in x]
+    if isinstance(x, BaseModel):
+        return x.model_dump(mode="json")
+    return x
+
+
+def _cross_checks(cfg: RunConfig) -> None:
+    """Combinations of keys from different sections that cannot work together."""
+    closure_optim = cfg.optim.name == "sam"
+    if closure_optim and cfg.train.precision == "fp16":
+        raise ConfigError(
+            "train.precision: fp16 cannot be combined with optim.name=sam: SAM's second forward/backward "
+            "pass runs outside the fp16 GradScaler, so its gradients would stay scaled. Use "
+            "train.precision=bf16 (no scaler needed) or fp32."
+        )
+    if closure_optim and cfg.train.grad_accum_steps > 1:
+        raise ConfigError(
+            "train.grad_accum_steps: SAM re-evaluates the loss on the current batch at perturbed weights, "
+            "which would see only the last of the accumulated batches. Use train.grad_accum_steps=1 with "
+            "optim.name=sam (raise data.batch_size instead)."
+        )
 
 
 # --------------------------------------------------------------------- messages

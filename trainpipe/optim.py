@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 from torch.optim import Optimizer
 
@@ -224,14 +223,9 @@ def find_entry(name: str, *, key: str) -> Entry:
 
 def check_options(entry: Entry, options: Mapping[str, Any], *, key: str) -> dict[str, Any]:
     """`options` validated against `entry`'s signature (coerced, defaults filled in)."""
-    from trainpipe.config import _explain, options_model
+    from trainpipe.config import validate_options
 
-    try:
-        validated = options_model(entry).model_validate(dict(options))
-    except ValidationError as e:
-        raise ConfigError(_explain(e, options, prefix=key, valid_keys=list(entry.options()), entry=entry)) from None
-    out = {n: getattr(validated, n) for n in entry.options()}
-    return {**out, **(validated.__pydantic_extra__ or {})}
+    return validate_options(entry, options, key=key)
 
 
 # ------------------------------------------------------------------ front door
