@@ -94,29 +94,6 @@ def overlay(histories: dict[str, Sequence[dict[str, Any]]], key: str, *, highlig
     return _png(fig)
 
 
-def confusion(cm: np.ndarray, classes: Sequence[str]) -> bytes:
-    """Row-normalised confusion matrix (rows: true class); counts written in when it fits."""
-    n = len(classes)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = min(4 + 0.45 * n, 16)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    if n <= 40:
-        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 45, ha="center" if n > 10 else "right", fontsize=8)
-        ax.set_yticks(range(n), [str(c) for c in classes], fontsize=8)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    return _png(fig)
-
-
 def per_class(acc: Sequence[float], classes: Sequence[str]) -> bytes:
     """Per-class accuracy as bars, sorted from worst to best."""
     order = np.argsort(acc)

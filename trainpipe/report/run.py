@@ -116,8 +116,6 @@ def run_report(run: Run, output: Path, *, evaluate: bool = True) -> Path:
 
 
 def test_section(doc: Doc, run: Run, output: Path, *, evaluate: bool) -> None:
-    from trainpipe.report import evaluation as ev
-
     s = run.summary
     if "test/acc" in s:
         doc.para(f"Test accuracy of the best checkpoint (epoch {s.get('best_epoch', MISSING)}), measured at the end "
@@ -126,20 +124,23 @@ def test_section(doc: Doc, run: Run, output: Path, *, evaluate: bool) -> None:
     if not evaluate:
         doc.note("Per-class results skipped (report written with --no-eval).")
         return
+    from trainpipe.evaluate import evaluate_checkpoint
+
+    # Flip TTA as the run used it, so that the accuracy matches the one training recorded.
+    tta = run.config.get("train", {}).get("tta") == "flip"
     try:
-        tp = ev.predict_test(run)
+        r = evaluate_checkpoint(run.path, split="test", tta=tta, device="auto")
     except Exception as e:  # missing data files, a deleted checkpoint, no test split: say so, keep the report
         doc.note(f"Per-class results unavailable: {type(e).__name__}: {' '.join(str(e).split())}")
         return
-    n = len(tp.classes)
-    cm = ev.confusion_matrix(tp.pred, tp.target, n)
-    acc = ev.per_class_accuracy(cm)
-    np.savetxt(output / "confusion_matrix.csv", cm, fmt="%d", delimiter=",",
-               header=",".join(tp.classes), comments="")
-    doc.para(f"Re-evaluated now on {len(tp.target):,} test samples: accuracy **{100 * tp.accuracy:.2f}%**. "
-             f"Confusion matrix counts: `confusion_matrix.csv`.")
+    cm, classes = r.confusion, r.classes
+    n = len(classes)
+    np.savetxt(output / "confusion_matrix.csv", cm, fmt="%d", delimiter=",", header=",".join(classes), comments="")
+    doc.para(f"Re-evaluated now ({r.checkpoint.name}) on {int(cm.sum()):,} test samples: accuracy "
+             f"**{fmt_metric('test/acc', r.metrics['test/acc'])}**. Confusion matrix counts: `confusion_matrix.csv`.")
     support = cm.sum(axis=1)
-    table = [[tp.classes[i], int(support[i]), int(cm[i, i]), fmt_metric("acc", acc[i])] for i in range(n)]
+    acc = np.array([r.per_class[c] for c in classes], dtype=float)
+    table = [[classes[i], int(support[i]), int(cm[i, i]), fmt_metric("acc", acc[i])] for i in range(n)]
     if n <= FULL_TABLE_CLASSES:
         doc.table(["class", "samples", "correct", "accuracy"], table)
     else:
@@ -148,11 +149,19 @@ def test_section(doc: Doc, run: Run, output: Path, *, evaluate: bool) -> None:
         doc.table(["class", "samples", "correct", "accuracy"], [table[i] for i in order[:10]])
         doc.para("Best ten classes:")
         doc.table(["class", "samples", "correct", "accuracy"], [table[i] for i in order[::-1][:10]])
-        doc.image("per_class.png", plots.per_class(list(np.nan_to_num(acc)), tp.classes), "Per-class test accuracy, worst to best.")
-    confused = ev.most_confused(cm, tp.classes)
+        doc.image("per_class.png", plots.per_class(list(np.nan_to_num(acc)), classes), "Per-class test accuracy, worst to best.")
+    confused = most_confused(cm, classes)
     if confused:
         doc.para("Most frequent mistakes: " + "; ".join(f"{t} → {p} ({c})" for t, p, c in confused) + ".")
-    doc.image("confusion.png", plots.confusion(cm, tp.classes), "Confusion matrix (rows: true class; colour: share of the row).")
+    doc.image("confusion.png", r.image_path.read_bytes(), "Confusion matrix (rows: true class, columns: predicted).")
+
+
+def most_confused(cm: np.ndarray, classes: list[str], k: int = 5) -> list[tuple[str, str, int]]:
+    """The k (true, predicted, count) pairs with the most mistakes."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    pairs = [np.unravel_index(i, off.shape) for i in np.argsort(off, axis=None)[::-1][:k]]
+    return [(classes[i], classes[j], int(off[i, j])) for i, j in pairs if off[i, j] > 0]
 
 
 # ---------------------------------------------------------------- several runs
