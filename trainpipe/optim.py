@@ -29,10 +29,10 @@ from trainpipe.registry import OPTIMIZERS, Entry
 def classifier_params(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of the classifier head: `model.get_classifier()` (timm's convention),
     else the last `nn.Linear` in the model."""
-    get = getattr(model, "get_classifier", None)
-    if callable(get):
-        head = get()
-        return list(head.parameters()) if isinstance(head, nn.Module) else []
+    if callable(getattr(model, "get_classifier", None)):
+        from trainpipe.models.wrap import head_modules  # handles models with two heads
+
+        return [p for m in head_modules(model) if isinstance(m, nn.Module) for p in m.parameters()]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return list(linears[-1].parameters()) if linears else []
 
