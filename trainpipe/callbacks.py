@@ -115,6 +115,8 @@ class Checkpoint(Callback):
         return d
 
     def on_fit_start(self, trainer: "Trainer") -> None:
+        for partial in self.dir.glob(".*.tmp"):  # left by a process killed while writing
+            partial.unlink(missing_ok=True)
         if trainer.resumed:
             return
         # A fresh run: files left by an earlier run in this directory must not be

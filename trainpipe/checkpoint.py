@@ -2,8 +2,8 @@
 
 A checkpoint is written to a temporary file in the same directory, flushed and
 fsync'ed, then renamed over the old one, so a crash at any moment leaves either
-the old file or the new one, never half of one. `save_keeping_previous` first
-renames the current file to `previous.pt`, so that a file damaged later (a full
+the old file or the new one, never half of one. `save_keeping_previous` also
+keeps the replaced file as `previous.pt`, so that a file damaged later (a full
 disk, a bad copy) still leaves one good state to resume from: `find_resumable`
 tries last.pt, then previous.pt, then the epoch snapshots, newest first.
 """
@@ -30,6 +30,27 @@ RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "state", "rng", "conf
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     path = Path(path)
+    tmp = _write_temp(obj, path)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_keeping_previous(obj: Any, path: str | Path) -> None:
+    """`save_atomic`, keeping the file it replaces as previous.pt beside it.
+
+    The new state is complete on disk before either rename, so a crash leaves last.pt
+    old or new (or, between the two renames, only previous.pt: resume falls back to it).
+    """
+    path = Path(path)
+    tmp = _write_temp(obj, path)
+    if path.is_file():
+        os.replace(path, path.with_name(PREVIOUS))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_temp(obj: Any, path: Path) -> str:
+    """`obj` serialized, flushed and fsync'ed into a temporary file beside `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -37,19 +58,10 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with_suppressed_unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-
-
-def save_keeping_previous(obj: Any, path: str | Path) -> None:
-    """`save_atomic`, after renaming the current file (if any) to previous.pt beside it."""
-    path = Path(path)
-    if path.is_file():
-        os.replace(path, path.with_name(PREVIOUS))
-    save_atomic(obj, path)
+    return tmp
 
 
 def _fsync_dir(directory: Path) -> None:

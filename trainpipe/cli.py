@@ -51,7 +51,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
         flags = ["--quiet"] if a.quiet else []
         return launch(a.nproc, (["--debug"] if a.debug else []) + ["resume", a.run_dir, *a.overrides, *flags])
-    command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else f"trainpipe resume {a.run_dir}"
+    command = "trainpipe resume " + shlex.join([a.run_dir, *a.overrides])
     result = resume(a.run_dir, a.overrides, quiet=a.quiet, command=command)
     return EXIT_OK if result.status == "completed" else EXIT_CRASH
 

@@ -23,7 +23,8 @@ import yaml
 
 from trainpipe import checkpoint as ckpt
 from trainpipe import config as config_mod
-from trainpipe.callbacks import Callback, Checkpoint, EarlyStopping
+from trainpipe import distributed
+from trainpipe.callbacks import Callback, Checkpoint, EarlyStopping, NanGuard
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError
 
@@ -36,6 +37,7 @@ class RunResult:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
     config: RunConfig | None = None
+    model: Any = None  # the evaluated weights left in memory (the best ones with early_stopping.restore_best)
 
     @property
     def status(self) -> str:
@@ -108,11 +110,15 @@ def train(
     strings or a {dotted key: value} dict.
     """
     cfg = resolve(config, overrides)
-    run_dir = new_run_dir(cfg, output)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from trainpipe.engine import resolve_device
+
+    distributed.setup(resolve_device(cfg.train.device))
+    run_dir = distributed.broadcast_object(new_run_dir(cfg, output))  # rank 0's choice, under DDP
     command = command or f"trainpipe.train({config!r}, overrides={list(overrides)!r})"
-    write_config(run_dir, cfg, command)
-    append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, cfg, command)
+        append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
     return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
 
 
@@ -129,26 +135,35 @@ def execute(
     quiet: bool = False,
     extra_callbacks: Sequence[Callback] = (),
     resume_state: dict[str, Any] | None = None,
+    resume_path: Path | None = None,
+    prior_wall_time: float = 0.0,
 ) -> RunResult:
-    """Build everything from `cfg` and run the loop in `run_dir` (fresh or resumed)."""
+    """Build everything from `cfg` and run the loop in `run_dir`; with `resume_state` (a full
+    checkpoint read from `resume_path`), continue from it. `prior_wall_time` is the time the
+    run's earlier processes spent, added to summary.json's wall_time_s."""
     from trainpipe import data as data_mod
     from trainpipe import models, optim, sched
     from trainpipe.engine import Trainer, resolve_device
     from trainpipe.console import console_report
 
     started = time.perf_counter()
-    prior_wall = (resume_state or {}).get("wall_time_s", 0.0)
+    prior_wall = prior_wall_time
     summary: dict[str, Any] = {"status": "running", "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir)}
+    # Joining the DDP process group (when launched as one of several ranks) comes first:
+    # only rank 0 writes and prints.
+    device = distributed.setup(resolve_device(cfg.train.device))
+    main = distributed.is_main()
     summary_path = run_dir / "summary.json"
-    write_json(summary_path, summary)
-    out = console_report(quiet)
+    save_summary = (lambda: write_json(summary_path, summary)) if main else (lambda: None)  # noqa: E731
+    save_summary()
+    out = console_report(quiet or not main)
     trainer = None
     try:
         ckpt.seed_everything(cfg.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        device = resolve_device(cfg.train.device)
         data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=cfg.train.channels_last)
+        distributed.shard(data, cfg)
         m = cfg.model
         model = models.build(m.name, m.options(), data.spec, pretrained=m.pretrained, weights=m.weights,
                              input_size=m.input_size, freeze=m.freeze)
@@ -163,24 +178,31 @@ def execute(
                                warmup_steps=s.warmup_steps, monitor_mode=cfg.train.monitor_mode)
         summary.update({"device": str(device), "loader": data.info.get("loader"), **stats,
                         "train_size": data.info.get("train_size"), "val_size": data.info.get("val_size"),
-                        "test_size": data.info.get("test_size")})
-        write_json(summary_path, summary)
+                        "test_size": data.info.get("test_size"), "processes": distributed.world_size()})
+        save_summary()
         out.start(cfg, run_dir, summary)
 
-        callbacks = build_callbacks(cfg, run_dir) + list(extra_callbacks)
-        callbacks.append(Checkpoint(run_dir / "checkpoints", every=cfg.train.checkpoint.every,
-                                    keep=cfg.train.checkpoint.keep, save_best=cfg.train.checkpoint.best,
-                                    config=cfg.to_dict()))
+        callbacks = build_callbacks(cfg, run_dir, write=main) + list(extra_callbacks)
+        if main:
+            callbacks.append(Checkpoint(run_dir / "checkpoints", every=cfg.train.checkpoint.every,
+                                        keep=cfg.train.checkpoint.keep, save_best=cfg.train.checkpoint.best,
+                                        config=cfg.to_dict()))
+        # Last: a rollback happens after every other callback has seen the diverged epoch.
+        callbacks.append(NanGuard(cfg.train.on_nonfinite, run_dir / "checkpoints",
+                                  log=(lambda e: _log_event(run_dir, e, quiet)) if main else None))
         progress = out.progress(cfg, data)
         trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
                           progress=progress)
         if resume_state is not None:
-            trainer.load_state_dict(resume_state)
-            ckpt.restore_rng(resume_state["rng"])
+            load_resume_state(trainer, resume_state, resume_path)
         out.attach(trainer)
-        state = trainer.fit()
 
-        summary.update(final_summary(trainer, cfg, run_dir))
+        def finalize(tr: Any) -> dict[str, Any]:
+            distributed.barrier()  # rank 0 has written best.pt before any rank reads it
+            return final_summary(tr, cfg, run_dir)
+
+        state = trainer.fit(finalize)
+        summary.update(state.final)
         summary["status"] = {"non_finite_loss": "failed", "pruned": "pruned"}.get(state.stop_reason, "completed")
         summary["stop_reason"] = state.stop_reason
     except KeyboardInterrupt:
@@ -198,14 +220,41 @@ def execute(
             summary.setdefault("best_epoch", st.best_epoch)
             summary["epochs_run"] = st.epoch
             summary.setdefault(f"best/{cfg.train.monitor}", st.best_metric)
+            if cfg.train.on_nonfinite == "skip_step":
+                summary["skipped_steps"] = st.skipped_steps
+            if st.rollbacks:
+                summary.update({"rollbacks": st.rollbacks, "lr_factor": st.lr_factor})
         summary["wall_time_s"] = prior_wall + (time.perf_counter() - started)
-        write_json(summary_path, summary)
-    result = RunResult(run_dir, summary, list(trainer.state.history), cfg)
+        save_summary()
+    result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
     out.finish(result)
     return result
 
 
-def build_callbacks(cfg: RunConfig, run_dir: Path) -> list[Callback]:
+def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) -> None:
+    """Load a full checkpoint into `trainer`; a checkpoint that does not fit the config
+    (a different model, different parameter groups) is a ConfigError naming the file."""
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"checkpoint {str(path or 'given')!r} does not fit the config being resumed ({first}). "
+            f"Overrides that change the model or the optimizer's parameter groups (model.*, optim.name, "
+            f"optim.decay_norm_and_bias) cannot be applied to a running training; start a new run with "
+            f"`trainpipe train` (model.weights=... loads weights into a new run)."
+        ) from None
+
+
+def _log_event(run_dir: Path, event: dict[str, Any], quiet: bool) -> None:
+    append_history(run_dir, event)
+    if not quiet and event.get("event") == "rollback":
+        print(f"non-finite values in epoch {event['diverged_epoch']}: rolled back to epoch {event['to_epoch']} "
+              f"({event['checkpoint']}), lr x{event['lr_factor']:g} (rollback {event['rollback']})", file=sys.stderr)
+
+
+def build_callbacks(cfg: RunConfig, run_dir: Path, *, write: bool = True) -> list[Callback]:
+    """The config's callbacks; `write=False` (DDP ranks other than 0) leaves out the trackers."""
     from trainpipe.registry import TRACKERS
 
     t = cfg.train
@@ -218,6 +267,8 @@ def build_callbacks(cfg: RunConfig, run_dir: Path) -> list[Callback]:
         es = t.early_stopping
         cbs.append(EarlyStopping(es.monitor or t.monitor, es.mode or t.monitor_mode, es.patience,
                                  es.min_delta, es.restore_best))
+    if not write:
+        return cbs
     cbs.append(TRACKERS.build("jsonl", run_dir))
     for name in enabled_trackers(cfg):
         cbs.append(TRACKERS.build(name, run_dir, cfg))
@@ -255,6 +306,12 @@ def final_summary(trainer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]
     if trainer.data.test is not None:
         model = trainer.eval_model
         if best_path.is_file():
+            # Evaluate best.pt in the model's place, then put the current weights back:
+            # what stays in memory is decided by the callbacks (early_stopping.restore_best).
+            current = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             model.load_state_dict(ckpt.load(best_path, map_location=trainer.device)["model"])
-        out.update(trainer.evaluate(trainer.data.test, prefix="test", model=model))
+            out.update(trainer.evaluate(trainer.data.test, prefix="test", model=model))
+            model.load_state_dict(current)
+        else:
+            out.update(trainer.evaluate(trainer.data.test, prefix="test", model=model))
     return out

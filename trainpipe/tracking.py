@@ -13,6 +13,8 @@ import json
 import math
 import os
 import random
+import secrets
+import string
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,12 +226,12 @@ class WandbTracker(Callback):
         self.run: Any = None
 
     def run_id(self) -> str:
-        import wandb
-
         f = self.run_dir / WANDB_ID_FILE
         if f.is_file() and f.read_text().strip():
             return f.read_text().strip()
-        rid = wandb.util.generate_id()
+        # W&B's own id format (8 of [a-z0-9]); its generator moved between releases, and
+        # `secrets` leaves the training's random streams untouched.
+        rid = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         f.write_text(rid + "\n")
         return rid
 
