@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -109,6 +110,15 @@ def per_class(acc: Sequence[float], classes: Sequence[str]) -> bytes:
     return _png(fig)
 
 
+def label(v: Any, width: int = 28) -> str:
+    """A parameter value as a short axis label (augmentation lists become compact JSON)."""
+    if isinstance(v, list) and all(isinstance(i, str) or (isinstance(i, dict) and "name" in i) for i in v):
+        text = "+".join(i if isinstance(i, str) else str(i["name"]) for i in v) or "[]"  # augmentation ops
+    else:
+        text = json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _is_numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None)
 
@@ -135,13 +145,13 @@ def metric_vs_params(rows: list[dict[str, Any]], params: list[str], metric: str)
                 ax.set_xticks(sorted(set(xs)), [f"{v:.3g}" for v in sorted(set(xs))])
                 ax.minorticks_off()
         else:
-            cats = sorted({str(x) for x in xs})
+            cats = sorted({label(x) for x in xs})
             pos = {c: i for i, c in enumerate(cats)}
             jitter = np.random.default_rng(0).uniform(-0.08, 0.08, len(xs))
-            ax.scatter([pos[str(x)] + j for x, j in zip(xs, jitter)], ys, alpha=0.8)
+            ax.scatter([pos[label(x)] + j for x, j in zip(xs, jitter)], ys, alpha=0.8)
             ax.set_xticks(range(len(cats)), cats, rotation=20 if len(cats) > 3 else 0)
             for c in cats:
-                ys_c = [y for x, y in pts if str(x) == c]
+                ys_c = [y for x, y in pts if label(x) == c]
                 ax.hlines(np.mean(ys_c), pos[c] - 0.25, pos[c] + 0.25, color="crimson")
         ax.set_title(p)
         ax.set_ylabel(metric)
@@ -179,9 +189,9 @@ def parallel_coordinates(rows: list[dict[str, Any]], params: list[str], metric: 
                 tick_vals = list(np.linspace(lo, hi, 5))
             ticks[k] = ([(tf(v) - lo) / span if hi > lo else 0.0 for v in tick_vals], [f"{v:.3g}" for v in tick_vals])
         else:
-            cats = sorted({str(v) for v in vals})
+            cats = sorted({label(v) for v in vals})
             pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
-            scaled[k] = [pos[str(v)] for v in vals]
+            scaled[k] = [pos[label(v)] for v in vals]
             ticks[k] = (list(pos.values()), cats)
     fig, ax = plt.subplots(figsize=(max(7, 2.3 * len(axes_keys)), 5))
     metric_vals = [float(r[metric]) for r in rows]
