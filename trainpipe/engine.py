@@ -25,6 +25,7 @@ from torch import nn
 from trainpipe import distributed
 from trainpipe.callbacks import Callback, run_hooks
 from trainpipe.config import RunConfig
+from trainpipe.ema import ModelEma
 from trainpipe.errors import ConfigError
 
 
@@ -83,45 +84,6 @@ def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-class ModelEma:
-    """An exponential moving average of the weights (buffers copied as they are).
-
-    timm's ModelEmaV3 does the same; ours keeps a `state_dict` that includes the
-    update count so that the decay warm-up continues exactly after a resume.
-    """
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
-        import copy
-
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay = decay
-        self.warmup = warmup
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = self.decay
-        if self.warmup:
-            # Early averages would be dominated by the random initialisation; the
-            # (1 + n) / (10 + n) ramp is the one timm and TF use.
-            d = min(d, (1 + self.updates) / (10 + self.updates))
-        ema_p = list(self.module.parameters())
-        src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.module.load_state_dict(d["module"])
-        self.updates = d["updates"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
