@@ -165,7 +165,7 @@ def _inline(text: str) -> str:
 
 
 def _is_number(s: str) -> bool:
-    return bool(re.fullmatch(r"[-+]?[\d,.]+(e[-+]?\d+)?\s*(%|s|ms|x)?|[-+]?[\d.]+ ?[±] ?[\d.]+%?", s.strip()))
+    return bool(re.fullmatch(r"[-+]?[\d,.]+(e[-+]?\d+)?\s*(%|s|ms|x|min|h)?|[-+]?[\d.]+ ?[±] ?[\d.]+%?", s.strip()))
 
 
 def _md_table(t: Table) -> list[str]:
