@@ -18,6 +18,7 @@ import datetime as dt
 import inspect
 import os
 import socket
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,6 +64,20 @@ def redact(url: str) -> str:
         return url
 
 
+def with_driver(url: str) -> str:
+    """`postgresql://` with whichever driver is installed.
+
+    SQLAlchemy 2.1 maps a bare postgresql:// to psycopg (3); the `postgres` extra and
+    many environments have psycopg2 only.
+    """
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
                  grace_period: int = GRACE_PERIOD_S) -> optuna.storages.RDBStorage:
     quiet_optuna()
@@ -75,18 +90,26 @@ def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
     retry = _RETRY_CLS(max_retry=MAX_RETRIES)
     params = inspect.signature(optuna.storages.RDBStorage).parameters
     cb_name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period, **{cb_name: retry})
-    except ImportError as e:
-        raise ConfigError(f"--storage {redact(url)}: the database driver is not installed ({e}). For "
-                          f"PostgreSQL: pip install 'trainpipe[postgres]'.") from None
-    except Exception as e:
-        if type(e).__module__.startswith("sqlalchemy"):
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                              **{cb_name: retry})
+        except ImportError as e:
+            raise ConfigError(f"--storage {redact(url)}: the database driver is not installed ({e}). For "
+                              f"PostgreSQL: pip install 'trainpipe[postgres]'.") from None
+        except Exception as e:
+            if not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            if attempt < 4 and type(e).__name__ in ("IntegrityError", "ProgrammingError"):
+                # Machines that start together on an empty database race to create
+                # Optuna's tables; the loser finds them made on the next try.
+                time.sleep(1 + attempt)
+                continue
             raise ConfigError(f"--storage {redact(url)}: cannot open the database: "
                               f"{str(e).splitlines()[0]}. Check the URL, that the server runs and accepts "
                               f"this user, and that the database exists.") from None
-        raise
+    raise AssertionError("unreachable")
 
 
 def sampler_for(spec: SweepSpec) -> optuna.samplers.BaseSampler:
