@@ -42,7 +42,8 @@ class Split:
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
         """The inputs of samples `idx` (subclasses build them, e.g. context windows)."""
-        return self.x[idx]
+        # index_select copies whole rows; x[idx] takes a generic path that is ~10x slower on CPU.
+        return torch.index_select(self.x, 0, idx)
 
     def subset(self, idx: torch.Tensor) -> "Split":
         return Split(self.x[idx], self.y[idx])

@@ -73,7 +73,7 @@ class FrameSplit(Split):
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
         offsets = torch.arange(-self.context, self.context + 1, device=self.x.device)
         rows = self.centers[idx].unsqueeze(1) + offsets
-        return self.x[rows].reshape(len(rows), -1)
+        return torch.index_select(self.x, 0, rows.reshape(-1)).reshape(len(rows), -1)
 
     def subset(self, idx: torch.Tensor) -> "FrameSplit":
         return FrameSplit(self.x, self.y[idx], self.centers[idx], self.utterance[idx], self.context)

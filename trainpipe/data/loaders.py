@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from trainpipe.data.base import Split
 
@@ -74,16 +74,18 @@ class _Normalize:
         self.channels_last = channels_last
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale is not None:
-            x = torch.addcmul(self.shift, x, self.scale)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        to_cl = self.channels_last and x.dim() == 4
+        if self.scale is None:
+            return x.contiguous(memory_format=torch.channels_last) if to_cl else x
+        # Writing straight into a channels-last buffer saves a pass over the batch.
+        out = torch.empty_like(x, memory_format=torch.channels_last if to_cl else torch.contiguous_format)
+        return torch.addcmul(self.shift, x, self.scale, out=out)
 
 
 def to_unit_float(x: torch.Tensor, image: bool) -> torch.Tensor:
     """uint8 images -> float in [0, 1]; features -> float."""
-    return x.float().div_(255.0) if image else x.float()
+    # torchvision's own uint8 -> float conversion (v2.ToDtype(scale=True)), bit for bit.
+    return x.float().mul_(1.0 / 255.0) if image else x.float()
 
 
 class _Base:
@@ -163,7 +165,7 @@ class DeviceLoader(_Base):
         bs = self.batch_size
         for b in range(len(self)):
             idx = order[b * bs : (b + 1) * bs][self.rank :: self.world_size]
-            yield self.prepare(self.split.gather(idx), g), self.split.y[idx]
+            yield self.prepare(self.split.gather(idx), g), torch.index_select(self.split.y, 0, idx)
 
     def prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """Raw gathered inputs -> augmented (when `g` is given), normalised float batch."""
@@ -175,7 +177,11 @@ class DeviceLoader(_Base):
 
 
 class _SplitDataset(Dataset):
-    """Samples of a split for worker processes; each item is (index, seed of its random draws)."""
+    """Samples of a split for worker processes; each item is (index, seed of its random draws).
+
+    The DataLoader fetches a whole batch through `__getitems__`: one gather and one
+    uint8 -> float conversion per batch, then the per-sample transforms.
+    """
 
     def __init__(self, split: Split, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         self.split = split
@@ -186,16 +192,35 @@ class _SplitDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        i, sample_seed = item
-        x = to_unit_float(self.split.gather(torch.tensor([i]))[0], self.is_image)
+        x, y = self.__getitems__([item])
+        return x[0], y[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.tensor([i for i, _ in items], dtype=torch.int64)
+        x = to_unit_float(self.split.gather(idx), self.is_image)
         if self.transform is not None:
-            # Seeding per sample makes the draws independent of worker count, worker
-            # assignment and persistent workers' history; in the main process the
-            # global RNG is restored afterwards so that training randomness is untouched.
-            with torch.random.fork_rng(devices=[], enabled=get_worker_info() is None):
-                torch.manual_seed(sample_seed)
-                x = self.transform(x)
-        return x, self.split.y[i]
+            x = torch.stack(self._transformed(x, [s for _, s in items]))
+        return x, torch.index_select(self.split.y, 0, idx)
+
+    def _transformed(self, x: torch.Tensor, seeds: list[int]) -> list[torch.Tensor]:
+        # Seeding per sample makes the draws independent of worker count, worker
+        # assignment and persistent workers' history. Only the CPU generator is seeded
+        # (torch.manual_seed would also queue CUDA seeding, at milliseconds per call),
+        # and it is restored afterwards so that the caller's randomness is untouched.
+        cpu = torch.default_generator
+        saved = cpu.get_state()
+        try:
+            out = []
+            for xi, s in zip(x, seeds):
+                cpu.manual_seed(s)
+                out.append(self.transform(xi))
+            return out
+        finally:
+            cpu.set_state(saved)
+
+
+def _batch_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # `__getitems__` already built the batch
 
 
 class _EpochBatches:
@@ -264,6 +289,7 @@ class StreamLoader(_Base):
             # Workers that survive between epochs skip a fork and a dataset copy per epoch.
             persistent_workers=num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            collate_fn=_batch_collate,
             worker_init_fn=_seed_worker if num_workers > 0 else None,
             generator=g,
         )
