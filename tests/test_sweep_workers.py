@@ -98,7 +98,7 @@ def test_interrupted_then_killed_sweep_resumes_with_no_repeated_and_no_lost_conf
 def test_two_workers_on_one_sqlite_study_never_run_the_same_configuration(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    out = run_sweep(sweep_file(tmp_path, GRID), workers=2)
+    out = run_sweep(sweep_file(tmp_path, GRID), workers=2, devices="cpu")  # both share one device
     d = tmp_path / "sweeps" / "s"
     _, study = open_sweep(d)
     assert completed_points(study) == ALL_POINTS
@@ -107,8 +107,9 @@ def test_two_workers_on_one_sqlite_study_never_run_the_same_configuration(
     # Only trials that count ever trained: one run directory each, each with its own config.
     dirs = sorted((d / "trials").iterdir())
     assert [p.name for p in dirs] == sorted(f"{t.number:04d}" for t in visible)
-    configs = {(c.optim.lr, c.model.width) for c in (config_mod.load(p / "config.yaml") for p in dirs)}
-    assert sorted(configs) == ALL_POINTS
+    configs = [config_mod.load(p / "config.yaml") for p in dirs]
+    assert sorted((c.optim.lr, c.model.width) for c in configs) == ALL_POINTS
+    assert {c.train.device for c in configs} == {"cpu"}
     assert len(out.rows) == 4
 
 
@@ -177,8 +178,9 @@ def test_a_trial_whose_local_worker_died_is_queued_again_at_once(tmp_path: Path)
     dead, alive = study.ask(), study.ask()
     dead.suggest_categorical("optim.lr", [0.1, 0.2])
     alive.suggest_categorical("optim.lr", [0.1, 0.2])
-    dead.set_user_attr("worker", {**st.worker_attr(), "pid": _dead_pid()})
-    alive.set_user_attr("worker", {**st.worker_attr(), "pid": os.getppid()})
+    since = {t.number: t.datetime_start for t in study.get_trials()}
+    dead.set_user_attr("worker", {**st.worker_attr(since[dead.number]), "pid": _dead_pid()})
+    alive.set_user_attr("worker", {**st.worker_attr(since[alive.number]), "pid": os.getppid()})
     assert st.reap_dead_trials(study) == [dead.number]
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL and trials[alive.number].state == TrialState.RUNNING
@@ -188,6 +190,11 @@ def test_a_trial_whose_local_worker_died_is_queued_again_at_once(tmp_path: Path)
     assert dead.number in led.superseded and [t.number for t in led.visible] == [alive.number, copy.number]
     rows = trial_rows(study, spec)
     assert sorted(r.state for r in rows) == ["running", "waiting"]
+    # The copy starts with its original's worker record (a dead pid): that must not condemn it.
+    popped = study.ask()
+    assert popped.number == copy.number and popped.user_attrs["worker"]["pid"] != os.getpid()
+    assert st.reap_dead_trials(study) == []
+    assert study.get_trials()[copy.number].state == TrialState.RUNNING
 
 
 def test_a_trial_of_a_silent_remote_worker_is_queued_again_after_the_grace_period(tmp_path: Path) -> None:

@@ -217,8 +217,11 @@ def machine_id() -> str:
     return "|".join(parts)
 
 
-def worker_attr() -> dict[str, Any]:
-    return {"machine": machine_id(), "host": socket.gethostname(), "pid": os.getpid()}
+def worker_attr(started: dt.datetime | None = None) -> dict[str, Any]:
+    """Who runs a trial. `since` is the trial's start: a queued copy inherits its original's
+    record, and must not be judged by the original's (dead) process."""
+    return {"machine": machine_id(), "host": socket.gethostname(), "pid": os.getpid(),
+            "since": started.isoformat() if started else None}
 
 
 def pid_alive(pid: int) -> bool:
@@ -269,7 +272,7 @@ def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S)
     now = dt.datetime.now()
     for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker")
-        if w is not None:
+        if w is not None and w.get("since") == (t.datetime_start.isoformat() if t.datetime_start else None):
             dead = w.get("machine") == machine_id() and w.get("pid") != os.getpid() and not pid_alive(int(w["pid"]))
         else:
             started = t.datetime_start or now

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 from optuna.trial import TrialState
@@ -111,7 +111,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         wc, spec = self.wc, self.wc.spec
         self.trial_id = trial._trial_id
-        trial.set_user_attr("worker", st.worker_attr())
+        started = self.study._storage.get_trial(trial._trial_id).datetime_start
+        trial.set_user_attr("worker", st.worker_attr(started))
         overrides = trial_overrides(trial, spec)
         why = self.discard_reason(trial)
         if why:
@@ -159,7 +160,7 @@ class Objective:
         return best
 
     def fail(self, trial: optuna.Trial, reason: str, *, res: dict[str, Any] | None = None,
-             summary_path: Path | None = None) -> float:
+             summary_path: Path | None = None) -> NoReturn:
         res = dict(res or {})
         if summary_path is not None and summary_path.is_file():
             import json
@@ -243,8 +244,8 @@ def run_worker(wc: WorkerConfig) -> None:
                 time.sleep(wc.poll_s)
                 continue
             said_wait = False
-            objective.trial_id = None
             study.optimize(objective, n_trials=1, catch=(TrialFailed, TrialDiscarded), gc_after_trial=True)
+            objective.trial_id = None
             write_results(wc.sweep_dir, study, wc.spec)
     except KeyboardInterrupt:
         _ignore_signals()
