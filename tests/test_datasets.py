@@ -58,6 +58,12 @@ def test_digits() -> None:
     assert src.train.x.max() == 255 and len(src.classes) == 10
 
 
+def test_uncached_source_gets_channels_and_size_too() -> None:
+    src = load_source(cfg(dataset="digits", channels=3, image_size=16))
+    assert src.train.x.shape[1:] == (3, 16, 16) and src.test.x.shape[1:] == (3, 16, 16)
+    assert torch.equal(src.train.x[:, 0], src.train.x[:, 1])
+
+
 # ------------------------------------------------------------------ torchvision formats
 def test_cifar10_reads_the_python_pickles(tmp_path: Path) -> None:
     written = write_cifar10(tmp_path)

@@ -19,6 +19,7 @@ worker processes: for ops without a batched form and for data too big for the de
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -227,7 +228,9 @@ class _EpochBatches:
     """The batch sampler: the loader's current order, batch size and per-sample seeds."""
 
     def __init__(self, loader: "StreamLoader") -> None:
-        self.loader = loader
+        # A weak reference: a cycle loader -> DataLoader -> sampler -> loader would leave the
+        # workers to the garbage collector, whose teardown order makes their shutdown time out.
+        self.loader = weakref.proxy(loader)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -67,9 +67,9 @@ def ensure_files(
         if not missing:
             return
     how = (
-        "Check the network, or download the files elsewhere and copy them there."
+        "Check the network, or fetch the files on another machine and copy them there."
         if cfg.download
-        else "Set data.download=true on a machine with internet to fetch them,"
+        else "Set data.download=true on a machine with internet to fetch them."
     )
     raise DataError(
         f"data.dataset={name}: dataset files not found. Expected {', '.join(files)} in {folder.resolve()} "
@@ -112,7 +112,7 @@ def _mnist_family(cfg: "DataConfig", name: str, cls: type, title: str, stats: An
     files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     ensure_files(
         cfg, name, raw, files,
-        obtain=f"Or copy the four {title} .gz files ({', '.join(f + '.gz' for f in files)}) into {raw.resolve()} "
+        obtain=f"Alternatively, copy the four {title} .gz files ({', '.join(f + '.gz' for f in files)}) into {raw.resolve()} "
                "and set data.download=true to unpack them.",
         download=lambda: cls(_tv_key(cfg), train=True, download=True),
     )
@@ -185,7 +185,7 @@ def _cifar(cfg: "DataConfig", name: str, cls: type, stats: Any, label_mode: str 
     names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     ensure_files(
         cfg, name, folder, names,
-        obtain=f"Or copy {cls.filename} (from {cls.url}) into {root.resolve()} and set data.download=true "
+        obtain=f"Alternatively, copy {cls.filename} (from {cls.url}) into {root.resolve()} and set data.download=true "
                f"to unpack it, or unpack it there yourself (tar -xzf {cls.filename}).",
         download=lambda: cls(_tv_key(cfg), train=True, download=True),
     )
@@ -244,7 +244,7 @@ def svhn(cfg: "DataConfig", /, *, extra: bool = False) -> SourceData:
 
     ensure_files(
         cfg, "svhn", root, files,
-        obtain=f"Or download {', '.join(_SVHN.split_list[p][0] for p in parts)} into {root.resolve()}.",
+        obtain=f"Alternatively, download {', '.join(_SVHN.split_list[p][0] for p in parts)} into {root.resolve()}.",
         download=download,
     )
 
@@ -272,7 +272,7 @@ def oxford_pets(cfg: "DataConfig", /) -> SourceData:
     needed = ["images", "annotations/trainval.txt", "annotations/test.txt"]
     ensure_files(
         cfg, "oxford_pets", base, needed,
-        obtain="Or download images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ "
+        obtain="Alternatively, download images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ "
                f"and unpack both into {base.resolve()}.",
         download=lambda: tvd.OxfordIIITPet(_tv_key(cfg), split="trainval", download=True),
     )
