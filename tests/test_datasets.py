@@ -3,9 +3,7 @@ plus the real MNIST / Fashion-MNIST / CIFAR-10 copies in ../shared/data when pre
 
 from __future__ import annotations
 
-import pickle
 import tarfile
-import warnings
 from pathlib import Path
 
 import numpy as np
