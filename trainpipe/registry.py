@@ -65,8 +65,9 @@ class Registry:
         def deco(fn: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} is registered twice")
-            doc = description or (inspect.getdoc(fn) or "").strip().splitlines()[:1]
-            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            # The description is the docstring's first paragraph, joined onto one line.
+            first = (inspect.getdoc(fn) or "").strip().split("\n\n")[0]
+            text = description or " ".join(first.split())
             self._entries[name] = Entry(name, fn, text)
             return fn
 
