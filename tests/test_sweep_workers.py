@@ -84,8 +84,8 @@ def test_interrupted_then_killed_sweep_resumes_with_no_repeated_and_no_lost_conf
     killed = study.get_trials()[1]
     assert killed.state == TrialState.RUNNING and killed.params == first.params
 
-    # The same command again finishes the sweep: the dead trial is seen at once (its pid is gone).
-    out = run_sweep(s)
+    # Resuming (here from the directory) finishes the sweep: the dead trial is seen at once (its pid is gone).
+    out = run_sweep(d)
     assert not out.interrupted
     lrs = sorted(t.params["optim.lr"] for t in st.ledger(study.get_trials()).visible)
     assert lrs == [0.05, 0.2]  # each configuration exactly once, none lost
@@ -173,6 +173,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() stands in for a worker
 def test_a_trial_whose_local_worker_died_is_queued_again_at_once(tmp_path: Path) -> None:
     study, spec = _study(tmp_path)
     dead, alive = study.ask(), study.ask()
@@ -197,6 +198,7 @@ def test_a_trial_whose_local_worker_died_is_queued_again_at_once(tmp_path: Path)
     assert study.get_trials()[copy.number].state == TrialState.RUNNING
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() stands in for a worker
 def test_a_trial_of_a_silent_remote_worker_is_queued_again_after_the_grace_period(tmp_path: Path) -> None:
     study, _ = _study(tmp_path, heartbeat_interval=1, grace_period=1)
     t = study.ask()
@@ -210,3 +212,29 @@ def test_a_trial_of_a_silent_remote_worker_is_queued_again_after_the_grace_perio
     assert study.get_trials()[0].state == TrialState.FAIL
     (copy,) = study.get_trials(states=(TrialState.WAITING,))
     assert copy.params == study.get_trials()[0].params
+
+
+def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_trial_at_the_next_epoch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import weakref
+
+    from trainpipe.sweep.worker import ReportToStudy, install_signal_handlers
+
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    install_signal_handlers()
+    try:
+        class Thing:
+            pass
+
+        dropped: list[type] = []
+        monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+        thing = Thing()
+        # The handler's KeyboardInterrupt is raised inside a weakref callback, where Python drops it.
+        ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGINT))
+        del thing
+        assert ref() is None and dropped == [KeyboardInterrupt]
+        with pytest.raises(KeyboardInterrupt):
+            ReportToStudy(trial=None, metric="val/acc", prune=False).on_epoch_end(trainer=None)
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])

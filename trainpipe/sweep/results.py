@@ -72,6 +72,9 @@ def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
             else "its worker died"
     if trial.state == TrialState.RUNNING:
         reason = f"epoch {max(curve)}" if curve else "starting"
+    if trial.state == TrialState.WAITING and "failed_trial" in trial.system_attrs:
+        why = "was interrupted" if res.get("status") == "interrupted" else "lost its worker"
+        reason, value = f"queued again: trial {trial.system_attrs['failed_trial']:04d} {why}", None
     worker = trial.user_attrs.get("worker") or {}
     return TrialRow(trial.number, state, trial_params(trial, spec), value, res.get("train_acc"), res.get("test_acc"),
                     res.get("epochs") if trial.state != TrialState.RUNNING else len(curve),

@@ -34,7 +34,7 @@ from trainpipe.sweep import study as st
 from trainpipe.sweep.check import check_against_config
 from trainpipe.sweep.results import TrialRow, status_text, trial_rows, write_results
 from trainpipe.sweep.spec import SweepSpec, load_spec
-from trainpipe.sweep.worker import WorkerConfig, install_signal_handlers, run_worker, worker_main
+from trainpipe.sweep.worker import WorkerConfig, check_stop, install_signal_handlers, run_worker, worker_main
 
 META = "study.json"
 
@@ -192,8 +192,10 @@ def run_processes(configs: list[WorkerConfig]) -> bool:
     try:
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.5)
+            check_stop()
     except KeyboardInterrupt:
         interrupted = True
         for p in procs:  # a terminal's Ctrl-C reached them already; a `kill` of this process did not

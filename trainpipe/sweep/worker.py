@@ -71,6 +71,7 @@ class ReportToStudy(Callback):
         self.trial, self.metric, self.prune = trial, metric, prune
 
     def on_epoch_end(self, trainer: Any) -> None:
+        check_stop()
         m = trainer.state.metrics
         value = m.get(self.metric)
         if value is None or not math.isfinite(value):
@@ -227,6 +228,7 @@ def run_worker(wc: WorkerConfig) -> None:
     said_wait = False
     try:
         while True:
+            check_stop()
             if wc.parent_pid is not None and os.getppid() != wc.parent_pid:
                 wc.say("the sweep command is gone; this worker stops")
                 return
@@ -248,7 +250,6 @@ def run_worker(wc: WorkerConfig) -> None:
             objective.trial_id = None
             write_results(wc.sweep_dir, study, wc.spec)
     except KeyboardInterrupt:
-        _ignore_signals()
         release(study, objective.trial_id)
         write_results(wc.sweep_dir, study, wc.spec)
         raise
@@ -268,22 +269,32 @@ def release(study: optuna.Study, trial_id: int | None) -> None:
               file=sys.stderr)
 
 
-def _interrupt_once(signum: int, frame: Any) -> None:
-    # The terminal sends Ctrl-C to every worker and the parent forwards it too:
-    # the first one stops the trial, later ones must not break the clean-up.
-    _ignore_signals()
+class _Stop:
+    requested = False
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # The terminal sends Ctrl-C to every worker and the parent forwards it too: only the
+    # first one raises, later ones must not break the clean-up. The flag stays set
+    # because Python drops an exception raised while it runs a finaliser (a weakref
+    # callback in SQLAlchemy, say); `check_stop` raises it again at the next safe point.
+    if _Stop.requested:
+        return
+    _Stop.requested = True
     raise KeyboardInterrupt
 
 
-def _ignore_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived (called between epochs and trials)."""
+    if _Stop.requested:
+        raise KeyboardInterrupt
 
 
 def install_signal_handlers() -> None:
     """SIGINT and SIGTERM (a scheduler's stop) both stop the sweep cleanly, once."""
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    _Stop.requested = False
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
 
 
 def worker_main(wc: WorkerConfig) -> None:
