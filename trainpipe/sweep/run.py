@@ -130,11 +130,14 @@ def run_sweep(
                           f"base or fixed changed; the original is {d / 'sweep.yaml'}). Restore it, or pass "
                           f"another --output for the new sweep.")
     url = storage_url(d, storage, meta)
-    (d / "trials").mkdir(parents=True, exist_ok=True)
     study_name = meta["study_name"] if meta else spec.name
+    if storage is None:
+        d.mkdir(parents=True, exist_ok=True)  # for optuna.db; another database is opened first
+    storage_obj = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study = st.open_study(spec, storage_obj, study_name=study_name, epochs=base_cfg.train.epochs)
+    (d / "trials").mkdir(parents=True, exist_ok=True)
     if spec.source and Path(spec.source).resolve() != (d / "sweep.yaml").resolve():
-        st_text = Path(spec.source).read_text()
-        (d / "sweep.yaml").write_text(st_text)
+        (d / "sweep.yaml").write_text(Path(spec.source).read_text())
     if meta is None:
         meta = {"study_name": study_name, "storage": None if storage is None else st.redact(url),
                 "sweep_file": str(Path(spec.source).resolve()) if spec.source else None, "base": spec.base,
@@ -142,9 +145,6 @@ def run_sweep(
                 "method": spec.method, "metric": spec.metric, "goal": spec.goal,
                 "params": [p.key for p in spec.varied]}
         (d / META).write_text(json.dumps(meta, indent=2) + "\n")
-
-    storage_obj = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    study = st.open_study(spec, storage_obj, study_name=study_name, epochs=base_cfg.train.epochs)
     total = spec.planned_trials()
     if trials is not None:
         total = min(trials, spec.grid_size()) if spec.method == "grid" else trials

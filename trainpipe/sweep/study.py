@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import itertools
 import os
 import socket
 import time
@@ -131,8 +132,6 @@ class FileOrderGridSampler(optuna.samplers.GridSampler):
 
     def __init__(self, search_space: dict[str, list[Any]], order: list[str]) -> None:
         super().__init__(search_space)
-        import itertools
-
         names = sorted(search_space)
         ordered = list(itertools.product(*(search_space[k] for k in order)))
         pos = [order.index(n) for n in names]
