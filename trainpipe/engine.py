@@ -355,7 +355,8 @@ class Trainer:
         itself when `step_now` (the group's last batch)."""
         t = self.cfg.train
         loss, logits = self._loss(x, y)
-        self.scaler.scale(loss / group).backward()
+        # Dividing by 1 would still add an op and an autograd node: ~5% of a small net's CPU step.
+        self.scaler.scale(loss / group if group > 1 else loss).backward()
         if not step_now:
             return loss, logits
         if t.grad_clip is not None or self.skip_nonfinite:

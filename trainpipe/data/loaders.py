@@ -164,8 +164,11 @@ class DeviceLoader(_Base):
         order = epoch_order(self._n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle).to(self.device)
         g = generator(self.seed, self.epoch, AUGMENT, self.device, self.rank) if self.ops else None
         bs = self.batch_size
+        rank, world = self.rank, self.world_size
         for b in range(len(self)):
-            idx = order[b * bs : (b + 1) * bs][self.rank :: self.world_size]
+            idx = order[b * bs : (b + 1) * bs]
+            if world > 1:  # a view per batch costs microseconds; one process needs none
+                idx = idx[rank::world]
             yield self.prepare(self.split.gather(idx), g), torch.index_select(self.split.y, 0, idx)
 
     def prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
