@@ -220,8 +220,7 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_trial_at_the_next_epoch(
 
     from trainpipe.sweep.worker import ReportToStudy, install_signal_handlers
 
-    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    install_signal_handlers()
+    restore = install_signal_handlers()
     try:
         class Thing:
             pass
@@ -236,5 +235,4 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_trial_at_the_next_epoch(
         with pytest.raises(KeyboardInterrupt):
             ReportToStudy(trial=None, metric="val/acc", prune=False).on_epoch_end(trainer=None)
     finally:
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
+        restore()

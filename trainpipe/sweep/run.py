@@ -169,16 +169,14 @@ def run_sweep(
 
 
 def run_in_process(wc: WorkerConfig) -> bool:
-    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    install_signal_handlers()
+    restore = install_signal_handlers()
     try:
         run_worker(wc)
         return False
     except KeyboardInterrupt:
         return True
     finally:
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
+        restore()
 
 
 def run_processes(configs: list[WorkerConfig]) -> bool:
@@ -186,8 +184,7 @@ def run_processes(configs: list[WorkerConfig]) -> bool:
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=worker_main, args=(wc,), name=f"trainpipe-sweep-worker-{wc.index}")
              for wc in configs]
-    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    install_signal_handlers()
+    restore = install_signal_handlers()
     interrupted = False
     try:
         for p in procs:
@@ -208,8 +205,7 @@ def run_processes(configs: list[WorkerConfig]) -> bool:
                 p.terminate()
                 p.join()
     finally:
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
+        restore()
     for p, wc in zip(procs, configs):
         if p.exitcode == 130:
             interrupted = True

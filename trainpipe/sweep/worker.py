@@ -17,7 +17,9 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -290,11 +292,24 @@ def check_stop() -> None:
         raise KeyboardInterrupt
 
 
-def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM (a scheduler's stop) both stop the sweep cleanly, once."""
+def install_signal_handlers() -> Callable[[], None]:
+    """SIGINT and SIGTERM (a scheduler's stop) both stop the sweep cleanly, once.
+
+    Returns a function that puts the previous handlers back. Outside the main thread
+    (Python only lets that one handle signals) this does nothing.
+    """
     _Stop.requested = False
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, _on_signal)
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def worker_main(wc: WorkerConfig) -> None:
