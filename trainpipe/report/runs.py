@@ -209,7 +209,7 @@ def fmt_metric(key: str, v: Any) -> str:
     if name == "lr":
         return f"{f:.3g}"
     if f == int(f) and abs(f) < 1e12:
-        return f"{int(f):,}" if abs(f) >= 1e4 else str(int(f))
+        return f"{int(f):,}"
     return f"{f:.4f}"
 
 
