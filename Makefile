@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Needs an NVIDIA GPU (refuses with a message otherwise); e.g. make bench-gpu ARGS="--cifar10 DIR".
+bench-gpu: $(STAMP)
+	$(PY) -m bench gpu $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -43,6 +43,8 @@ class Workload:
     samples: int
     batch_size: int
     model: Sequence[str]  # config overrides of the model section
+    train: Sequence[str] = ()  # further overrides, e.g. train.precision=bf16 (applied to both sides)
+    classes: int = 10
 
     def overrides(self, path: Path) -> list[str]:
         return [
@@ -54,6 +56,7 @@ class Workload:
             "optim.weight_decay=5e-4", "optim.decay_norm_and_bias=true",
             "sched.name=cosine", "train.epochs=1000", "train.device=auto",
             "tracking.plots=false", "tracking.progress=none", "train.checkpoint.best=false",
+            *self.train,
         ]
 
 
@@ -68,7 +71,7 @@ WORKLOADS = {
 
 def write_arrays(w: Workload, folder: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, size=w.samples)
+    y = rng.integers(0, w.classes, size=w.samples)
     if len(w.inputs) == 3:
         x = rng.integers(0, 256, size=(w.samples, *w.inputs), dtype=np.uint8)
     else:
@@ -81,18 +84,26 @@ def write_arrays(w: Workload, folder: Path, seed: int = 0) -> Path:
 
 
 class PlainLoop:
-    """What one writes by hand: permutation, slice, normalise, forward, loss, backward, step."""
+    """What one writes by hand: permutation, slice, normalise, forward, loss, backward, step.
+
+    With `amp_dtype`, `channels_last` and `compile` it does what a hand-tuned GPU loop
+    does: autocast, channels-last batches, a compiled model, the fused optimizer on CUDA.
+    """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Any, std: Any, *,
-                 batch_size: int, epochs: int, lr: float, seed: int) -> None:
+                 batch_size: int, epochs: int, lr: float, seed: int, amp_dtype: torch.dtype | None = None,
+                 channels_last: bool = False, compile: bool = False) -> None:
         self.model, self.x, self.y, self.batch_size = model, x, y, batch_size
         image = x.dtype == torch.uint8
         shape = (1, -1, 1, 1) if image else (1, -1)
         self.mean = torch.tensor(mean, device=x.device).view(shape)
         self.std = torch.tensor(std, device=x.device).view(shape)
         self.image = image
-        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                   fused=True if x.is_cuda else None)
         self.lr, self.epochs, self.seed = lr, epochs, seed
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        self.forward = torch.compile(model) if compile else model
 
     def epoch(self, epoch: int) -> tuple[float, float]:
         model, bs, device = self.model, self.batch_size, self.x.device
@@ -110,9 +121,15 @@ class PlainLoop:
             idx = perm[i * bs : (i + 1) * bs]
             x = self.x[idx]
             x = (x.float().div_(255) if self.image else x).sub_(self.mean).div_(self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = self.y[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            if self.amp_dtype is not None:
+                with torch.autocast(device.type, dtype=self.amp_dtype):
+                    logits = self.forward(x)
+            else:
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -128,6 +145,11 @@ class Measured:
     steps: int
     plain: list[float]
     trainpipe: list[float]
+
+    @property
+    def images_per_s(self) -> float:
+        """trainpipe's training throughput (median epoch)."""
+        return self.steps * self.workload.batch_size / median(self.trainpipe)
 
     @property
     def ratio(self) -> float:
@@ -155,8 +177,10 @@ def measure(w: Workload, *, rounds: int, folder: Path) -> Measured:
     tr = captured["trainer"]
     loader, device = tr.data.train, tr.device
     # The baseline starts from the same weights as trainpipe's model.
+    t = tr.cfg.train
     plain = PlainLoop(copy.deepcopy(tr.model), loader.split.x, loader.split.y, tr.data.mean, tr.data.std,
-                      batch_size=loader.batch_size, epochs=tr.cfg.train.epochs, lr=tr.cfg.optim.lr, seed=1)
+                      batch_size=loader.batch_size, epochs=t.epochs, lr=tr.cfg.optim.lr, seed=1,
+                      amp_dtype=tr.amp_dtype, channels_last=t.channels_last, compile=t.compile)
     sides = {"trainpipe": lambda e: tr.train_epoch(e), "plain": plain.epoch}
     times: dict[str, list[float]] = {"trainpipe": [], "plain": []}
     cpu = device.type == "cpu"

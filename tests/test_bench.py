@@ -1,0 +1,106 @@
+"""The benchmark code runs on tiny sizes and produces its rows; no timing is asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+# bench/ is a top-level folder of the repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import Section, markers, table, write_section  # noqa: E402
+from bench import gpu as bench_gpu  # noqa: E402
+from bench import step as bench_step  # noqa: E402
+from bench.__main__ import main as bench_main  # noqa: E402
+from trainpipe.config import PACKAGED_CONFIGS, load  # noqa: E402
+
+TINY = bench_step.Workload("mlp 64-32-10", (64,), 256, 64, ["model.name=mlp", "model.widths=[32]"])
+
+
+def test_step_measures_both_loops_on_the_same_batches(tmp_path: Path) -> None:
+    m = bench_step.measure(TINY, rounds=2, folder=tmp_path)
+    assert m.steps == 4 and len(m.plain) == len(m.trainpipe) == 2
+    assert all(t > 0 for t in m.plain + m.trainpipe) and m.ratio > 0 and m.images_per_s > 0
+    text = bench_step.report([m])
+    assert "mlp 64-32-10" in text and text.count("\n") == 2  # header, rule, one row
+
+
+def test_plain_loop_trains(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (256, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = (x.float().mean(dim=(1, 2, 3)) > 127.5).long()  # learnable: bright or dark
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    loop = bench_step.PlainLoop(model, x, y, (0.5,) * 3, (0.29,) * 3, batch_size=32, epochs=10, lr=0.1, seed=0)
+    first, _ = loop.epoch(0)
+    for e in range(1, 6):
+        last, acc = loop.epoch(e)
+    assert last < first and acc > 0.7
+
+
+def test_step_section_renders_markdown() -> None:
+    section = bench_step.run(quick=True, workloads=("tiny",), rounds=1)
+    assert section.name == "step" and "| mlp 64-32-10" in section.markdown and "bound" in section.markdown
+
+
+def test_results_replace_only_their_block(tmp_path: Path) -> None:
+    start, end = markers("step")
+    md = tmp_path / "B.md"
+    md.write_text(f"# Title\nkeep me\n{start}\nold\n{end}\nand me\n")
+    assert write_section(Section("step", table(["a", "b"], [[1, 2]])), md)
+    text = md.read_text()
+    assert "old" not in text and "| 1 | 2 |" in text and text.startswith("# Title\nkeep me\n") and "and me" in text
+    assert not write_section(Section("sweep", "x"), md)  # no markers: nothing written
+    assert md.read_text() == text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_benchmark_refuses_without_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "BENCHMARKS.md" in err
+
+
+def test_airbench_output_is_parsed() -> None:
+    # The shape of airbench94's table: a header row, per-epoch rows, then an 'eval' row per run.
+    out = "\n".join([
+        "-" * 40,
+        "|  run     |  epoch  |  train_loss  |  val_loss  |  train_acc  |  val_acc  |  tta_val_acc  |  total_time_seconds  |",
+        "-" * 40,
+        "|       0  |      0  |      1.2000  |    1.1000  |     0.6000  |   0.6500  |               |              0.5000  |",
+        "|          |   eval  |      0.4000  |    0.4100  |     0.9000  |   0.9390  |       0.9412  |              3.8300  |",
+        "|       1  |      0  |      1.1000  |    1.0000  |     0.6100  |   0.6600  |               |              0.5000  |",
+        "|          |   eval  |      0.4000  |    0.4000  |     0.9100  |   0.9380  |       0.9398  |              3.8100  |",
+        "Mean: 0.9405    Std: 0.0010",
+    ])
+    assert bench_gpu.parse_airbench(out) == [{"time_s": 3.83, "test_acc": 0.9412}, {"time_s": 3.81, "test_acc": 0.9398}]
+
+
+def test_known_gpus_have_a_peak() -> None:
+    assert bench_gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert bench_gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bench_gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bench_gpu.peak_tflops("NVIDIA L40S") == 362.0 and bench_gpu.peak_tflops("NVIDIA L4") == 121.0
+    assert bench_gpu.peak_tflops("Some Future GPU") is None
+
+
+def test_data_paths_pick_the_source(tmp_path: Path) -> None:
+    (tmp_path / "folder" / "train").mkdir(parents=True)
+    assert "data.dataset=imagefolder" in bench_gpu.data_overrides(tmp_path / "folder", "cifar10")
+    assert "data.dataset=cifar100" in bench_gpu.data_overrides(tmp_path, "cifar100")
+
+
+@pytest.mark.parametrize("name", ["cifar10_speed", "cifar100_speed"])
+def test_speed_presets_validate_and_say_what_is_unmeasured(name: str) -> None:
+    cfg = load(name)
+    header = (PACKAGED_CONFIGS / f"{name}.yaml").read_text().split("\nname:")[0]
+    assert "NOT measured" in header and "python -m bench gpu" in header
+    t, d = cfg.train, cfg.data
+    assert t.compile and t.channels_last and t.precision == "auto" and t.tta == "flip" and t.ema is not None
+    assert t.label_smoothing > 0 and d.loader == "device" and d.batch_size >= 512 and cfg.sched.name == "onecycle"
+    names = [a if isinstance(a, str) else a["name"] for a in yaml.safe_load(
+        (PACKAGED_CONFIGS / f"{name}.yaml").read_text())["data"]["augment"]]
+    assert names == ["random_crop", "hflip"]
