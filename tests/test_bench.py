@@ -104,3 +104,41 @@ def test_speed_presets_validate_and_say_what_is_unmeasured(name: str) -> None:
     names = [a if isinstance(a, str) else a["name"] for a in yaml.safe_load(
         (PACKAGED_CONFIGS / f"{name}.yaml").read_text())["data"]["augment"]]
     assert names == ["random_crop", "hflip"]
+
+
+def test_resnet18_training_step_is_about_3_3_gflop_per_image() -> None:
+    assert 3.2e9 < bench_gpu._train_flops_per_image(10) < 3.4e9
+
+
+def test_speed_runs_time_and_score_each_seed(tmp_path: Path) -> None:
+    ov = ["train.epochs=1", "model.width=8", "tracking.plots=false", "train.tta=flip"]
+    results = bench_gpu.speed_runs("quickstart", ov, 2)
+    assert [r["seed"] for r in results] == [0, 1]
+    assert all(r["time_s"] > 0 and 0 <= r["test_acc"] <= 1 for r in results)
+    row = bench_gpu.summarise("quickstart", results, 0.5, "digits")
+    assert row[0].startswith("quickstart") and row[3].endswith("runs >= 50%")
+
+
+def test_airbench_gets_the_same_data_in_its_own_format(tmp_path: Path) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in ("cat", "dog"):
+            d = tmp_path / "data" / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                px = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g).numpy()
+                Image.fromarray(px).save(d / f"{i}.png")
+    # A stand-in for airbench94.py: checks the files it would read, prints its table.
+    script = tmp_path / "fake_airbench.py"
+    script.write_text(
+        "import torch\n"
+        "tr, te = torch.load('cifar10/train.pt'), torch.load('cifar10/test.pt')\n"
+        "assert tr['images'].shape == (12, 32, 32, 3) and tr['images'].dtype == torch.uint8\n"
+        "assert te['images'].shape == (6, 32, 32, 3) and tr['classes'] == ['cat', 'dog']\n"
+        "assert sorted(tr['labels'].tolist()) == [0] * 6 + [1] * 6\n"
+        "print('|  run  |  epoch  |  tta_val_acc  |  total_time_seconds  |')\n"
+        "print('|       |   eval  |       0.5000  |              1.2500  |')\n"
+    )
+    assert bench_gpu.airbench(script, tmp_path / "data") == [{"time_s": 1.25, "test_acc": 0.5}]
