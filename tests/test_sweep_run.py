@@ -14,15 +14,9 @@ from trainpipe import config as config_mod
 from trainpipe.cli import main
 from trainpipe.sweep import open_sweep, run_sweep
 
-TINY = {"train.epochs": 2, "model.width": 8, "tracking.plots": False, "data.val_split": 0.2}
+from sweep_kit import TINY, sweep_file  # noqa: E402
 
 
-def sweep_file(tmp_path: Path, parameters: dict, **extra: object) -> Path:
-    data = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"}, "parameters": parameters,
-            "fixed": TINY, **extra}
-    p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(data, sort_keys=False))
-    return p
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

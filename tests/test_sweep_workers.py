@@ -18,21 +18,15 @@ from optuna.trial import TrialState
 
 from trainpipe import config as config_mod
 from trainpipe.sweep import open_sweep, run_sweep
+
+from sweep_kit import TINY, sweep_file  # noqa: E402
 from trainpipe.sweep import study as st
 from trainpipe.sweep.results import trial_rows
 from trainpipe.sweep.spec import parse_spec
 
-TINY = {"train.epochs": 2, "model.width": 8, "tracking.plots": False, "data.val_split": 0.2}
 GRID = {"optim.lr": {"values": [0.05, 0.2]}, "model.width": {"values": [4, 8]}}
 ALL_POINTS = [(0.05, 4), (0.05, 8), (0.2, 4), (0.2, 8)]
 
-
-def sweep_file(tmp_path: Path, parameters: dict, **extra: object) -> Path:
-    data = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"}, "parameters": parameters,
-            "fixed": TINY, **extra}
-    p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(data, sort_keys=False))
-    return p
 
 
 def sweep_cmd(*args: str) -> subprocess.Popen:
