@@ -1,7 +1,8 @@
 """Sweep throughput: trials per hour of one fixed small sweep with 1, 2 and 4 workers on one device.
 
 The sweep is a grid of 8 trials on the packaged quickstart (digits, cnn_small): 4 learning
-rates x 2 widths, 3 epochs each. Each measurement is the wall-clock time of the command
+rates x 2 widths, 10 epochs each (several seconds per trial, so that running trials side by
+side matters more than starting the workers). Each measurement is the wall-clock time of the command
 users run, `trainpipe sweep SWEEP.yaml --output DIR --workers N`, from start to exit
 (worker start-up included), into a fresh directory, so trials/hour = 8 / time x 3600.
 The worker counts alternate in order between repeats; the table gives medians. The
@@ -10,12 +11,16 @@ how much the workers slow each other down (on a machine with C cores, more than 
 workers cannot help). Every worker runs one torch thread (OMP_NUM_THREADS=1), so that the
 comparison is between worker counts, not thread counts: on a shared machine, a single
 worker's two OpenMP threads waiting on each other can cost more than the second core gives.
+The CPU seconds per trial (the command and all its workers) tell whether workers slow each
+other beyond sharing the cores: if they stay flat while the wall time does not drop, the
+cores were simply busy (other jobs, or fewer cores than workers).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,8 +32,8 @@ import yaml
 
 from bench import Section, hardware, median, spread, table, today
 
-GRID = {"optim.lr": {"values": [0.02, 0.05, 0.1, 0.2]}, "model.width": {"values": [8, 16]}}
-FIXED = {"train.epochs": 3, "tracking.plots": False, "tracking.progress": "none"}
+GRID = {"optim.lr": {"values": [0.02, 0.05, 0.1, 0.2]}, "model.width": {"values": [16, 32]}}
+FIXED = {"train.epochs": 10, "tracking.plots": False, "tracking.progress": "none"}
 
 
 def sweep_file(folder: Path, *, quick: bool) -> tuple[Path, int]:
@@ -44,15 +49,21 @@ def sweep_file(folder: Path, *, quick: bool) -> tuple[Path, int]:
     return path, trials
 
 
-def time_sweep(spec: Path, out: Path, workers: int) -> float:
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def time_sweep(spec: Path, out: Path, workers: int) -> tuple[float, float]:
+    """Wall-clock seconds of the sweep command, and the CPU seconds it and its workers used."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
+    cpu0, start = _children_cpu_s(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "trainpipe", "sweep", str(spec), "--output", str(out),
                            "--workers", str(workers)], env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _children_cpu_s() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"the sweep with {workers} workers failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def completed(out: Path) -> int:
@@ -66,25 +77,28 @@ def run(quick: bool = False, *, workers: Sequence[int] = (1, 2, 4), repeats: int
     repeats = repeats or (1 if quick else 3)
     workers = [w for w in workers if not quick or w <= 2]
     times: dict[int, list[float]] = {w: [] for w in workers}
+    cpu: dict[int, list[float]] = {w: [] for w in workers}
     with tempfile.TemporaryDirectory(prefix="trainpipe-bench-sweep-") as tmp:
         spec, trials = sweep_file(Path(tmp), quick=quick)
         for r in range(repeats):
             for w in workers if r % 2 == 0 else workers[::-1]:
                 out = Path(tmp) / f"w{w}-r{r}"
-                times[w].append(time_sweep(spec, out, w))
+                wall, used = time_sweep(spec, out, w)
+                times[w].append(wall)
+                cpu[w].append(used)
                 done = completed(out)
                 if done != trials:
                     raise RuntimeError(f"the sweep with {w} workers completed {done} of {trials} trials")
                 print(f"  {w} worker(s), repeat {r + 1}: {times[w][-1]:.1f}s", flush=True)
     base = median(times[workers[0]])
-    rows = [[w, spread(ts), f"{trials / median(ts) * 3600:,.0f}", f"{base / median(ts):.2f}"]
-            for w, ts in times.items()]
-    body = table(["workers", "sweep wall time s (median, min-max)", "trials/hour", f"speed-up vs {workers[0]}"],
-                 rows)
+    rows = [[w, spread(ts), f"{trials / median(ts) * 3600:,.0f}", f"{base / median(ts):.2f}",
+             f"{median(cpu[w]) / trials:.2f}"] for w, ts in times.items()]
+    body = table(["workers", "sweep wall time s (median, min-max)", "trials/hour", f"speed-up vs {workers[0]}",
+                  "CPU s per trial"], rows)
     print(body)
     md = "\n".join([
         f"`python -m bench sweep` (also part of `make bench`), measured {today()} on {hardware()}. "
-        f"A grid of {trials} quickstart trials ({'1 epoch' if quick else '3 epochs'} each, digits, cnn_small) run "
+        f"A grid of {trials} quickstart trials ({'1 epoch' if quick else '10 epochs'} each, digits, cnn_small) run "
         f"by `trainpipe sweep --workers N` on the CPU, one thread per worker; median of {repeats} repeats in "
         f"alternating order"
         f"{' (quick mode: not for quoting)' if quick else ''}.",
