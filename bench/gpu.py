@@ -189,9 +189,6 @@ def run(quick: bool = False, *, peak: float | None = None, cifar10: Path | None 
         cifar100: Path | None = None, airbench_script: Path | None = None, runs: int = 5) -> Section:
     name = torch.cuda.get_device_name()
     peak = peak or peak_tflops(name)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
     rows = throughput_rows(peak, quick=quick) + loader_rows(quick)
     notes = []
     if cifar10 is not None:
