@@ -33,8 +33,8 @@ class Section:
     ok: bool = True  # False when a requirement the section checks (e.g. a ratio bound) failed
 
 
-def hardware() -> str:
-    """A one-line description of where the numbers were measured."""
+def hardware(*, threads: bool = True) -> str:
+    """A one-line description of where the numbers were measured (`threads`: this process's torch threads)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpu = platform.processor() or platform.machine()
     try:
@@ -44,7 +44,9 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    parts = [f"{cpu}, {cores} cores available", f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    n = torch.get_num_threads()
+    parts = [f"{cpu}, {cores} cores available",
+             f"torch {torch.__version__}" + (f", {n} thread{'s' * (n != 1)}" if threads else "")]
     if torch.cuda.is_available():
         parts.insert(0, f"{torch.cuda.get_device_name()}")
     return "; ".join(parts)

@@ -97,7 +97,7 @@ def run(quick: bool = False, *, workers: Sequence[int] = (1, 2, 4), repeats: int
                   "CPU s per trial"], rows)
     print(body)
     md = "\n".join([
-        f"`python -m bench sweep` (also part of `make bench`), measured {today()} on {hardware()}. "
+        f"`python -m bench sweep` (also part of `make bench`), measured {today()} on {hardware(threads=False)}. "
         f"A grid of {trials} quickstart trials ({'1 epoch' if quick else '10 epochs'} each, digits, cnn_small) run "
         f"by `trainpipe sweep --workers N` on the CPU, one thread per worker; median of {repeats} repeats in "
         f"alternating order"

@@ -50,6 +50,7 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subproces
     return work, run_dir, proc
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_run_directory(ddp: tuple[Path, Path, subprocess.CompletedProcess]) -> None:
     work, run_dir, _ = ddp
     assert sorted(p.name for p in work.iterdir()) == ["run"]  # no second runs/<name>-<time> from rank 1
@@ -60,6 +61,7 @@ def test_two_processes_write_one_run_directory(ddp: tuple[Path, Path, subprocess
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_metrics_and_console_lines_appear_once_per_epoch(ddp: tuple[Path, Path, subprocess.CompletedProcess]) -> None:
     _, run_dir, proc = ddp
     assert [r["epoch"] for r in _rows(run_dir)] == list(range(1, EPOCHS + 1))
@@ -69,6 +71,7 @@ def test_metrics_and_console_lines_appear_once_per_epoch(ddp: tuple[Path, Path, 
     assert "Warning" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_accuracy_trend_matches_one_process(ddp: tuple[Path, Path, subprocess.CompletedProcess],
                                             tmp_path: Path) -> None:
     _, run_dir, _ = ddp
@@ -85,6 +88,7 @@ def test_accuracy_trend_matches_one_process(ddp: tuple[Path, Path, subprocess.Co
     assert last["state"]["step"] == EPOCHS * batches
 
 
+@pytest.mark.slow
 def test_resume_under_ddp_ends_where_the_uninterrupted_run_ended(
     ddp: tuple[Path, Path, subprocess.CompletedProcess], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
