@@ -226,3 +226,16 @@ def test_trainer_state_round_trips(tmp_path: Path) -> None:
     assert other.state.epoch == 2 and other.state.step == 4 and other.resumed
     for p, q in zip(tr.model.parameters(), other.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_auto_precision_picks_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainpipe.engine import resolve_precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", gpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", gpu) is torch.float16  # older GPUs: fp16 with a scaler
+    assert resolve_precision("auto", gpu, fp16_ok=False) is None  # SAM cannot run under the scaler
+    assert resolve_precision("fp16", cpu) is torch.float16

@@ -65,12 +65,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+def resolve_precision(name: str, device: torch.device, *, fp16_ok: bool = True) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32.
+
+    `auto`: bf16 on GPUs that have it; fp16 (with a GradScaler) on older GPUs, where it is
+    still several times faster than fp32, unless the optimizer cannot run under the scaler
+    (`fp16_ok=False`, e.g. SAM); fp32 on the CPU, where autocast is slower for these nets.
+    """
     if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type != "cuda":
+            return None
+        if torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        return None  # fp32 on CPU: CPU autocast is slower than fp32 for these nets
+        return torch.float16 if fp16_ok else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
@@ -163,7 +170,8 @@ class Trainer:
         self.resumed = False
         self._pending_rng: dict[str, Any] | None = None
         t = cfg.train
-        self.amp_dtype = resolve_precision(t.precision, device)
+        self.amp_dtype = resolve_precision(t.precision, device,
+                                           fp16_ok=not getattr(optimizer, "requires_closure", False))
         if self.amp_dtype is torch.float16 and getattr(optimizer, "requires_closure", False):
             raise ConfigError(
                 f"train.precision: fp16 cannot be combined with optim.name={cfg.optim.name}: its second "
