@@ -142,6 +142,12 @@ def _check_device(device: torch.device) -> None:
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Every rank must be done with the group before any rank closes its connections:
+        # a gloo peer that sees a connection close mid-exchange aborts its process.
+        try:
+            dist.barrier()
+        except Exception:  # a rank already gone: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 
