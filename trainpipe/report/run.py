@@ -3,7 +3,6 @@ several runs side by side (what differs, what each reached, overlaid curves)."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,9 @@ FULL_TABLE_CLASSES = 20
 
 def command_of(run: Run) -> str | None:
     """The command that started the run (history.jsonl's first train event)."""
-    path = run.path / "history.jsonl"
-    if not path.is_file():
-        return None
-    for line in path.read_text().splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    from trainpipe.tracking import read_metrics  # reads any JSONL file, skipping cut-off lines
+
+    for event in read_metrics(run.path / "history.jsonl"):
         if event.get("event") == "train" and event.get("command"):
             return str(event["command"])
     return None
