@@ -89,3 +89,33 @@ class InjectNaN(Callback):
     def on_fit_end(self, trainer: Any) -> None:
         if self.handle is not None:
             self.handle.remove()
+
+
+def ddp_accumulation_rank(rank: int, world: int, init_file: str, out: str, batch: int, accum: int) -> None:
+    """One rank of a gloo DDP run of `make_trainer` over `blobs()`: every global batch of
+    `batch` rows is split in `world` consecutive parts, one per rank. Rank 0 saves the
+    weights after one epoch and how many gradient all-reduces DDP made (`torch.multiprocessing.spawn` target)."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, y = blobs(64)
+        part = batch // world
+        rows = torch.arange(len(x)).view(-1, world, part)[:, rank].reshape(-1)
+        trainer = make_trainer(mlp(), TensorLoader(x[rows], y[rows], part),
+                               overrides=[f"train.grad_accum_steps={accum}"])
+        reductions = []
+
+        def counting_hook(group, bucket):  # noqa: ANN001, ANN202 (DDP rejects string annotations here)
+            reductions.append(bucket.index())
+            return allreduce_hook(group, bucket)
+
+        trainer.forward.register_comm_hook(dist.group.WORLD, counting_hook)
+        trainer.train_epoch(0)
+        if rank == 0:
+            torch.save({"model": trainer.model.state_dict(), "reductions": len(reductions),
+                        "steps": trainer.state.step}, out)
+    finally:
+        dist.destroy_process_group()

@@ -26,6 +26,8 @@ from trainpipe.data.loaders import DeviceLoader
 from trainpipe.errors import ConfigError
 from trainpipe.registry import AUGMENTS
 
+from engine_kit import TensorLoader, blobs, ddp_accumulation_rank, make_trainer, mlp
+
 EPOCHS = 5
 OVERRIDES = [f"train.epochs={EPOCHS}", "model.width=16", "tracking.plots=false", f"train.checkpoint.keep={EPOCHS}"]
 
@@ -115,6 +117,24 @@ def test_resume_under_ddp_ends_where_the_uninterrupted_run_ended(
     b = torch.load(ckpts / "last.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_accumulation_under_ddp_reduces_once_per_step_and_matches_one_process(tmp_path: Path) -> None:
+    # Two gloo ranks, each with half of every global batch of 8, accumulating 4 micro-batches
+    # per optimizer step: the weights must equal one process's with the whole batches, and
+    # the micro-batches before a step's last must not all-reduce (DDP's no_sync).
+    out = tmp_path / "rank0.pt"
+    torch.multiprocessing.spawn(ddp_accumulation_rank, args=(2, str(tmp_path / "init"), str(out), 8, 4),
+                                nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    x, y = blobs(64)
+    single = make_trainer(mlp(), TensorLoader(x, y, 8), overrides=["train.grad_accum_steps=4"])
+    single.train_epoch(0)
+    assert ddp["steps"] == single.state.step == 2
+    assert ddp["reductions"] == 2  # one bucket per optimizer step; 8 without no_sync
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(ddp["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
 # ------------------------------------------------------------------ in-process parts

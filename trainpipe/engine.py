@@ -185,6 +185,7 @@ class Trainer:
         self._skipped_this_epoch = 0
         self._config_hparams = self._group_hparams() if optimizer is not None else []
         step_model = distributed.wrap(model, device)  # DDP under several processes, else `model`
+        self._ddp = step_model if step_model is not model else None
         if t.compile:
             # Fixed batch shapes (drop_last) keep the compiled graph from recompiling.
             self.forward = torch.compile(step_model)
@@ -362,9 +363,13 @@ class Trainer:
         """Forward and backward of one batch (1/group of an optimizer step); the step
         itself when `step_now` (the group's last batch)."""
         t = self.cfg.train
-        loss, logits = self._loss(x, y)
-        # Dividing by 1 would still add an op and an autograd node: ~5% of a small net's CPU step.
-        self.scaler.scale(loss / group if group > 1 else loss).backward()
+        # Under DDP, the micro-batches before a group's last keep their gradients local
+        # (no_sync); the last one's backward all-reduces the accumulated sum, once per step.
+        local = not step_now and self._ddp is not None
+        with self._ddp.no_sync() if local else contextlib.nullcontext():
+            loss, logits = self._loss(x, y)
+            # Dividing by 1 would still add an op and an autograd node: ~5% of a small net's CPU step.
+            self.scaler.scale(loss / group if group > 1 else loss).backward()
         if not step_now:
             return loss, logits
         if t.grad_clip is not None or self.skip_nonfinite:
