@@ -92,8 +92,21 @@ def to_unit_float(x: torch.Tensor, image: bool) -> torch.Tensor:
 class _Base:
     split: Split
 
-    def __init__(self, split: Split, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
-                 device: torch.device, mix: Mix | None) -> None:
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        mix: Mix | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        """The options every loader shares; each subclass adds its own keyword arguments."""
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -103,6 +116,7 @@ class _Base:
         self.mix = mix
         self._n = len(split)
         self.rank, self.world_size = 0, 1
+        self._normalize = _Normalize(mean, std, image=split.is_image, channels_last=channels_last, device=self.device)
 
     def __len__(self) -> int:
         return num_batches(self._n, self.batch_size, self.drop_last)
@@ -135,27 +149,12 @@ class _Base:
 class DeviceLoader(_Base):
     """The whole split on the device; batched augmentation with an independent draw per sample."""
 
-    def __init__(
-        self,
-        split: Split,
-        *,
-        batch_size: int,
-        device: torch.device,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        ops: Sequence[Any] = (),
-        mix: Mix | None = None,
-        seed: int = 0,
-        channels_last: bool = False,
-    ) -> None:
-        super().__init__(split, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                         device=device, mix=mix)
+    def __init__(self, split: Split, *, ops: Sequence[Any] = (), **common: Any) -> None:
+        """`ops`: batched augmentations, applied in order; `common`: see `_Base.__init__`."""
+        super().__init__(split, **common)
         self.split = split.to(self.device)
         self.ops = list(ops)
         self._is_image = split.is_image
-        self._normalize = _Normalize(mean, std, image=self._is_image, channels_last=channels_last, device=self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._mixed(self._batches())
@@ -266,27 +265,18 @@ class StreamLoader(_Base):
         self,
         split: Split,
         *,
-        batch_size: int,
-        device: torch.device,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-        shuffle: bool = False,
-        drop_last: bool = False,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        mix: Mix | None = None,
-        seed: int = 0,
-        channels_last: bool = False,
         num_workers: int = 2,
         prefetch_factor: int = 4,
+        **common: Any,
     ) -> None:
-        super().__init__(split, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                         device=device, mix=mix)
+        """`transform`: per sample, in the workers; `common`: see `_Base.__init__`."""
+        super().__init__(split, **common)
         self.split = split
-        self._normalize = _Normalize(mean, std, image=split.is_image, channels_last=channels_last, device=self.device)
         pin = self.device.type == "cuda"
         self._pin = pin
         g = torch.Generator()
-        g.manual_seed(seed)
+        g.manual_seed(self.seed)
         self.dataloader = DataLoader(
             _SplitDataset(split, transform),
             batch_sampler=_EpochBatches(self),
