@@ -91,3 +91,10 @@ def test_build_carves_val_from_train_and_never_touches_test() -> None:
     val_a = torch.cat([x for x, _ in a.val])
     val_b = torch.cat([x for x, _ in b.val])
     assert not torch.equal(val_a, val_b)
+
+
+def test_runs_with_different_fractions_validate_on_the_same_images() -> None:
+    half = build(cfg(val_split=0.2, fraction=0.5, batch_size=50), seed=0, device=CPU)
+    tenth = build(cfg(val_split=0.2, fraction=0.1, batch_size=50), seed=0, device=CPU)
+    assert tenth.info["train_size"] < half.info["train_size"]
+    assert torch.equal(torch.cat([x for x, _ in tenth.val]), torch.cat([x for x, _ in half.val]))
