@@ -21,6 +21,7 @@ from trainpipe.sweep import open_sweep, run_sweep
 
 from sweep_kit import TINY, sweep_file  # noqa: E402
 from trainpipe.sweep import study as st
+from trainpipe.sweep import worker as worker_mod
 from trainpipe.sweep.results import trial_rows
 from trainpipe.sweep.spec import parse_spec
 
@@ -105,6 +106,59 @@ def test_two_workers_on_one_sqlite_study_never_run_the_same_configuration(
     assert sorted((c.optim.lr, c.model.width) for c in configs) == ALL_POINTS
     assert {c.train.device for c in configs} == {"cpu"}
     assert len(out.rows) == 4
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's reaping is missing
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
+def test_workers_stop_when_the_sweep_command_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = sweep_file(tmp_path, GRID)
+    d = tmp_path / "sweeps" / "s"
+    p = sweep_cmd(str(s), "--workers", "2")
+    wait_until(lambda: all((d / "trials" / n / "summary.json").is_file() for n in ("0000", "0001")), p)
+    p.kill()
+    p.communicate(timeout=60)
+    _, study = open_sweep(d)
+    pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials() if "worker" in t.user_attrs}
+    assert len(pids) == 2
+    # Each worker finishes the trial it is in, sees that the command is gone, and exits.
+    end = time.monotonic() + 120
+    while any(_running(pid) for pid in pids) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in pids), "orphaned sweep workers kept running"
+    assert len(list((d / "trials").iterdir())) == 2  # no trial started after the command died
+
+
+def test_a_worker_process_takes_the_commands_directory_and_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A forked worker starts from the forkserver, whose directory and environment date from
+    # when it was started: worker_main must adopt the sweep command's current ones.
+    seen = {}
+
+    def fake_run(wc: worker_mod.WorkerConfig) -> None:
+        seen.update(cwd=os.getcwd(), marker=os.environ.get("TRAINPIPE_TEST_MARKER"),
+                    stale=os.environ.get("TRAINPIPE_TEST_STALE"))
+
+    monkeypatch.setattr(worker_mod, "run_worker", fake_run)
+    monkeypatch.setattr(worker_mod, "install_signal_handlers", lambda: (lambda: None))
+    monkeypatch.setenv("TRAINPIPE_TEST_STALE", "1")
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the test's own copy, thrown away after
+    monkeypatch.chdir(Path.cwd())  # restored after the test
+    wc = worker_mod.WorkerConfig(spec=parse_spec({"method": "grid", "parameters": GRID}), sweep_dir="sweeps/s",
+                                 storage_url="sqlite://", study_name="s", total=4, epochs=2, workers=2,
+                                 cwd=str(tmp_path), env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                         "TRAINPIPE_TEST_MARKER": "from the command"})
+    del wc.env["TRAINPIPE_TEST_STALE"]
+    worker_mod.worker_main(wc)
+    assert seen == {"cwd": str(tmp_path), "marker": "from the command", "stale": None}
 
 
 @pytest.fixture

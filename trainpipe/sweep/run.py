@@ -158,7 +158,9 @@ def run_sweep(
                   epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,
                   grace_period=grace_period, command=command)
     configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
-                            parent_pid=os.getpid() if workers > 1 else None, **common) for i in range(workers)]
+                            parent_pid=os.getpid() if workers > 1 else None,
+                            cwd=os.getcwd() if workers > 1 else None,
+                            env=dict(os.environ) if workers > 1 else None, **common) for i in range(workers)]
     interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
     rows = write_results(d, study, spec)
     print(status_text(rows, spec, d).rstrip(), flush=True)
@@ -179,9 +181,31 @@ def run_in_process(wc: WorkerConfig) -> bool:
         restore()
 
 
+# What every worker imports before its first trial; the forkserver imports it once.
+WORKER_PRELOAD = ["trainpipe.sweep.worker", "trainpipe.runner", "trainpipe.data", "trainpipe.data.datasets",
+                  "trainpipe.data.augment", "trainpipe.models", "trainpipe.optim", "trainpipe.sched",
+                  "trainpipe.tracking"]
+
+
+def worker_context() -> Any:
+    """The multiprocessing context for worker processes.
+
+    Every worker needs torch, torchvision, Optuna and trainpipe: over 10 CPU-seconds of
+    imports per fresh interpreter. With the forkserver, one server process imports them
+    once and each worker is a fork of it, ready at once. The server never touches CUDA
+    (importing torch does not initialise it), so each worker still opens its own GPU,
+    as a spawned one would. Where there is no forkserver (Windows), workers are spawned.
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
+
+
 def run_processes(configs: list[WorkerConfig]) -> bool:
-    """Spawned workers (a fresh interpreter each: CUDA must not be inherited); True if interrupted."""
-    ctx = mp.get_context("spawn")
+    """Worker processes (never forks of this one: CUDA must not be inherited); True if interrupted."""
+    ctx = worker_context()
     procs = [ctx.Process(target=worker_main, args=(wc,), name=f"trainpipe-sweep-worker-{wc.index}")
              for wc in configs]
     restore = install_signal_handlers()

@@ -14,6 +14,7 @@ workers are still running: one of them may die and its trial come back), or stop
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -57,8 +58,12 @@ class WorkerConfig:
     spawned: bool = False
     heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S
     grace_period: int = st.GRACE_PERIOD_S
-    parent_pid: int | None = None
+    parent_pid: int | None = None  # set in a worker process: stop when the sweep command is gone
     poll_s: float = 2.0
+    # A worker process adopts the sweep command's working directory and environment at
+    # start: under the forkserver it forks from a process started earlier, which has its own.
+    cwd: str | None = None
+    env: dict[str, str] | None = None
     command: str = "trainpipe sweep"
 
     def say(self, msg: str) -> None:
@@ -231,7 +236,7 @@ def run_worker(wc: WorkerConfig) -> None:
     try:
         while True:
             check_stop()
-            if wc.parent_pid is not None and os.getppid() != wc.parent_pid:
+            if wc.parent_pid is not None and _parent_gone():
                 wc.say("the sweep command is gone; this worker stops")
                 return
             for n in st.reap_dead_trials(study, grace_period=wc.grace_period):
@@ -312,17 +317,32 @@ def install_signal_handlers() -> Callable[[], None]:
     return restore
 
 
+def _parent_gone() -> bool:
+    # The process that started this one (the sweep command), also under the forkserver,
+    # whose workers are children of the server rather than of the command.
+    parent = multiprocessing.parent_process()
+    return parent is not None and not parent.is_alive()
+
+
 def worker_main(wc: WorkerConfig) -> None:
-    """Entry point of a spawned worker process."""
+    """Entry point of a worker process (forked from the forkserver, or spawned)."""
+    if wc.cwd is not None:
+        os.chdir(wc.cwd)
+    if wc.env is not None:
+        os.environ.clear()
+        os.environ.update(wc.env)
     if wc.device not in (None, "cpu"):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = [d for d in visible.split(",") if d.strip()] if visible else None
         # --devices indexes the GPUs this process could see, as torch numbers them.
         os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(wc.device)] if ids and int(wc.device) < len(ids) else wc.device
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
+    import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // wc.workers))
+    # OpenMP read OMP_NUM_THREADS when torch was imported, which under the forkserver
+    # happened in the server: apply the command's value (or a fair share of the cores) here.
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
+                          else max(1, (os.cpu_count() or 1) // wc.workers))
     install_signal_handlers()
     st.quiet_optuna()
     try:
