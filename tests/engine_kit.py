@@ -119,3 +119,4 @@ def ddp_accumulation_rank(rank: int, world: int, init_file: str, out: str, batch
                         "steps": trainer.state.step}, out)
     finally:
         dist.destroy_process_group()
+

@@ -137,6 +137,13 @@ def test_accumulation_under_ddp_reduces_once_per_step_and_matches_one_process(tm
         torch.testing.assert_close(ddp["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_sync_bn_is_refused_where_torch_cannot_run_it() -> None:
+    cfg = load(None, ["train.sync_bn=true", "train.device=cpu"])
+    with pytest.raises(ConfigError, match=r"train\.sync_bn: .*GPUs only"):
+        distributed.check(cfg, 2)
+    distributed.check(cfg, 1)  # one process: nothing to synchronise, nothing to refuse
+
+
 # ------------------------------------------------------------------ in-process parts
 def test_shards_split_every_global_batch_between_ranks() -> None:
     n = 40

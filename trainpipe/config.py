@@ -155,6 +155,7 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     deterministic: bool = False
+    sync_bn: bool = False  # under DDP on GPUs: BatchNorm statistics over the global batch
     batch_size_schedule: dict[int, int] | None = None
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     log_every: int = Field(20, ge=1)  # steps between progress-bar refreshes (each one syncs)

@@ -229,13 +229,18 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------- model and data
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
     """The model as the training step should call it: DDP-wrapped when distributed.
 
-    Checkpoints keep saving the unwrapped model, so they load in any process count.
+    With `sync_bn`, BatchNorm layers become SyncBatchNorm first (in place, keeping their
+    parameters and buffers, so the optimizer, EMA and checkpoints are unaffected): in
+    training they normalise with the statistics of the global batch instead of each
+    rank's slice. Checkpoints keep saving the unwrapped model, so they load in any process count.
     """
     if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
         return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     import inspect
 
     from torch.nn.parallel import DistributedDataParallel
@@ -272,6 +277,11 @@ def check(cfg: "RunConfig", nproc: int) -> None:
 
     device = resolve_device(cfg.train.device)
     _check_device(device)
+    if cfg.train.sync_bn and nproc > 1 and device.type != "cuda":
+        raise ConfigError(
+            f"train.sync_bn: torch's SyncBatchNorm runs on GPUs only, and this run trains on {device.type}. "
+            f"Set train.sync_bn=false (each process then normalises with its own slice of the batch)."
+        )
     # Under torchrun (several machines) the world may exceed this machine's GPUs; `--nproc` is one machine.
     if device.type == "cuda" and not launched() and nproc > torch.cuda.device_count():
         raise ConfigError(

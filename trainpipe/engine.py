@@ -184,7 +184,7 @@ class Trainer:
         self.step_fn: Callable = self._train_step
         self._skipped_this_epoch = 0
         self._config_hparams = self._group_hparams() if optimizer is not None else []
-        step_model = distributed.wrap(model, device)  # DDP under several processes, else `model`
+        step_model = distributed.wrap(model, device, sync_bn=t.sync_bn)  # DDP under several processes, else `model`
         self._ddp = step_model if step_model is not model else None
         if t.compile:
             # Fixed batch shapes (drop_last) keep the compiled graph from recompiling.
