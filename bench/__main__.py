@@ -1,7 +1,8 @@
 """`python -m bench [SECTION ...]`: run benchmark sections, refresh BENCHMARKS.md.
 
 With no section named, every CPU section runs (`make bench`); `gpu` runs only when
-named (`python -m bench gpu`, `make bench-gpu`) and refuses on a machine without CUDA.
+named (`python -m bench gpu`, `make bench-gpu`) and refuses on a machine without CUDA;
+`profile` (only when named) prints where one config's training time goes.
 A section's own options follow its name: `python -m bench step --rounds 9`.
 """
 
@@ -21,6 +22,7 @@ SECTIONS = {
     "step": ("bench.step", True),
     "sweep": ("bench.sweep", True),
     "gpu": ("bench.gpu", False),
+    "profile": ("bench.profile", False),  # a tool, not a measurement: `python -m bench profile CONFIG`
 }
 
 

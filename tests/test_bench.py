@@ -142,3 +142,17 @@ def test_airbench_gets_the_same_data_in_its_own_format(tmp_path: Path) -> None:
         "print('|       |   eval  |       0.5000  |              1.2500  |')\n"
     )
     assert bench_gpu.airbench(script, tmp_path / "data") == [{"time_s": 1.25, "test_acc": 0.5}]
+
+
+def test_profile_lists_the_ops_of_the_last_epoch_and_writes_a_trace(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bench import profile
+
+    trace = tmp_path / "trace.json"
+    assert profile.main(["quickstart", "data.fraction=0.2", "model.width=8", "--rows", "5", "--trace", str(trace)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2 of 2 profiled on cpu" in out
+    assert "aten::convolution_backward" in out or "aten::mkldnn_convolution" in out
+    assert json.loads(trace.read_text())["traceEvents"]
