@@ -203,6 +203,23 @@ def worker_context() -> Any:
     return ctx
 
 
+def stop_forkserver(ctx: Any) -> None:
+    """Stop the server once its workers have ended, and reap it.
+
+    Nothing outlives the sweep command, and the CPU time of the server and of its
+    workers (which it reaps) is counted to this process's children, as spawned workers'
+    would be (`time`, `getrusage`). The stdlib has no public call for this; where its
+    private one is missing, the server exits by itself with this process.
+    """
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
+
+
 def run_processes(configs: list[WorkerConfig]) -> bool:
     """Worker processes (never forks of this one: CUDA must not be inherited); True if interrupted."""
     ctx = worker_context()
@@ -230,6 +247,7 @@ def run_processes(configs: list[WorkerConfig]) -> bool:
                 p.join()
     finally:
         restore()
+        stop_forkserver(ctx)
     for p, wc in zip(procs, configs):
         if p.exitcode == 130:
             interrupted = True
