@@ -194,9 +194,10 @@ def worker_context() -> Any:
     imports per fresh interpreter. With the forkserver, one server process imports them
     once and each worker is a fork of it, ready at once. The server never touches CUDA
     (importing torch does not initialise it), so each worker still opens its own GPU,
-    as a spawned one would. Where there is no forkserver (Windows), workers are spawned.
+    as a spawned one would. Elsewhere than on Linux workers are spawned: Windows has no
+    forkserver, and macOS's system frameworks are not safe to use in a forked child.
     """
-    if "forkserver" not in mp.get_all_start_methods():
+    if not sys.platform.startswith("linux") or "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(WORKER_PRELOAD)
