@@ -284,3 +284,17 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_trial_at_the_next_epoch(
             ReportToStudy(trial=None, metric="val/acc", prune=False).on_epoch_end(trainer=None)
     finally:
         restore()
+
+
+def test_workers_fork_from_a_preloaded_server_on_linux_and_are_spawned_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainpipe.sweep import run as run_mod
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert run_mod.worker_context().get_start_method() == "spawn"
+    monkeypatch.setattr(sys, "platform", "linux")
+    ctx = run_mod.worker_context()
+    assert ctx.get_start_method() == "forkserver"
+    from multiprocessing import forkserver
+
+    assert "trainpipe.runner" in forkserver._forkserver._preload_modules
