@@ -216,7 +216,7 @@ class _SplitDataset(Dataset):
         # per batch instead, from its samples' seeds: as reproducible and as independent of
         # the workers, at a cost per batch, not per sample (seeding numpy takes ~15 us).
         cpu = torch.default_generator
-        saved = cpu.get_state(), random.getstate(), np.random.get_state()
+        saved_torch, saved_random, saved_numpy = cpu.get_state(), random.getstate(), np.random.get_state()
         batch_seed = hash(tuple(seeds)) % 2**32
         random.seed(batch_seed)
         np.random.seed(batch_seed)
@@ -227,9 +227,9 @@ class _SplitDataset(Dataset):
                 out.append(self.transform(xi))
             return out
         finally:
-            cpu.set_state(saved[0])
-            random.setstate(saved[1])
-            np.random.set_state(saved[2])
+            cpu.set_state(saved_torch)
+            random.setstate(saved_random)
+            np.random.set_state(saved_numpy)
 
 
 def _batch_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,7 +158,6 @@ def run_sweep(
                   epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,
                   grace_period=grace_period, command=command)
     configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
-                            parent_pid=os.getpid() if workers > 1 else None,
                             cwd=os.getcwd() if workers > 1 else None,
                             env=dict(os.environ) if workers > 1 else None, **common) for i in range(workers)]
     interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)

@@ -55,10 +55,9 @@ class WorkerConfig:
     index: int = 0
     workers: int = 1
     device: str | None = None  # "cpu" or a GPU index
-    spawned: bool = False
+    spawned: bool = False  # a worker process of its own: stops when the sweep command is gone
     heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S
     grace_period: int = st.GRACE_PERIOD_S
-    parent_pid: int | None = None  # set in a worker process: stop when the sweep command is gone
     poll_s: float = 2.0
     # A worker process adopts the sweep command's working directory and environment at
     # start: under the forkserver it forks from a process started earlier, which has its own.
@@ -236,7 +235,7 @@ def run_worker(wc: WorkerConfig) -> None:
     try:
         while True:
             check_stop()
-            if wc.parent_pid is not None and _parent_gone():
+            if wc.spawned and _parent_gone():
                 wc.say("the sweep command is gone; this worker stops")
                 return
             for n in st.reap_dead_trials(study, grace_period=wc.grace_period):
