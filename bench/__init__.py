@@ -7,6 +7,7 @@ the section's markers in BENCHMARKS.md (everything outside the markers is left a
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -111,3 +112,14 @@ def write_section(section: Section, path: Path = BENCHMARKS_MD) -> bool:
     block = f"{start}\n{section.markdown.strip()}\n{end}"
     path.write_text(pattern.sub(lambda _: block, text, count=1))
     return True
+
+
+def add_write_option(p: argparse.ArgumentParser) -> None:
+    """`--no-write` for a section run on its own (`python -m bench SECTION`)."""
+    p.add_argument("--no-write", action="store_true", help=f"print only; leave {BENCHMARKS_MD.name} alone")
+
+
+def publish(section: Section, args: argparse.Namespace, path: Path = BENCHMARKS_MD) -> None:
+    """Refresh the section's block of BENCHMARKS.md, unless --no-write or --quick (not for quoting)."""
+    if not args.no_write and not args.quick and not write_section(section, path):
+        print(f"   ({path.name} has no markers for {section.name!r}; results printed only)")

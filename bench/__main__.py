@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench import BENCHMARKS_MD, Section, write_section
+from bench import Section, add_write_option, publish
 
 # name -> (module, runs in `make bench`)
 SECTIONS = {
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mod.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every section runs")
-    p.add_argument("--no-write", action="store_true", help=f"print only; leave {BENCHMARKS_MD.name} alone")
+    add_write_option(p)
     a = p.parse_args(argv)
     failed = []
     for name, (module, default) in SECTIONS.items():
@@ -61,9 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {name}: {time.perf_counter() - start:.0f}s{'' if section.ok else ', REQUIREMENT NOT MET'}\n")
         if not section.ok:
             failed.append(name)
-        if not a.no_write and not a.quick:
-            if not write_section(section):
-                print(f"   ({BENCHMARKS_MD.name} has no markers for {name!r}; results printed only)")
+        publish(section, a)
     if failed:
         print(f"bench: {', '.join(failed)} did not meet its bound (see above).", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import Section, hardware, median, table, timed, today, write_section
+from bench import Section, add_write_option, hardware, median, publish, table, timed, today
 
 N_IMAGES = 50_000
 BATCH = 512
@@ -194,9 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, one round: checks that it runs")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per pipeline (default 3)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_write_option(p)
     a = p.parse_args(argv)
     section = run(a.quick, rounds=a.rounds, device=a.device)
-    if not a.no_write and not a.quick:
-        write_section(section)
+    publish(section, a)
     return 0 if section.ok else 1

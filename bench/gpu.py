@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from bench import Section, hardware, table, today
+from bench import Section, add_write_option, hardware, publish, table, today
 
 # Peak dense bf16 tensor-core FLOP/s (no sparsity) from the vendors' data sheets, matched
 # against torch.cuda.get_device_name(); --peak-tflops overrides.
@@ -224,8 +224,6 @@ def run(quick: bool = False, *, peak: float | None = None, cifar10: Path | None 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench import write_section
-
     p = argparse.ArgumentParser(prog="python -m bench gpu", description=__doc__.splitlines()[0])
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the GPU's peak dense bf16 TFLOP/s (default: known GPUs by name)")
@@ -235,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cifar100", type=Path, default=None, help="a torchvision data root holding cifar-100-python/")
     p.add_argument("--runs", type=int, default=5, help="cifar10_speed runs (seeds), default 5")
     p.add_argument("--quick", action="store_true", help="small sizes, one run: checks that it runs")
-    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_write_option(p)
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
@@ -244,8 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--airbench needs --cifar10 PATH: both scripts must train on the same data")
     section = run(a.quick, peak=a.peak_tflops, cifar10=a.cifar10, cifar100=a.cifar100,
                   airbench_script=a.airbench, runs=a.runs)
-    if not a.no_write and not a.quick:
-        write_section(section)
+    publish(section, a)
     return 0
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import Section, hardware, median, spread, table, timed, today, write_section
+from bench import Section, add_write_option, hardware, median, publish, spread, table, timed, today
 
 MAX_RATIO = 1.05  # the bound on the CPU: features, not cost
 
@@ -242,9 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, 2 rounds: checks that it runs")
     p.add_argument("--rounds", type=int, default=None, help="timed epochs per side (default 21)")
     p.add_argument("--workload", choices=sorted(WORKLOADS), action="append", help="default: all")
-    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_write_option(p)
     a = p.parse_args(argv)
     section = run(a.quick, workloads=a.workload or tuple(WORKLOADS), rounds=a.rounds)
-    if not a.no_write and not a.quick:
-        write_section(section)
+    publish(section, a)
     return 0 if section.ok else 1

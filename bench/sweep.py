@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import Section, hardware, median, spread, table, today, write_section
+from bench import Section, add_write_option, hardware, median, publish, spread, table, today
 
 GRID = {"optim.lr": {"values": [0.02, 0.05, 0.1, 0.2]}, "model.width": {"values": [16, 32]}}
 FIXED = {"train.epochs": 10, "tracking.plots": False, "tracking.progress": "none"}
@@ -113,9 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2 one-epoch trials, 1 and 2 workers: checks that it runs")
     p.add_argument("--repeats", type=int, default=None, help="runs per worker count (default 3)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts (default 1 2 4)")
-    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    add_write_option(p)
     a = p.parse_args(argv)
     section = run(a.quick, workers=a.workers, repeats=a.repeats)
-    if not a.no_write and not a.quick:
-        write_section(section)
+    publish(section, a)
     return 0

@@ -156,3 +156,19 @@ def test_profile_lists_the_ops_of_the_last_epoch_and_writes_a_trace(
     assert "epoch 2 of 2 profiled on cpu" in out
     assert "aten::convolution_backward" in out or "aten::mkldnn_convolution" in out
     assert json.loads(trace.read_text())["traceEvents"]
+
+
+@pytest.mark.parametrize("flags,written", [([], True), (["--no-write"], False), (["--quick"], False)])
+def test_a_section_refreshes_its_block_unless_told_not_to(tmp_path: Path, flags: list[str], written: bool) -> None:
+    import argparse
+
+    from bench import add_write_option, publish
+
+    md = tmp_path / "BENCHMARKS.md"
+    start, end = markers("sweep")
+    md.write_text(f"# x\n{start}\nold\n{end}\n")
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    add_write_option(p)
+    publish(Section("sweep", "new"), p.parse_args(flags), md)
+    assert ("new" in md.read_text()) is written and ("old" in md.read_text()) is not written
