@@ -112,7 +112,7 @@ def loader_rows(quick: bool) -> list[list[str]]:
 def speed_runs(config: str, overrides: list[str], runs: int) -> list[dict[str, float]]:
     """Train `config` `runs` times (seeds 0..runs-1) after a warm-up run; time and test accuracy of each."""
     import trainpipe
-    from trainpipe.callbacks import Callback
+    from trainpipe.loop.callbacks import Callback
 
     from bench import sync
 

@@ -23,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import trainpipe
-from trainpipe.callbacks import Callback
+from trainpipe.loop.callbacks import Callback
 
 
 class ProfileLastEpoch(Callback):

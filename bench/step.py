@@ -163,7 +163,7 @@ class Measured:
 
 def measure(w: Workload, *, rounds: int, folder: Path) -> Measured:
     import trainpipe
-    from trainpipe.callbacks import Callback
+    from trainpipe.loop.callbacks import Callback
 
     path = write_arrays(w, folder)
     captured: dict[str, Any] = {}

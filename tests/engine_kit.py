@@ -11,8 +11,8 @@ from torch import nn
 
 import trainpipe
 from trainpipe import optim, sched
-from trainpipe.callbacks import Callback
-from trainpipe.engine import Trainer
+from trainpipe.loop.callbacks import Callback
+from trainpipe.loop.trainer import Trainer
 
 
 class TensorLoader:

@@ -61,7 +61,7 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
 
 def test_crash_inside_training_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainpipe import engine
+    from trainpipe.loop import trainer as engine
 
     def boom(self, epoch):  # noqa: ANN001
         raise RuntimeError("disk on fire")

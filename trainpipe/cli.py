@@ -28,12 +28,12 @@ def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from trainpipe.runner import train
+    from trainpipe.run.train import train
 
     config, overrides = _split_config_and_overrides(a.args)
     if getattr(a, "nproc", None):
         from trainpipe.config import load
-        from trainpipe.distributed import check, launch
+        from trainpipe.loop.distributed import check, launch
 
         check(load(config, overrides), a.nproc)  # a bad config fails here, once, not in every process
         flags = (["--output", a.output] if a.output else []) + (["--quiet"] if a.quiet else [])
@@ -44,10 +44,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
-    from trainpipe.resume import resume
+    from trainpipe.run.resume import resume
 
     if getattr(a, "nproc", None):
-        from trainpipe.distributed import launch
+        from trainpipe.loop.distributed import launch
 
         flags = ["--quiet"] if a.quiet else []
         return launch(a.nproc, (["--debug"] if a.debug else []) + ["resume", a.run_dir, *a.overrides, *flags])
@@ -57,7 +57,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from trainpipe.evaluate import evaluate_checkpoint, print_report
+    from trainpipe.run.evaluate import evaluate_checkpoint, print_report
 
     result = evaluate_checkpoint(a.target, split=a.split, tta=a.tta, device=a.device)
     if not a.quiet:

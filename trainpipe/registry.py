@@ -113,12 +113,12 @@ class Registry:
         return [(n, self._entries[n].description) for n in self.names()]
 
 
-DATASETS = Registry("dataset", module="trainpipe.data.datasets")
+DATASETS = Registry("dataset", module="trainpipe.data.sources")
 AUGMENTS = Registry("augment", module="trainpipe.data.augment")
 MODELS = Registry("model", module="trainpipe.models")
 OPTIMIZERS = Registry("optimizer", module="trainpipe.optim")
 SCHEDULERS = Registry("scheduler", module="trainpipe.sched")
-TRACKERS = Registry("tracker", module="trainpipe.tracking")
+TRACKERS = Registry("tracker", module="trainpipe.track")
 
 FAMILIES: dict[str, Registry] = {
     r.family: r for r in (DATASETS, AUGMENTS, MODELS, OPTIMIZERS, SCHEDULERS, TRACKERS)

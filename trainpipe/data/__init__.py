@@ -111,7 +111,7 @@ def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: 
         )
     mix = None
     if cfg.mix is not None:
-        from trainpipe.data.mix import build_mix
+        from trainpipe.data.augment.mix import build_mix
 
         mix = build_mix(cfg.mix.model_dump(), spec.num_classes)
 

@@ -132,7 +132,7 @@ class _Base:
         self.epoch = epoch
 
     def shard(self, rank: int, world_size: int) -> None:
-        """Yield only samples rank, rank + world_size, ... of each batch (DDP: trainpipe.distributed).
+        """Yield only samples rank, rank + world_size, ... of each batch (DDP: trainpipe.loop.distributed).
 
         `batch_size`, `len()` and `num_samples` stay global: every rank takes the same
         number of steps, each on its slice of the same global batch.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainpipe.errors import ConfigError
-from trainpipe.report.runs import is_run_dir, load_run, unique_labels
+from trainpipe.report.load import is_run_dir, load_run, unique_labels
 from trainpipe.report.sweep import is_sweep_dir
 
 __all__ = ["report"]

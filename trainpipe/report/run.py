@@ -12,7 +12,7 @@ import yaml
 
 from trainpipe.report import plots
 from trainpipe.report.html import Doc
-from trainpipe.report.runs import (
+from trainpipe.report.load import (
     MISSING,
     Run,
     differing_keys,
@@ -35,7 +35,7 @@ FULL_TABLE_CLASSES = 20
 
 def command_of(run: Run) -> str | None:
     """The command that started the run (history.jsonl's first train event)."""
-    from trainpipe.tracking import read_metrics  # reads any JSONL file, skipping cut-off lines
+    from trainpipe.track import read_metrics  # reads any JSONL file, skipping cut-off lines
 
     for event in read_metrics(run.path / "history.jsonl"):
         if event.get("event") == "train" and event.get("command"):
@@ -118,7 +118,7 @@ def test_section(doc: Doc, run: Run, output: Path, *, evaluate: bool) -> None:
     if not evaluate:
         doc.note("Per-class results skipped (report written with --no-eval).")
         return
-    from trainpipe.evaluate import evaluate_checkpoint
+    from trainpipe.run.evaluate import evaluate_checkpoint
 
     # Flip TTA as the run used it, so that the accuracy matches the one training recorded.
     tta = run.config.get("train", {}).get("tta") == "flip"

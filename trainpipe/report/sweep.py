@@ -22,7 +22,7 @@ import yaml
 from trainpipe.errors import ConfigError
 from trainpipe.report import plots
 from trainpipe.report.html import Doc
-from trainpipe.report.runs import (
+from trainpipe.report.load import (
     Run,
     as_float,
     differing_keys,

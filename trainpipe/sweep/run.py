@@ -181,9 +181,9 @@ def run_in_process(wc: WorkerConfig) -> bool:
 
 
 # What every worker imports before its first trial; the forkserver imports it once.
-WORKER_PRELOAD = ["trainpipe.sweep.worker", "trainpipe.runner", "trainpipe.data", "trainpipe.data.datasets",
+WORKER_PRELOAD = ["trainpipe.sweep.worker", "trainpipe.run.train", "trainpipe.data", "trainpipe.data.sources",
                   "trainpipe.data.augment", "trainpipe.models", "trainpipe.optim", "trainpipe.sched",
-                  "trainpipe.tracking"]
+                  "trainpipe.track"]
 
 
 def worker_context() -> Any:

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import TrialState
 
-from trainpipe.callbacks import Callback
+from trainpipe.loop.callbacks import Callback
 from trainpipe.sweep import study as st
 from trainpipe.sweep.space import trial_overrides
 from trainpipe.sweep.spec import SweepSpec
@@ -133,7 +133,7 @@ class Objective:
         retry = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         again = f" (again: trial {retry:04d} lost its worker or was interrupted)" if retry is not None else ""
         wc.say(f"trial {trial.number:04d} started{again}: {describe(overrides)}")
-        from trainpipe.runner import train
+        from trainpipe.run.train import train
 
         all_overrides = {**spec.constant_overrides(), **overrides, **device_overrides(wc.device, wc.spawned)}
         callback = ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)

@@ -1,0 +1,10 @@
+"""Dataset sources: each returns whole splits as tensors (`SourceData`).
+
+A source is registered in `DATASETS` and receives the data config as context; its
+keyword-only parameters are the dataset-specific keys of the `data` section. One
+module per kind: `digits` (ships with scikit-learn), `published` (MNIST, CIFAR, SVHN,
+Pets via torchvision), `folders` (image folders and array files) and `frames` (frames
+with context windows). Importing this package registers them all.
+"""
+
+from trainpipe.data.sources import digits, folders, frames, published  # noqa: F401

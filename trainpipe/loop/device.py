@@ -1,0 +1,55 @@
+"""Where and how a run computes: the device, the autocast precision, and the comparisons
+the loop and its callbacks share (which metric value is better, are tensors finite)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device, *, fp16_ok: bool = True) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32.
+
+    `auto`: bf16 on GPUs that have it; fp16 (with a GradScaler) on older GPUs, where it is
+    still several times faster than fp32, unless the optimizer cannot run under the scaler
+    (`fp16_ok=False`, e.g. SAM); fp32 on the CPU, where autocast is slower for these nets.
+    """
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if fp16_ok else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor on the device: every element of every tensor is finite."""
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
+    return torch.stack([t.detach().isfinite().all() for t in tensors]).all()

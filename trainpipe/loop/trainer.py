@@ -1,0 +1,415 @@
+"""The training loop: `Trainer.fit()` and `Trainer.evaluate()`.
+
+The loop reads top to bottom. Precision, gradient accumulation, clipping and EMA
+live here, not in callbacks; callbacks observe `trainer.state` and may set
+`state.should_stop` with a reason. Metrics are summed on the device and read once
+per epoch (and every `train.log_every` steps when a progress bar is shown), so a
+step never waits for the host. The one exception is `train.on_nonfinite:
+skip_step`, which must know before each optimizer step whether the gradients are
+finite: one host sync per optimizer step, documented as the cost of that policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainpipe.loop import distributed
+from trainpipe.loop.callbacks import Callback, run_hooks
+from trainpipe.config import RunConfig
+from trainpipe.loop.device import all_finite, autocast, is_better, resolve_precision
+from trainpipe.loop.ema import ModelEma
+from trainpipe.loop.rng import restore_rng
+from trainpipe.errors import ConfigError
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    should_stop: bool = False
+    stop_reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+    history: list[dict[str, float]] = field(default_factory=list)
+    nonfinite: bool = False  # the last epoch left a non-finite loss or weight
+    skipped_steps: int = 0  # optimizer steps skipped by on_nonfinite=skip_step
+    rollbacks: int = 0  # reloads of the last good checkpoint by on_nonfinite=rollback
+    lr_factor: float = 1.0  # halved by each rollback; multiplies every group's base lr
+    final: dict[str, Any] = field(default_factory=dict)  # after the loop: test metrics, bests
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        known = {f.name for f in fields(self)}
+        for k, v in d.items():
+            if k in known:
+                setattr(self, k, v)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    # F.cross_entropy takes class indices or class probabilities (MixUp/CutMix) alike.
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+
+def hard_labels(target: torch.Tensor) -> torch.Tensor:
+    return target.argmax(dim=1) if target.dim() == 2 else target
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: Any, *, device: torch.device, amp_dtype: torch.dtype | None = None, tta: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, on the device) and labels of a whole split; `tta="flip"` averages
+    the logits of each image and its horizontal mirror."""
+    was_training = model.training
+    model.eval()
+    outs, labels = [], []
+    for x, y in loader:
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+            if tta == "flip" and x.dim() == 4:
+                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        outs.append(logits)
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, prefix: str) -> dict[str, float]:
+    """loss, top-1 accuracy and (with more than 5 classes) top-5 accuracy, as `prefix/name`."""
+    y = hard_labels(y)
+    loss = F.cross_entropy(logits, y)
+    out = {f"{prefix}/loss": loss, f"{prefix}/acc": (logits.argmax(1) == y).float().mean()}
+    if logits.shape[1] > 5:
+        top5 = logits.topk(5, dim=1).indices
+        out[f"{prefix}/top5"] = (top5 == y[:, None]).any(dim=1).float().mean()
+    return {k: float(v) for k, v in out.items()}
+
+
+# Each rollback halves the lr; after this many the run is declared failed (an lr
+# divided by 8 that still diverges points at something other than the step size).
+MAX_ROLLBACKS = 3
+
+# Optimizer group keys that come from the config; on resume they are taken from the
+# (possibly overridden) config rather than from the checkpoint, see `apply_config_hparams`.
+_CONFIG_GROUP_KEYS = ("base_lr", "weight_decay")
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any,
+        data: Any,
+        *,
+        device: torch.device,
+        callbacks: Sequence[Callback] = (),
+        progress: Any = None,
+        last_good_state: Callable[[], tuple[dict[str, Any], Any] | None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.data = data
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        # `train.on_nonfinite: rollback` reloads the newest good full state from here
+        # (the run's checkpoints); `on_event` hears of each rollback.
+        self.last_good_state = last_good_state
+        self.on_event = on_event
+        self.state = TrainState()
+        self.resumed = False
+        self._pending_rng: dict[str, Any] | None = None
+        t = cfg.train
+        self.amp_dtype = resolve_precision(t.precision, device,
+                                           fp16_ok=not getattr(optimizer, "requires_closure", False))
+        if self.amp_dtype is torch.float16 and getattr(optimizer, "requires_closure", False):
+            raise ConfigError(
+                f"train.precision: fp16 cannot be combined with optim.name={cfg.optim.name}: its second "
+                f"forward/backward pass runs outside the GradScaler, so its gradients would stay scaled. "
+                f"Use train.precision=bf16 (no scaler needed) or fp32."
+            )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.ema = ModelEma(model, t.ema.decay, t.ema.warmup) if t.ema is not None else None
+        self.skip_nonfinite = t.on_nonfinite == "skip_step"
+        self._skipped_this_epoch = 0
+        self._config_hparams = self._group_hparams() if optimizer is not None else []
+        step_model = distributed.wrap(model, device, sync_bn=t.sync_bn)  # DDP under several processes, else `model`
+        self._ddp = step_model if step_model is not model else None
+        if t.compile:
+            # Fixed batch shapes (drop_last) keep the compiled graph from recompiling.
+            self.forward = torch.compile(step_model)
+        else:
+            self.forward = step_model
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.amp_dtype)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _group_hparams(self) -> list[dict[str, Any]]:
+        keys = set(_CONFIG_GROUP_KEYS) | set(self.cfg.optim.options())
+        return [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups]
+
+    def apply_config_hparams(self) -> None:
+        """Set the config's hyperparameters (times `state.lr_factor` for the lr) on every group.
+
+        A checkpoint's optimizer state carries the hyperparameters it was saved with;
+        re-applying the config's makes resume-time overrides (optim.lr=..., momentum)
+        take effect, and is a no-op when nothing changed.
+        """
+        for g, fresh in zip(self.optimizer.param_groups, self._config_hparams):
+            g.update(fresh)
+            if "base_lr" in fresh:
+                g["base_lr"] = fresh["base_lr"] * self.state.lr_factor
+        self.schedule.step(self.schedule.t)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "state": self.state.state_dict(),
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore a full checkpoint; its RNG state (if any) is restored when `fit` starts,
+        after the callbacks' `on_fit_start`, so that nothing they do can shift it."""
+        self.model.load_state_dict(d["model"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.state.load_state_dict(d["state"])
+        self.schedule.load_state_dict(d["schedule"])
+        self.apply_config_hparams()
+        self.scaler.load_state_dict(d["scaler"])
+        if self.ema is not None and d.get("ema") is not None:
+            self.ema.load_state_dict(d["ema"])
+        for cb in self.callbacks:
+            if type(cb).__name__ in d.get("callbacks", {}):
+                cb.load_state_dict(d["callbacks"][type(cb).__name__])
+        self._pending_rng = d.get("rng")
+        self.resumed = True
+
+    # --------------------------------------------------------------------- loop
+    def fit(self, finalize: Callable[["Trainer"], dict[str, Any]] | None = None) -> TrainState:
+        """Train until `train.epochs` or a stop; then `finalize(trainer)` (unless the run
+        failed) fills `state.final`, before `on_fit_end` lets trackers log it and close."""
+        t = self.cfg.train
+        try:
+            run_hooks(self.callbacks, "on_fit_start", self)
+            if self._pending_rng is not None:
+                restore_rng(self._pending_rng)
+                self._pending_rng = None
+            while self.state.epoch < t.epochs and not self.state.should_stop:
+                run_hooks(self.callbacks, "on_epoch_start", self)
+                epoch = self.state.epoch
+                start = time.perf_counter()
+                metrics: dict[str, float] = {"epoch": epoch + 1}
+                metrics.update(self.train_epoch(epoch))
+                train_time = time.perf_counter() - start
+                if self.data.val is not None:
+                    metrics.update(self.evaluate(self.data.val, prefix="val"))
+                metrics["lr"] = self.schedule.current_lrs()[0]
+                metrics["epoch_time_s"] = time.perf_counter() - start
+                metrics["images_per_s"] = self.data.train.num_samples / max(train_time, 1e-9)
+                self.state.epoch = epoch + 1
+                self.state.metrics = metrics
+                self.state.history.append(metrics)
+                self.state.nonfinite = not self._epoch_finite(metrics)
+                if not self.state.nonfinite:
+                    self._track_best(metrics)
+                    self.schedule.epoch_end(epoch, metrics.get(t.monitor))
+                run_hooks(self.callbacks, "on_epoch_end", self)
+                if self.state.nonfinite:
+                    self._after_nonfinite()
+            if self.state.stop_reason is None:
+                self.state.stop_reason = "max_epochs"
+            if finalize is not None and self.state.stop_reason != "non_finite_loss":
+                self.state.final = finalize(self)
+        finally:
+            run_hooks(self.callbacks, "on_fit_end", self)
+        return self.state
+
+    def _after_nonfinite(self) -> None:
+        """What an epoch that left a non-finite loss or weight leads to (`train.on_nonfinite`).
+
+        stop: end the run (status failed, stop reason non_finite_loss).
+        skip_step: the loop already skipped the steps whose gradients were not finite; an
+          epoch that still ends non-finite (every step skipped, or a non-finite validation
+          loss) ends the run as with stop.
+        rollback: reload the newest good full state (last.pt, falling back to previous.pt),
+          halve the lr (`state.lr_factor`) and go on from there; after MAX_ROLLBACKS the
+          run ends as with stop.
+        It runs after every callback's on_epoch_end, so each has seen the diverged epoch.
+        """
+        st = self.state
+        if self.cfg.train.on_nonfinite == "rollback" and st.rollbacks < MAX_ROLLBACKS and self._rollback():
+            return
+        st.should_stop, st.stop_reason = True, "non_finite_loss"
+
+    def _rollback(self) -> bool:
+        found = self.last_good_state() if self.last_good_state is not None else None
+        if found is None:
+            return False
+        saved, path = found
+        st = self.state
+        diverged_epoch, skipped = st.epoch, st.skipped_steps
+        rollbacks, factor = st.rollbacks + 1, st.lr_factor * 0.5
+        self.load_state_dict(saved)
+        st = self.state
+        st.rollbacks, st.lr_factor, st.skipped_steps = rollbacks, factor, skipped
+        self.apply_config_hparams()
+        restore_rng(saved["rng"])
+        self._pending_rng = None
+        if self.on_event is not None:
+            self.on_event({"event": "rollback", "diverged_epoch": diverged_epoch, "to_epoch": st.epoch,
+                           "checkpoint": getattr(path, "name", str(path)), "lr_factor": factor,
+                           "rollback": rollbacks})
+        return True
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        t = self.cfg.train
+        value = metrics.get(t.monitor)
+        if value is not None and is_better(value, self.state.best_metric, t.monitor_mode):
+            self.state.best_metric, self.state.best_epoch = float(value), self.state.epoch
+
+    def _epoch_finite(self, metrics: dict[str, float]) -> bool:
+        # One host sync per epoch: the losses are already host floats; the weights are
+        # checked too, because the last step of an epoch can break them after its loss.
+        for key in ("train/loss", "val/loss"):
+            if key in metrics and not math.isfinite(metrics[key]):
+                return False
+        return bool(all_finite(list(self.model.parameters())))
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        t = self.cfg.train
+        model, loader = self.model, self.data.train
+        model.train()
+        loader.set_epoch(epoch)
+        n_batches = len(loader)
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        accum = t.grad_accum_steps
+        self._skipped_this_epoch = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.progress is not None:
+            self.progress.start_epoch(epoch, n_batches)
+        for i, (x, y) in enumerate(loader):
+            group_start = i - i % accum
+            if i == group_start:
+                self.schedule.step(epoch + i / n_batches)
+            # The last group of an epoch may be short; its losses are averaged over its own size.
+            group = min(accum, n_batches - group_start)
+            loss, logits = self._train_step(x, y, group, i + 1 == group_start + group)
+            bs = x.shape[0]
+            loss = loss.detach().float()
+            if self.skip_nonfinite:
+                # Skipped batches stay out of train/loss, so that it says how the kept steps went.
+                ok = loss.isfinite()
+                loss_sum += torch.where(ok, loss, 0.0) * bs
+                loss_count += ok * bs
+            else:
+                loss_sum += loss * bs
+                loss_count += bs
+            correct += (logits.detach().argmax(dim=1) == hard_labels(y)).sum()
+            seen += bs
+            if self.progress is not None and ((i + 1) % t.log_every == 0 or i + 1 == n_batches):
+                self.progress.update(i + 1, loss_sum, correct, seen)
+        if self.progress is not None:
+            self.progress.end_epoch()
+        # The one host sync of the epoch (and under DDP its one all-reduce).
+        loss_sum, loss_count, correct, seen = distributed.all_reduce_sums(loss_sum, loss_count, correct, seen)
+        distributed.average_buffers(self.model, self.eval_model)
+        out = {"train/loss": (loss_sum / loss_count).item() if seen else math.nan,
+               "train/acc": correct.item() / max(seen, 1)}
+        if self.skip_nonfinite:
+            out["skipped_steps"] = self._skipped_this_epoch
+        return out
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logits = self.forward(x)
+        return soft_cross_entropy(logits, y, self.cfg.train.label_smoothing), logits
+
+    def _grads_finite(self, loss: torch.Tensor) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # The documented host sync of skip_step: the step must be decided now.
+        return bool(all_finite(grads) & loss.detach().isfinite())
+
+    def _train_step(
+        self, x: torch.Tensor, y: torch.Tensor, group: int, step_now: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one batch (1/group of an optimizer step); the step
+        itself when `step_now` (the group's last batch)."""
+        t = self.cfg.train
+        # Under DDP, the micro-batches before a group's last keep their gradients local
+        # (no_sync); the last one's backward all-reduces the accumulated sum, once per step.
+        local = not step_now and self._ddp is not None
+        with self._ddp.no_sync() if local else contextlib.nullcontext():
+            loss, logits = self._loss(x, y)
+            # Dividing by 1 would still add an op and an autograd node: ~5% of a small net's CPU step.
+            self.scaler.scale(loss / group if group > 1 else loss).backward()
+        if not step_now:
+            return loss, logits
+        if t.grad_clip is not None or self.skip_nonfinite:
+            self.scaler.unscale_(self.optimizer)
+        if self.skip_nonfinite and not self._grads_finite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # with fp16, an overflow also lowers the loss scale
+            self.state.skipped_steps += 1
+            self._skipped_this_epoch += 1
+            return loss, logits
+        if t.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
+        if getattr(self.optimizer, "requires_closure", False):
+            # SAM-style optimizers re-evaluate the loss at perturbed weights.
+            def closure() -> torch.Tensor:
+                loss2, _ = self._loss(x, y)
+                loss2.backward()
+                return loss2
+
+            self.optimizer.step(closure)
+        else:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        if self.ema is not None and self.state.step % t.ema.every == 0:
+            self.ema.update(self.model)
+        return loss, logits
+
+    # --------------------------------------------------------------- evaluation
+    def predict(self, loader: Any, model: nn.Module | None = None, tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (float32, on the device) and labels for a whole split, with the run's
+        precision and (unless `tta` says otherwise) its `train.tta`."""
+        return predict(model if model is not None else self.eval_model, loader, device=self.device,
+                       amp_dtype=self.amp_dtype, tta=tta if tta is not None else self.cfg.train.tta)
+
+    def evaluate(self, loader: Any, *, prefix: str, model: nn.Module | None = None, tta: str | None = None) -> dict[str, float]:
+        logits, y = self.predict(loader, model=model, tta=tta)
+        logits, y = distributed.gather_rows(logits), distributed.gather_rows(y)  # each rank predicted its shard
+        return metrics_from_logits(logits, y, prefix)

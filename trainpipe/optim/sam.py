@@ -1,0 +1,83 @@
+"""SAM (sharpness-aware minimization), an optimizer torch does not ship.
+
+`trainpipe.optim` registers it; this module holds the class. It behaves like a plain
+`torch.optim.Optimizer` towards the loop and the schedule: `param_groups` are the dicts
+the schedule writes `lr` into, and `state_dict()` round-trips everything a resume needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+
+class SAM(Optimizer):
+    """Sharpness-Aware Minimization (Foret et al. 2021) around any base optimizer.
+
+    Written by hand because neither torch nor timm has it; it follows the
+    reference implementation (github.com/davda54/sam). One `step(closure)`:
+    climb from w to w + rho * g / ||g|| using the gradient already present,
+    zero the gradients, let `closure()` recompute them at the climbed point,
+    restore w exactly, then step the base optimizer with that second gradient.
+    `adaptive=True` is ASAM (Kwon et al. 2021): the climb is scaled elementwise
+    by |w|, so it is invariant to rescaling a layer's weights.
+    """
+
+    # The training loop checks this to pass a closure that re-runs forward and backward.
+    requires_closure = True
+
+    def __init__(
+        self,
+        param_groups: Iterable[dict[str, Any]],
+        base_factory: Callable[[list[dict[str, Any]]], Optimizer],
+        *,
+        rho: float = 0.05,
+        adaptive: bool = False,
+    ) -> None:
+        if rho <= 0:
+            raise ValueError(f"SAM needs rho > 0, got {rho}")
+        self.rho, self.adaptive = float(rho), bool(adaptive)
+        super().__init__(list(param_groups), {})
+        self.base_optimizer = base_factory(self.param_groups)
+        # One set of group dicts for both, so a schedule writing `lr` here reaches the base.
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is None:
+            raise RuntimeError(
+                "SAM needs a closure: call optimizer.step(closure) where closure() re-runs the "
+                "forward and backward pass on the same batch and returns the loss."
+            )
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            with torch.enable_grad():
+                return closure()
+        device = params[0].device
+        scaled = [p.grad * p.abs() if self.adaptive else p.grad for p in params]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s).to(device) for s in scaled]))
+        scale = self.rho / (norm + 1e-12)
+        # Keep the weights themselves (not the step) so that restoring them is exact.
+        saved = [p.detach().clone() for p in params]
+        for p, s in zip(params, scaled):
+            climb = s * p.abs() if self.adaptive else s  # ASAM: T_w^2 g with T_w = |w|
+            p.add_(climb * scale.to(p.device))
+        self.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = closure()
+        for p, w in zip(params, saved):
+            p.copy_(w)
+        self.base_optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+        # Loading replaces the base's group dicts; share the new ones again.
+        self.param_groups = self.base_optimizer.param_groups

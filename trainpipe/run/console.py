@@ -1,0 +1,138 @@
+"""What a run prints: a start line, a progress bar per epoch, epoch lines, a final table.
+
+The progress bar appears only on an interactive terminal (or in Jupyter), never when
+the output is a file or the CI environment variable is set; epoch lines and the final
+table are printed unless the run is quiet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainpipe.loop.callbacks import Callback
+
+if TYPE_CHECKING:
+    from trainpipe.config import RunConfig
+    from trainpipe.loop.trainer import Trainer
+    from trainpipe.run.train import RunResult
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+class ConsoleReport(Callback):
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.console = Console(highlight=False)
+
+    def start(self, cfg: "RunConfig", run_dir: Path, summary: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        params = summary.get("params")
+        macs = summary.get("macs_per_image")
+        self.console.print(
+            f"[bold]{cfg.name}[/]: {cfg.data.dataset} ({summary.get('train_size')} train / "
+            f"{summary.get('val_size')} val / {summary.get('test_size')} test, {summary.get('loader')} loader), "
+            f"{cfg.model.name} ({params:,} params, {macs / 1e6:.2f} MMACs/image), {cfg.optim.name}, "
+            f"{cfg.sched.name}, on {summary.get('device')} -> {run_dir}"
+            if params is not None and macs is not None
+            else f"[bold]{cfg.name}[/] -> {run_dir}"
+        )
+
+    def progress(self, cfg: "RunConfig", data: Any) -> Any:
+        mode = cfg.tracking.progress
+        if self.quiet or mode == "none" or (mode == "auto" and not console_is_interactive()):
+            return None
+        return ProgressBar(cfg.train.epochs, lambda: data.train.batch_size)
+
+    def attach(self, trainer: "Trainer") -> None:
+        trainer.callbacks.insert(0, self)
+
+    def on_epoch_end(self, trainer: "Trainer") -> None:
+        if self.quiet:
+            return
+        m = trainer.state.metrics
+        keys = [k for k in ("train/loss", "train/acc", "val/loss", "val/acc", "val/top5", "lr") if k in m]
+        parts = "  ".join(f"{k} {m[k]:.4g}" for k in keys)
+        if m.get("skipped_steps"):
+            parts += f"  skipped steps {m['skipped_steps']}"
+        self.console.print(
+            f"epoch {int(m['epoch'])}/{trainer.cfg.train.epochs}  {parts}  "
+            f"{m['epoch_time_s']:.1f}s  {m['images_per_s']:,.0f} img/s"
+        )
+
+    def finish(self, result: "RunResult") -> None:
+        if self.quiet:
+            return
+        from rich.table import Table
+
+        s = result.summary
+        monitor = result.config.train.monitor if result.config else "val/acc"
+        table = Table(title=f"{result.config.name if result.config else ''}: {s.get('status')} "
+                            f"({s.get('stop_reason')})")
+        for col in ("best epoch", f"best {monitor}", "test acc", "test loss", "time"):
+            table.add_column(col, justify="right")
+        table.add_row(_fmt(s.get("best_epoch")), _fmt(s.get(f"best/{monitor}")), _fmt(s.get("test/acc")),
+                      _fmt(s.get("test/loss")), f"{s.get('wall_time_s', 0):.1f}s")
+        self.console.print(table)
+        self.console.print(f"run directory: {result.run_dir}")
+
+
+def console_report(quiet: bool) -> ConsoleReport:
+    return ConsoleReport(quiet)
+
+
+def console_is_interactive() -> bool:
+    if os.environ.get("CI"):
+        return False
+    try:
+        from IPython import get_ipython  # noqa: F401
+
+        if get_ipython() is not None:  # Jupyter: rich renders its live widgets there
+            return True
+    except ImportError:
+        pass
+    return sys.stdout.isatty()
+
+
+class ProgressBar:
+    """A rich progress bar per epoch: batches, loss, accuracy, images/s, ETA.
+
+    `update` reads the device-side sums, a host sync; the loop calls it every
+    `train.log_every` steps only.
+    """
+
+    def __init__(self, epochs: int, batch_size_of: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.epochs = epochs
+        self._bs = batch_size_of
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True,
+        )
+        self._task: Any = None
+        self._t0 = 0.0
+
+    def start_epoch(self, epoch: int, n_batches: int) -> None:
+        self._t0 = time.perf_counter()
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=n_batches, epoch=epoch + 1, epochs=self.epochs, stats="")
+
+    def update(self, done: int, loss_sum: Any, correct: Any, seen: int) -> None:
+        rate = seen / max(time.perf_counter() - self._t0, 1e-9)
+        stats = f"loss {float(loss_sum) / seen:.4f}  acc {int(correct) / seen:.4f}  {rate:,.0f} img/s"
+        self._progress.update(self._task, completed=done, stats=stats)
+
+    def end_epoch(self) -> None:
+        self._progress.remove_task(self._task)
+        self._progress.stop()

@@ -1,0 +1,106 @@
+"""`resume()`: continue a run from its newest good checkpoint, exactly.
+
+The checkpoint holds the model, optimizer, schedule, GradScaler, EMA, callback
+states (early-stopping counters and best weights), epoch and step, and every global
+RNG. The loaders need no state of their own: an epoch's order and augmentation
+draws are functions of (seed, epoch). A run killed at any moment therefore resumes
+from the end of its last checkpointed epoch and reaches the same weights as a run
+never stopped (bit for bit on the CPU with `train.deterministic`).
+
+Overrides given at resume time are applied to the run's config.yaml; the new
+resolved config replaces it and history.jsonl records the overrides together with
+the config they replaced. The schedule is rebuilt from the new config and set to
+the checkpoint's time, so with `train.epochs` raised the lr continues on the
+longer horizon (see the README's "Resume" section).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainpipe.run import checkpoints as ckpt
+from trainpipe import config as config_mod
+from trainpipe.loop import distributed
+from trainpipe.errors import ConfigError
+from trainpipe.run.train import RunResult, append_history, execute, write_config
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def resume(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    quiet: bool = False,
+    command: str | None = None,
+) -> RunResult:
+    """Continue the run in `run_dir` from checkpoints/last.pt (falling back to previous.pt
+    and epoch snapshots when it is unreadable), with `overrides` applied to its config."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        what = "does not exist" if not run_dir.exists() else "has no config.yaml"
+        raise ConfigError(f"resume: {str(run_dir)!r} {what}; pass the directory of a run started with "
+                          f"`trainpipe train` (it holds config.yaml, checkpoints/, metrics.jsonl).")
+    overrides = list(overrides)
+    old = config_mod.load(cfg_path)
+    cfg = config_mod.load(cfg_path, overrides) if overrides else old
+    command = command or f"trainpipe.run.resume({str(run_dir)!r}, overrides={overrides!r})"
+
+    def warn(msg: str) -> None:
+        if main:
+            print(f"warning: {' '.join(msg.split())}", file=sys.stderr)
+
+    # Under DDP (`--nproc`, torchrun) only rank 0 records and prints; every rank reads
+    # the files before rank 0 may rewrite config.yaml.
+    main = distributed.is_main()
+    found = ckpt.find_resumable(run_dir / "checkpoints", warn=warn)
+    summary = read_summary(run_dir)
+    from trainpipe.loop.device import resolve_device
+
+    distributed.setup(resolve_device(cfg.train.device))
+    distributed.barrier()
+    if found is None:
+        # Killed before its first checkpoint: nothing to continue, so start over in place.
+        warn(f"{run_dir / 'checkpoints'} holds no checkpoint yet; starting the run over.")
+        _record(run_dir, cfg, old, overrides, command, checkpoint=None, epoch=0)
+        return execute(cfg, run_dir, quiet=quiet)
+    state, path = found
+    st = state["state"]
+    epoch = int(st["epoch"])
+    stopped_early = st.get("stop_reason") == "early_stopping"
+    if not overrides and summary.get("status") == "completed" and (epoch >= cfg.train.epochs or stopped_early):
+        if not quiet and main:
+            print(f"{run_dir} already finished ({summary.get('stop_reason')}, {epoch} epochs); "
+                  f"to train longer, resume with train.epochs=N (N > {epoch}).")
+        return RunResult(run_dir, summary, list(st.get("history", [])), cfg)
+    _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch)
+    # A finished run continues only because the user asked for more: forget the old stop.
+    st["should_stop"], st["stop_reason"] = False, None
+    if stopped_early and "EarlyStopping" in state.get("callbacks", {}):
+        state["callbacks"]["EarlyStopping"]["bad_epochs"] = 0  # patience starts over
+    if not quiet and main:
+        print(f"resuming {run_dir} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
+    return execute(cfg, run_dir, quiet=quiet, resume_state=state, resume_path=path,
+                   prior_wall_time=float(summary.get("wall_time_s") or 0.0))
+
+
+def _record(run_dir: Path, cfg: config_mod.RunConfig, old: config_mod.RunConfig, overrides: list[str],
+            command: str, *, checkpoint: str | None, epoch: int) -> None:
+    if not distributed.is_main():
+        return
+    event: dict[str, Any] = {"event": "resume", "command": command, "overrides": overrides,
+                             "checkpoint": checkpoint, "from_epoch": epoch}
+    if overrides:
+        event["previous_config"] = old.to_dict()
+        write_config(run_dir, cfg, command)
+    append_history(run_dir, event)

@@ -1,0 +1,325 @@
+"""`train()`: one run, from config to summary. The CLI and sweeps call this.
+
+The order is fixed: the resolved config is written before anything can fail, then
+data, model, optimizer, schedule, the loop, the test evaluation of the best
+checkpoint, and the summary. `summary.json` always ends with a status, also when
+the run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from trainpipe.run import checkpoints as ckpt
+from trainpipe import config as config_mod
+from trainpipe.loop import distributed
+from trainpipe.loop.callbacks import Callback, EarlyStopping
+from trainpipe.run.checkpoints import Checkpoint
+from trainpipe.config import RunConfig
+from trainpipe.errors import ConfigError
+from trainpipe.loop.rng import seed_everything
+
+ConfigLike = str | Path | Mapping[str, Any] | RunConfig | None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    config: RunConfig | None = None
+    model: Any = None  # the evaluated weights left in memory (the best ones with early_stopping.restore_best)
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown")
+
+
+def resolve(config: ConfigLike = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config_mod.load(base=config, overrides=overrides) if overrides else config
+    if isinstance(config, Mapping):
+        return config_mod.load(base=config, overrides=overrides)
+    return config_mod.load(config, overrides)
+
+
+def versions() -> dict[str, str]:
+    from trainpipe import __version__
+
+    return {"trainpipe": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def new_run_dir(cfg: RunConfig, output: str | Path | None) -> Path:
+    if output is not None:
+        return Path(output)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{cfg.name}-{stamp}"
+    d, i = base, 1
+    while d.exists():  # two runs started in the same second
+        i += 1
+        d = base.with_name(f"{base.name}-{i}")
+    return d
+
+
+def write_config(run_dir: Path, cfg: RunConfig, command: str) -> None:
+    v = versions()
+    header = (
+        f"# Resolved config of this run (every default filled in).\n"
+        f"# command: {command}\n"
+        f"# written: {dt.datetime.now().isoformat(timespec='seconds')}\n"
+        f"# versions: trainpipe {v['trainpipe']}, torch {v['torch']}, python {v['python']}\n"
+    )
+    (run_dir / "config.yaml").write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def append_history(run_dir: Path, event: dict[str, Any]) -> None:
+    """history.jsonl: every train/resume of this directory, with its overrides."""
+    event = {"time": dt.datetime.now().isoformat(timespec="seconds"), **event, **versions()}
+    with (run_dir / "history.jsonl").open("a") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def train(
+    config: ConfigLike = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    output: str | Path | None = None,
+    *,
+    quiet: bool = False,
+    callbacks: Sequence[Callback] = (),
+    command: str | None = None,
+) -> RunResult:
+    """Run one training, exactly as `trainpipe train` does; returns the run's results.
+
+    `config` is a YAML path, the name of a packaged config, a dict, a `RunConfig`, or
+    None for the packaged quickstart (digits). `overrides` are `key.sub=value`
+    strings or a {dotted key: value} dict.
+    """
+    cfg = resolve(config, overrides)
+    from trainpipe.loop.device import resolve_device
+
+    distributed.setup(resolve_device(cfg.train.device))
+    run_dir = distributed.broadcast_object(new_run_dir(cfg, output))  # rank 0's choice, under DDP
+    command = command or f"trainpipe.train({config!r}, overrides={list(overrides)!r})"
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, cfg, command)
+        append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
+    return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
+
+
+def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
+    if isinstance(overrides, Mapping):
+        return [f"{k}={v}" for k, v in overrides.items()]
+    return [str(o) for o in overrides]
+
+
+def execute(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    quiet: bool = False,
+    extra_callbacks: Sequence[Callback] = (),
+    resume_state: dict[str, Any] | None = None,
+    resume_path: Path | None = None,
+    prior_wall_time: float = 0.0,
+) -> RunResult:
+    """Build everything from `cfg` and run the loop in `run_dir`; with `resume_state` (a full
+    checkpoint read from `resume_path`), continue from it. `prior_wall_time` is the time the
+    run's earlier processes spent, added to summary.json's wall_time_s."""
+    from trainpipe import data as data_mod
+    from trainpipe import models, optim, sched
+    from trainpipe.loop.device import resolve_device
+    from trainpipe.loop.trainer import Trainer
+    from trainpipe.run.console import console_report
+
+    started = time.perf_counter()
+    prior_wall = prior_wall_time
+    summary: dict[str, Any] = {"status": "running", "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir)}
+    # Joining the DDP process group (when launched as one of several ranks) comes first:
+    # only rank 0 writes and prints.
+    device = distributed.setup(resolve_device(cfg.train.device))
+    main = distributed.is_main()
+    summary_path = run_dir / "summary.json"
+    save_summary = (lambda: write_json(summary_path, summary)) if main else (lambda: None)  # noqa: E731
+    save_summary()
+    out = console_report(quiet or not main)
+    trainer = None
+    try:
+        seed_everything(cfg.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        elif device.type == "cuda":
+            # The GPU fast path: TF32 for fp32 matmuls and convolutions (bf16/fp16 autocast
+            # is unaffected), and cuDNN's autotuner, which pays off with fixed batch shapes.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=cfg.train.channels_last)
+        distributed.shard(data, cfg)
+        m = cfg.model
+        model = models.build(m.name, m.options(), data.spec, pretrained=m.pretrained, weights=m.weights,
+                             input_size=m.input_size, freeze=m.freeze)
+        stats = models.model_stats(model, data.spec)
+        model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+        o = cfg.optim
+        optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,
+                                decay_norm_and_bias=o.decay_norm_and_bias, backbone_lr_mult=o.backbone_lr_mult)
+        s = cfg.sched
+        schedule = sched.build(s.name, s.options(), optimizer, epochs=cfg.train.epochs,
+                               steps_per_epoch=max(len(data.train), 1), warmup_epochs=s.warmup_epochs,
+                               warmup_steps=s.warmup_steps, monitor_mode=cfg.train.monitor_mode)
+        summary.update({"device": str(device), "loader": data.info.get("loader"), **stats,
+                        "train_size": data.info.get("train_size"), "val_size": data.info.get("val_size"),
+                        "test_size": data.info.get("test_size"), "processes": distributed.world_size()})
+        save_summary()
+        out.start(cfg, run_dir, summary)
+
+        callbacks = build_callbacks(cfg, run_dir, write=main) + list(extra_callbacks)
+        if main:
+            callbacks.append(Checkpoint(run_dir / "checkpoints", every=cfg.train.checkpoint.every,
+                                        keep=cfg.train.checkpoint.keep, save_best=cfg.train.checkpoint.best,
+                                        config=cfg.to_dict()))
+        progress = out.progress(cfg, data)
+        trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
+                          progress=progress,
+                          last_good_state=lambda: ckpt.find_resumable(run_dir / "checkpoints", map_location=device),
+                          on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
+        if resume_state is not None:
+            load_resume_state(trainer, resume_state, resume_path)
+        out.attach(trainer)
+
+        def finalize(tr: Any) -> dict[str, Any]:
+            distributed.barrier()  # rank 0 has written best.pt before any rank reads it
+            return final_summary(tr, cfg, run_dir)
+
+        state = trainer.fit(finalize)
+        summary.update(state.final)
+        summary["status"] = {"non_finite_loss": "failed", "pruned": "pruned"}.get(state.stop_reason, "completed")
+        summary["stop_reason"] = state.stop_reason
+    except KeyboardInterrupt:
+        summary.update({"status": "interrupted", "stop_reason": "interrupted"})
+        raise
+    except ConfigError:
+        summary.update({"status": "failed", "stop_reason": "config_error"})
+        raise
+    except Exception as e:
+        summary.update({"status": "failed", "stop_reason": "error", "error": f"{type(e).__name__}: {e}"})
+        raise
+    finally:
+        if trainer is not None:
+            st = trainer.state
+            summary.setdefault("best_epoch", st.best_epoch)
+            summary["epochs_run"] = st.epoch
+            summary.setdefault(f"best/{cfg.train.monitor}", st.best_metric)
+            if cfg.train.on_nonfinite == "skip_step":
+                summary["skipped_steps"] = st.skipped_steps
+            if st.rollbacks:
+                summary.update({"rollbacks": st.rollbacks, "lr_factor": st.lr_factor})
+        summary["wall_time_s"] = prior_wall + (time.perf_counter() - started)
+        save_summary()
+    result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
+    out.finish(result)
+    return result
+
+
+def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) -> None:
+    """Load a full checkpoint into `trainer`; a checkpoint that does not fit the config
+    (a different model, different parameter groups) is a ConfigError naming the file."""
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"checkpoint {str(path or 'given')!r} does not fit the config being resumed ({first}). "
+            f"Overrides that change the model or the optimizer's parameter groups (model.*, optim.name, "
+            f"optim.decay_norm_and_bias) cannot be applied to a running training; start a new run with "
+            f"`trainpipe train` (model.weights=... loads weights into a new run)."
+        ) from None
+
+
+def _log_event(run_dir: Path, event: dict[str, Any], quiet: bool) -> None:
+    append_history(run_dir, event)
+    if not quiet and event.get("event") == "rollback":
+        print(f"non-finite values in epoch {event['diverged_epoch']}: rolled back to epoch {event['to_epoch']} "
+              f"({event['checkpoint']}), lr x{event['lr_factor']:g} (rollback {event['rollback']})", file=sys.stderr)
+
+
+def build_callbacks(cfg: RunConfig, run_dir: Path, *, write: bool = True) -> list[Callback]:
+    """The config's callbacks; `write=False` (DDP ranks other than 0) leaves out the trackers."""
+    from trainpipe.registry import TRACKERS
+
+    t = cfg.train
+    cbs: list[Callback] = []
+    if t.batch_size_schedule:
+        from trainpipe.loop.callbacks import BatchSizeSchedule
+
+        cbs.append(BatchSizeSchedule(cfg.data.batch_size, t.batch_size_schedule, t.lr_scaling))
+    if t.early_stopping is not None:
+        es = t.early_stopping
+        cbs.append(EarlyStopping(es.monitor or t.monitor, es.mode or t.monitor_mode, es.patience,
+                                 es.min_delta, es.restore_best))
+    if not write:
+        return cbs
+    cbs.append(TRACKERS.build("jsonl", run_dir))
+    for name in enabled_trackers(cfg):
+        cbs.append(TRACKERS.build(name, run_dir, cfg))
+    return cbs
+
+
+def enabled_trackers(cfg: RunConfig) -> list[str]:
+    names = []
+    if cfg.tracking.tensorboard:
+        names.append("tensorboard")
+    if cfg.tracking.wandb is not None and cfg.tracking.wandb.mode != "disabled":
+        names.append("wandb")
+    if cfg.tracking.plots:
+        names.append("plots")
+    return [n for n in names if n in _tracker_names()]
+
+
+def _tracker_names() -> list[str]:
+    from trainpipe.registry import TRACKERS
+
+    return TRACKERS.names()
+
+
+def final_summary(trainer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Test metrics of the best checkpoint (never used for selection), plus the run's bests."""
+    st = trainer.state
+    out: dict[str, Any] = {"best_epoch": st.best_epoch, "epochs_run": st.epoch,
+                           f"best/{cfg.train.monitor}": st.best_metric}
+    if st.history:
+        last = st.history[-1]
+        out.update({f"final/{k}": v for k, v in last.items() if k.startswith("train/")})
+        times = [h["epoch_time_s"] for h in st.history if "epoch_time_s" in h]
+        out["epoch_time_s"] = sum(times) / len(times) if times else None
+    best_path = run_dir / "checkpoints" / "best.pt"
+    if trainer.data.test is not None:
+        model = trainer.eval_model
+        if best_path.is_file():
+            # Evaluate best.pt in the model's place, then put the current weights back:
+            # what stays in memory is decided by the callbacks (early_stopping.restore_best).
+            current = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            model.load_state_dict(ckpt.load(best_path, map_location=trainer.device)["model"])
+            out.update(trainer.evaluate(trainer.data.test, prefix="test", model=model))
+            model.load_state_dict(current)
+        else:
+            out.update(trainer.evaluate(trainer.data.test, prefix="test", model=model))
+    return out

@@ -1,0 +1,118 @@
+"""Learning-rate schedules as pure functions of fractional epochs: `build()` and `Schedule`.
+
+The loop calls `Schedule.step(t)` before every optimizer step with
+t = epoch + batch_index / batches_in_epoch, and the lr of every param group is set to
+
+    lr = lr_scale * warmup(t) * max(base_lr * curve(t), floor)
+
+where `base_lr` is the group's own (see optim.param_groups), `curve` the registered
+schedule's multiplier, `floor` the plateau's `min_lr` (0 elsewhere) and `lr_scale`
+the batch-size scaling. Because t is the time in epochs rather than a count of
+steps, the lr stays exact across resume and when the batch size (hence the number
+of steps per epoch) changes, as nanoGPT's `get_lr(it)` does for steps.
+
+torch.optim.lr_scheduler is not used: its schedulers count `step()` calls and keep
+the lr in the optimizer, so they drift when steps per epoch change and cannot hand
+over from one to the next at an arbitrary epoch. The formulas below are torch's
+(CosineAnnealingLR, OneCycleLR, StepLR, ..., ReduceLROnPlateau), written as
+functions of t; tests check them against torch at a fixed steps per epoch (onecycle
+against hand-worked values: torch's places its peak one step early).
+
+Warmup takes the first `warmup_epochs` (or `warmup_steps`) and the schedule runs
+over the rest, nanoGPT style: cosine reaches its minimum at the last epoch, and
+epoch counts inside a schedule (`step_size`, `milestones`) start when it starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from torch.optim import Optimizer
+
+from trainpipe.registry import SCHEDULERS
+from trainpipe.sched import chain  # noqa: F401  (registers `chain`)
+from trainpipe.sched.curves import Curve, Horizon, require
+
+
+class Schedule:
+    """Sets every param group's lr from the time t in epochs; see the module docstring."""
+
+    def __init__(self, optimizer: Optimizer, curve: Curve, *, warmup_epochs: float, steps_per_epoch: int) -> None:
+        self.optimizer, self.curve = optimizer, curve
+        self.warmup = warmup_epochs
+        # The ramp starts one step in (nanoGPT's (it + 1) / (warmup + 1)), so the first
+        # batch is not spent at lr 0.
+        self._one_step = 1.0 / steps_per_epoch
+        self.lr_scale = 1.0
+        self.t = 0.0
+        for g in optimizer.param_groups:
+            g.setdefault("base_lr", g["lr"])
+        self.step(0.0)
+
+    def warmup_factor(self, t: float) -> float:
+        if t >= self.warmup:
+            return 1.0
+        return (t + self._one_step) / (self.warmup + self._one_step)
+
+    def step(self, t: float) -> None:
+        """Set the lrs for the optimizer step taken at time t (epochs, fractional)."""
+        self.t = float(t)
+        mult, floor = self.curve(self.t), self.curve.floor(self.t)
+        outer = self.lr_scale * self.warmup_factor(self.t)
+        for g in self.optimizer.param_groups:
+            g["lr"] = outer * max(g["base_lr"] * mult, floor)
+
+    def epoch_end(self, epoch: int, metric: float | None) -> None:
+        """Report the monitored metric after epoch `epoch` (0-based); warmup epochs are not judged."""
+        if epoch + 1 > self.curve.horizon.start:
+            self.curve.epoch_end(epoch, None if metric is None else float(metric))
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Multiply every lr from now on by `factor` (batch-size lr scaling)."""
+        self.lr_scale = float(factor)
+        self.step(self.t)
+
+    def current_lrs(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"t": self.t, "lr_scale": self.lr_scale, "curve": self.curve.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.curve.load_state_dict(state["curve"])
+        self.lr_scale = float(state["lr_scale"])
+        self.step(float(state["t"]))
+
+
+def build(
+    name: str,
+    options: Mapping[str, Any],
+    optimizer: Optimizer,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    warmup_steps: int = 0,
+    monitor_mode: Literal["max", "min"] = "max",
+) -> Schedule:
+    """The schedule `name` with `options` over `epochs`, after a linear warmup of
+    `warmup_epochs` (or `warmup_steps`, converted with `steps_per_epoch`)."""
+    from trainpipe.optim import check_options
+
+    require(monitor_mode in ("max", "min"), "train.monitor_mode", f"must be max or min, got {monitor_mode!r}.")
+    require(steps_per_epoch >= 1, "data.batch_size", "leaves no training batch per epoch; lower the batch size.")
+    require(warmup_epochs >= 0 and warmup_steps >= 0, "sched.warmup_epochs",
+             "warmup_epochs and warmup_steps must be >= 0.")
+    require(not (warmup_epochs and warmup_steps), "sched.warmup_steps",
+             f"set either sched.warmup_epochs ({warmup_epochs}) or sched.warmup_steps ({warmup_steps}), not both.")
+    warmup = warmup_epochs + warmup_steps / steps_per_epoch
+    # A run with no epochs still builds (it only evaluates); give the curve a unit span.
+    end = float(epochs) if epochs > 0 else warmup + 1.0
+    require(warmup < end, "sched.warmup_epochs" if warmup_epochs else "sched.warmup_steps",
+             f"warmup ({warmup:g} epochs) must end before training does ({epochs} epochs).")
+    entry = SCHEDULERS.get(name, key="sched.name")
+    opts = check_options(entry, options, key="sched")
+    horizon = Horizon(start=warmup, end=end, steps_per_epoch=steps_per_epoch, monitor_mode=monitor_mode)
+    curve = entry.fn(horizon, **opts)
+    return Schedule(optimizer, curve, warmup_epochs=warmup, steps_per_epoch=steps_per_epoch)

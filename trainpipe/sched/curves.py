@@ -1,0 +1,215 @@
+"""The lr curves: each registered schedule is a multiplier of the base lr over the run's time
+t in epochs (see `trainpipe.sched` for how the loop applies it)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from trainpipe.errors import ConfigError
+from trainpipe.registry import SCHEDULERS
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The context a schedule is built for: when it starts and ends (in epochs of the run)."""
+
+    start: float
+    end: float
+    steps_per_epoch: int
+    monitor_mode: Literal["max", "min"] = "max"
+    key: str = "sched"  # dotted config key of the schedule's options, for error messages
+
+    @property
+    def span(self) -> float:
+        return self.end - self.start
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+class Curve:
+    """An lr multiplier over the run's time t (epochs); stateless unless a subclass keeps state.
+
+    `shape(u)` gives the multiplier at u epochs after the curve's start, for u in [0, span];
+    before the start the curve holds its first value, after the end its last.
+    """
+
+    def __init__(self, horizon: Horizon, shape: Callable[[float], float]) -> None:
+        self.horizon, self.shape = horizon, shape
+
+    def __call__(self, t: float) -> float:
+        h = self.horizon
+        return self.shape(min(max(t - h.start, 0.0), h.span))
+
+    def final(self) -> float:
+        """The multiplier the curve leaves at its end (the limit from the left), for `chain`."""
+        return self(self.horizon.end)
+
+    def floor(self, t: float) -> float:
+        """An absolute lower bound on every group's lr (before warmup and lr scale)."""
+        return 0.0
+
+    def epoch_end(self, epoch: int, metric: float | None) -> None:
+        """Called after each epoch's validation; stateless curves ignore it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def _anneal(a: float, b: float, p: float, how: str) -> float:
+    """From a (p=0) to b (p=1), along a half cosine or a straight line."""
+    if how == "cos":
+        return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return a + (b - a) * p
+
+
+# Float times like 2.9999999 must count as epoch 3 when a schedule changes at epoch boundaries.
+EPS = 1e-9
+
+
+class Steps(Curve):
+    """Piecewise constant: multiplied by gamma at each boundary (epochs after the start)."""
+
+    def __init__(self, h: Horizon, boundaries: list[float], gamma: float) -> None:
+        super().__init__(h, lambda u: gamma ** sum(u + EPS >= b for b in boundaries))
+        self.boundaries, self.gamma = boundaries, gamma
+
+    def final(self) -> float:
+        # A drop that falls exactly on the end belongs to whatever comes next, not to this curve.
+        return self.gamma ** sum(b < self.horizon.span - EPS for b in self.boundaries)
+
+
+@SCHEDULERS.register("constant")
+def constant(h: Horizon, /) -> Curve:
+    """The base lr throughout (after any warmup)."""
+    return Curve(h, lambda u: 1.0)
+
+
+@SCHEDULERS.register("step")
+def step(h: Horizon, /, *, step_size: int = 30, gamma: float = 0.1) -> Curve:
+    """Multiply the lr by gamma every step_size epochs."""
+    require(step_size >= 1, f"{h.key}.step_size", f"must be a whole number of epochs >= 1, got {step_size}.")
+    require(gamma > 0, f"{h.key}.gamma", f"must be > 0, got {gamma}; 0.1 divides the lr by 10 at every step.")
+    return Steps(h, [k * step_size for k in range(1, int(h.span // step_size) + 1)], gamma)
+
+
+@SCHEDULERS.register("multistep")
+def multistep(h: Horizon, /, *, milestones: list[int] = [30, 60, 90], gamma: float = 0.1) -> Curve:  # noqa: B006
+    """Multiply the lr by gamma at each milestone epoch (counted from the schedule's start)."""
+    require(all(b > a for a, b in zip(milestones, milestones[1:])) and all(m >= 1 for m in milestones),
+             f"{h.key}.milestones", f"must be increasing epochs >= 1, got {milestones}.")
+    require(gamma > 0, f"{h.key}.gamma", f"must be > 0, got {gamma}.")
+    return Steps(h, [float(m) for m in milestones], gamma)
+
+
+@SCHEDULERS.register("exponential")
+def exponential(h: Horizon, /, *, gamma: float = 0.95) -> Curve:
+    """Multiply the lr by gamma per epoch, continuously (gamma ** epochs)."""
+    require(gamma > 0, f"{h.key}.gamma", f"must be > 0, got {gamma}.")
+    return Curve(h, lambda u: gamma**u)
+
+
+@SCHEDULERS.register("cosine")
+def cosine(h: Horizon, /, *, min_factor: float = 0.0) -> Curve:
+    """Half cosine from the base lr down to min_factor x base lr at the end of training."""
+    require(0.0 <= min_factor <= 1.0, f"{h.key}.min_factor",
+             f"is the final lr as a fraction of the base lr and must be in [0, 1], got {min_factor}.")
+    return Curve(h, lambda u: _anneal(1.0, min_factor, u / h.span, "cos"))
+
+
+@SCHEDULERS.register("linear")
+def linear(h: Horizon, /, *, start_factor: float = 1.0, end_factor: float = 0.0) -> Curve:
+    """Straight line from start_factor x base lr to end_factor x base lr over the run."""
+    for name, v in (("start_factor", start_factor), ("end_factor", end_factor)):
+        require(v >= 0, f"{h.key}.{name}", f"must be >= 0, got {v}.")
+    return Curve(h, lambda u: _anneal(start_factor, end_factor, u / h.span, "linear"))
+
+
+@SCHEDULERS.register("onecycle")
+def onecycle(h: Horizon, /, *, pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4,
+             anneal: Literal["cos", "linear"] = "cos") -> Curve:
+    """One cycle (Smith): from lr/div_factor up to the configured lr (the peak) at pct_start of
+    the run, then down to lr/(div_factor*final_div_factor). Momentum is not cycled."""
+    require(0.0 < pct_start < 1.0, f"{h.key}.pct_start", f"must be in (0, 1), got {pct_start}.")
+    require(div_factor >= 1, f"{h.key}.div_factor", f"must be >= 1, got {div_factor}.")
+    require(final_div_factor >= 1, f"{h.key}.final_div_factor", f"must be >= 1, got {final_div_factor}.")
+    first, last, peak = 1.0 / div_factor, 1.0 / (div_factor * final_div_factor), pct_start * h.span
+
+    def shape(u: float) -> float:
+        if u <= peak:
+            return _anneal(first, 1.0, u / peak, anneal)
+        return _anneal(1.0, last, (u - peak) / (h.span - peak), anneal)
+
+    return Curve(h, shape)
+
+
+class Plateau(Curve):
+    """ReduceLROnPlateau's rule on the monitored metric, kept as a multiplier.
+
+    Hand-written because torch's class writes the optimizer's lr itself; the
+    decision rule (threshold modes, patience, cooldown) is torch's, and the tests
+    replay a metric sequence through both.
+    """
+
+    def __init__(self, h: Horizon, *, factor: float, patience: int, threshold: float,
+                 threshold_mode: str, cooldown: int, min_lr: float) -> None:
+        super().__init__(h, lambda u: 1.0)
+        self.factor, self.patience, self.threshold = factor, patience, threshold
+        self.threshold_mode, self.cooldown, self.min_lr = threshold_mode, cooldown, min_lr
+        self.best = -math.inf if h.monitor_mode == "max" else math.inf
+        self.bad_epochs = 0
+        self.cooldown_left = 0
+        self.reductions = 0
+
+    def __call__(self, t: float) -> float:
+        return self.factor**self.reductions
+
+    def floor(self, t: float) -> float:
+        return self.min_lr
+
+    def _is_better(self, value: float) -> bool:
+        rel = self.threshold_mode == "rel"
+        if self.horizon.monitor_mode == "max":
+            return value > (self.best * (1 + self.threshold) if rel else self.best + self.threshold)
+        return value < (self.best * (1 - self.threshold) if rel else self.best - self.threshold)
+
+    def epoch_end(self, epoch: int, metric: float | None) -> None:
+        if metric is None or math.isnan(metric):
+            return  # no validation this epoch: nothing to judge
+        if self._is_better(metric):
+            self.best, self.bad_epochs = float(metric), 0
+        else:
+            self.bad_epochs += 1
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.bad_epochs = 0
+        if self.bad_epochs > self.patience:
+            self.reductions += 1
+            self.cooldown_left, self.bad_epochs = self.cooldown, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "cooldown_left": self.cooldown_left,
+                "reductions": self.reductions}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+        self.cooldown_left, self.reductions = int(state["cooldown_left"]), int(state["reductions"])
+
+
+@SCHEDULERS.register("plateau")
+def plateau(h: Horizon, /, *, factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
+            threshold_mode: Literal["rel", "abs"] = "rel", cooldown: int = 0, min_lr: float = 0.0) -> Curve:
+    """Multiply the lr by factor when the monitored metric stops improving for patience epochs."""
+    require(0.0 < factor < 1.0, f"{h.key}.factor", f"must be in (0, 1), got {factor}.")
+    for name, v in (("patience", patience), ("cooldown", cooldown), ("threshold", threshold), ("min_lr", min_lr)):
+        require(v >= 0, f"{h.key}.{name}", f"must be >= 0, got {v}.")
+    return Plateau(h, factor=factor, patience=patience, threshold=threshold, threshold_mode=threshold_mode,
+                   cooldown=cooldown, min_lr=min_lr)
