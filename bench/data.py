@@ -63,11 +63,12 @@ def baseline_loader(x_nchw: torch.Tensor, y: torch.Tensor, device: torch.device)
 
 def trainpipe_loaders(x: torch.Tensor, y: torch.Tensor, x_sub: torch.Tensor, y_sub: torch.Tensor,
                       device: torch.device) -> dict[str, Any]:
+    from trainpipe.config import augment_specs
     from trainpipe.data.augment import build_pipeline, stream_transform
     from trainpipe.data.base import Split
     from trainpipe.data.loaders import DeviceLoader, StreamLoader
 
-    ops = build_pipeline([{"name": "random_crop", "padding": 4, "padding_mode": "reflect"}, "hflip"])
+    ops = build_pipeline(augment_specs([{"name": "random_crop", "padding": 4, "padding_mode": "reflect"}, "hflip"]))
     common = dict(batch_size=BATCH, device=device, mean=MEAN, std=STD, shuffle=True, seed=0)
     return {
         "device": DeviceLoader(Split(x, y), ops=ops, **common),

@@ -43,9 +43,16 @@ def test_duplicate_registration_is_refused() -> None:
 def test_fallback_resolves_unlisted_names() -> None:
     from trainpipe.registry import Entry
 
-    reg = Registry("widget", fallback=lambda n: Entry(n, lambda: n.upper(), "dynamic") if n.startswith("x") else None)
+    reg = Registry("widget")
+
+    @reg.register_fallback(names=lambda: ["xylophone", "yodel"], hint="Any name starting with x works too.")
+    def resolve(n: str) -> Entry | None:
+        return Entry(n, lambda: n.upper(), "dynamic") if n.startswith("x") else None
+
     assert reg.build("xyz") == "XYZ"
     assert "xyz" in reg and "abc" not in reg
+    with pytest.raises(ConfigError, match=r"unknown widget 'yodl'; did you mean yodel\?.*starting with x"):
+        reg.get("yodl")
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

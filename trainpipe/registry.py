@@ -3,7 +3,7 @@
 A component is a plain function registered under a name. Its positional-only
 parameters are *context* the framework passes (the data spec, the parameters to
 optimise, ...); its keyword-only parameters are the options a config may set.
-That single rule lets `config.py` validate a section against the function's
+That single rule lets `trainpipe.config` validate a section against the function's
 signature and `trainpipe list` describe every entry without extra metadata.
 
     MODELS = Registry("model", module="trainpipe.models")
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,24 +43,23 @@ class Entry:
 
 
 class Registry:
-    """Name -> builder function, for one family of components."""
+    """Name -> builder function, for one family of components.
 
-    def __init__(
-        self,
-        family: str,
-        *,
-        module: str | None = None,
-        fallback: Callable[[str], Entry | None] | None = None,
-    ) -> None:
+    Every family is filled the same way: its package (`module`) and every module in it
+    are imported the first time a name is looked up, and each entry registers itself with
+    `@REGISTRY.register("name")`. A family that also accepts names it does not list (any
+    torchvision transform, any timm optimizer) registers one resolver for them with
+    `@REGISTRY.register_fallback(...)`. Adding a component is one new module or function.
+    """
+
+    def __init__(self, family: str, *, module: str | None = None) -> None:
         self.family = family
         self._module = module
         self._entries: dict[str, Entry] = {}
         self._loaded = module is None
-        # A fallback resolves names the registry does not hold itself, such as any
-        # torchvision transform class or any timm optimizer, without listing them all.
-        self.fallback = fallback
-        # Names the fallback resolves, offered as "did you mean" suggestions only.
-        self.fallback_names: Callable[[], list[str]] = lambda: []
+        self._fallback: Callable[[str], Entry | None] | None = None
+        self._fallback_names: Callable[[], Iterable[str]] = lambda: ()
+        self._fallback_hint = ""
 
     def register(self, name: str, description: str | None = None) -> Callable[[Callable], Callable]:
         def deco(fn: Callable) -> Callable:
@@ -73,10 +73,25 @@ class Registry:
 
         return deco
 
+    def register_fallback(
+        self, *, names: Callable[[], Iterable[str]], hint: str
+    ) -> Callable[[Callable[[str], Entry | None]], Callable[[str], Entry | None]]:
+        """Register `resolve(name) -> Entry | None` for the names this family accepts without
+        listing them; `names()` offers them as did-you-mean suggestions and `hint` tells users
+        where they come from (it ends the unknown-name message)."""
+
+        def deco(resolve: Callable[[str], Entry | None]) -> Callable[[str], Entry | None]:
+            self._fallback, self._fallback_names, self._fallback_hint = resolve, names, hint
+            return resolve
+
+        return deco
+
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self._loaded = True
-            importlib.import_module(self._module)  # registers the built-in entries
+            package = importlib.import_module(self._module)
+            for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+                importlib.import_module(f"{self._module}.{info.name}")
 
     def __contains__(self, name: str) -> bool:
         return self.find(name) is not None
@@ -84,19 +99,21 @@ class Registry:
     def find(self, name: str) -> Entry | None:
         self._ensure_loaded()
         entry = self._entries.get(name)
-        if entry is None and self.fallback is not None:
-            entry = self.fallback(name)
+        if entry is None and self._fallback is not None:
+            entry = self._fallback(name)
         return entry
 
     def get(self, name: str, *, key: str | None = None) -> Entry:
-        """The entry for `name`; a ConfigError listing the choices when unknown."""
+        """The entry for `name`; a ConfigError listing the choices when unknown (the one
+        unknown-name message of every family)."""
         entry = self.find(name)
         if entry is None:
             where = f"{key}: " if key else ""
-            hint = did_you_mean(name, self.names() + list(self.fallback_names()))
+            hint = did_you_mean(name, self.names() + list(self._fallback_names()))
+            more = f" {self._fallback_hint}" if self._fallback_hint else ""
             raise ConfigError(
                 f"{where}unknown {self.family} {name!r}{hint or '.'} "
-                f"Valid {self.family} names: {', '.join(self.names())}. "
+                f"Valid {self.family} names: {', '.join(self.names())}.{more} "
                 f"Run `trainpipe list {self.family}` to see what each one does."
             )
         return entry

@@ -24,7 +24,7 @@ def test_overrides_parse_yaml_values() -> None:
                       "train.ema.decay=0.99", "name=abc"])
     assert cfg.optim.lr == 0.1 and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 3
-    assert cfg.data.augment == ["hflip"]
+    assert cfg.data.augment == [{"name": "hflip", "p": 0.5}]  # every option resolved
     assert cfg.optim.options()["nesterov"] is False
     assert cfg.train.ema is not None and cfg.train.ema.decay == 0.99
     assert cfg.name == "abc"

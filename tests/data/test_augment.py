@@ -10,6 +10,7 @@ from scipy import stats
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from trainpipe.config import MixConfig, augment_specs, validate
 from trainpipe.data.augment import AugmentOp, apply_batch, build_pipeline, stream_transform
 from trainpipe.data.augment.kernels import adjust_colors, perspective_grids, warp
 from trainpipe.data.augment.mix import build_mix, sample_beta
@@ -29,7 +30,7 @@ def images(b: int, c: int = 3, h: int = 16, w: int = 16, seed: int = 0, device: 
 
 
 def one(spec) -> AugmentOp:
-    (op,) = build_pipeline([spec])
+    (op,) = build_pipeline(augment_specs([spec]))
     return op
 
 
@@ -380,7 +381,7 @@ def test_spec_forms_build_the_same_op() -> None:
 
 
 def test_apply_batch_runs_ops_in_order_and_stream_transform_composes_them() -> None:
-    ops = build_pipeline(["hflip", {"random_crop": {"padding": 2}}, {"color_jitter": {"brightness": 0.3}}])
+    ops = build_pipeline(augment_specs(["hflip", {"random_crop": {"padding": 2}}, {"color_jitter": {"brightness": 0.3}}]))
     x = images(8)
     g1, g2 = gen(6), gen(6)
     expected = x
@@ -394,7 +395,7 @@ def test_apply_batch_runs_ops_in_order_and_stream_transform_composes_them() -> N
 
 
 def test_any_torchvision_v2_class_works_by_name_in_the_stream_form() -> None:
-    ops = build_pipeline(["RandAugment", {"TrivialAugmentWide": {"num_magnitude_bins": 11}}])
+    ops = build_pipeline(augment_specs(["RandAugment", {"TrivialAugmentWide": {"num_magnitude_bins": 11}}]))
     assert [op.has_batched for op in ops] == [False, False]
     assert isinstance(ops[0].transform(), v2.RandAugment)
     assert ops[1].transform().num_magnitude_bins == 11
@@ -407,31 +408,31 @@ def test_any_torchvision_v2_class_works_by_name_in_the_stream_form() -> None:
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ({"random_crop": {"padding": -1}}, ["padding must be >= 0"]),
+        ({"random_crop": {"padding": -1}}, ["padding", "greater than or equal to 0"]),
         ({"random_crop": {"padding": "four"}}, ["padding", "integer"]),
         ({"random_crop": {"padding_mode": "mirror"}}, ["padding_mode", "reflect"]),
-        ({"rotation": {"degree": 10}}, ["'degree'", "did you mean degrees"]),
+        ({"rotation": {"degree": 10}}, ["degree: unknown key", "did you mean data.augment[1].degrees"]),
         ({"name": "random_erasing", "scale": [0.5, 0.1]}, ["scale", "min <= max"]),
         ({"random_erasing": {"ratio": [0, 1]}}, ["ratio"]),
-        ({"hflip": {"p": 1.5}}, ["p must be a probability"]),
-        ({"gaussian_blur": {"kernel_size": 4}}, ["kernel_size must be odd"]),
+        ({"hflip": {"p": 1.5}}, ["p: input should be less than or equal to 1"]),
+        ({"gaussian_blur": {"kernel_size": 4}}, ["kernel_size: must be odd"]),
         ({"gaussian_blur": {"sigma": [2.0, 1.0]}}, ["sigma"]),
         ({"color_jitter": {"hue": 0.7}}, ["hue", "[-0.5, 0.5]"]),
-        ({"color_jitter": {"brightness": -0.1}}, ["brightness must be >= 0"]),
-        ({"cutout": {"size": 0}}, ["size must be a positive"]),
+        ({"color_jitter": {"brightness": -0.1}}, ["brightness: must be >= 0"]),
+        ({"cutout": {"size": 0}}, ["size: input should be greater than 0"]),
         ({"perspective": {"distortion_scale": 2}}, ["distortion_scale"]),
         ({"translate": {"fraction": 1.5}}, ["fraction"]),
         ({"RandAugment": {"num_op": 2}}, ["num_op", "did you mean num_ops"]),
         ({"RandomResizedCrop": {"size": 32, "scale": "big"}}, ["RandomResizedCrop rejected"]),
         ({"MixUp": {"alpha": 0.2}}, ["data.mix"]),
-        ("hfip", ["unknown augmentation 'hfip'", "did you mean hflip"]),
+        ("hfip", ["unknown augment 'hfip'", "did you mean hflip"]),
         ("RandAugmnt", ["did you mean RandAugment"]),
         (["hflip"], ["expected an augmentation"]),
     ],
 )
 def test_bad_arguments_raise_config_error_naming_the_list_entry(spec, words: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
-        build_pipeline(["hflip", spec])
+        build_pipeline(augment_specs(["hflip", spec]))
     message = str(info.value)
     assert message.startswith("data.augment[1]")
     for word in words:
@@ -440,8 +441,8 @@ def test_bad_arguments_raise_config_error_naming_the_list_entry(spec, words: lis
 
 
 def test_error_key_follows_the_given_config_key() -> None:
-    with pytest.raises(ConfigError, match=r"^aug\.train\[0\] \(hflip\)"):
-        build_pipeline([{"hflip": {"p": -1}}], key="aug.train")
+    with pytest.raises(ConfigError, match=r"^aug\.train\[0\]\.p: "):
+        build_pipeline(augment_specs([{"hflip": {"p": -1}}], key="aug.train"))
 
 
 # ---------------------------------------------------------------- mixing
@@ -463,7 +464,7 @@ def test_beta_sampler_follows_the_beta_distribution() -> None:
     ],
 )
 def test_mixed_targets_are_distributions_over_the_two_labels(cfg: dict) -> None:
-    mix = build_mix(cfg, 10)
+    mix = build_mix(MixConfig(**cfg), 10)
     x, y = images(16), torch.randint(0, 10, (16,), generator=gen())
     for seed in range(5):
         mixed, target = mix(x, y, gen(seed))
@@ -477,7 +478,7 @@ def test_mixed_targets_are_distributions_over_the_two_labels(cfg: dict) -> None:
 
 
 def test_mixup_lambda_follows_its_beta_distribution_one_per_batch() -> None:
-    mix = build_mix({"mixup_alpha": 1.0}, 2)
+    mix = build_mix(MixConfig(**{"mixup_alpha": 1.0}), 2)
     x, y = images(2, 1, 2, 2), torch.tensor([0, 1])
     g = gen(30)
     lams = []
@@ -492,7 +493,7 @@ def test_mixup_lambda_follows_its_beta_distribution_one_per_batch() -> None:
 
 def test_mixup_lambda_per_sample_in_elem_mode() -> None:
     b = 2000
-    mix = build_mix({"mixup_alpha": 0.4, "mode": "elem"}, 2)
+    mix = build_mix(MixConfig(**{"mixup_alpha": 0.4, "mode": "elem"}), 2)
     x, y = images(b, 1, 2, 2), torch.arange(b) % 2  # sample i and its partner b-1-i differ
     mixed, target = mix(x, y, gen(31))
     lam = target[torch.arange(b), y]
@@ -502,7 +503,7 @@ def test_mixup_lambda_per_sample_in_elem_mode() -> None:
 
 def test_cutmix_lambda_equals_the_kept_area() -> None:
     b, h, w = 400, 12, 10
-    mix = build_mix({"cutmix_alpha": 1.0, "mode": "elem"}, 2)
+    mix = build_mix(MixConfig(**{"cutmix_alpha": 1.0, "mode": "elem"}), 2)
     x = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 3, h, w).contiguous()
     y = torch.arange(b) % 2
     mixed, target = mix(x, y, gen(32))
@@ -516,7 +517,7 @@ def test_cutmix_lambda_equals_the_kept_area() -> None:
 
 def test_switch_prob_picks_cutmix_for_that_share_of_samples() -> None:
     b = 1000
-    mix = build_mix({"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "switch_prob": 0.3, "mode": "elem"}, 2)
+    mix = build_mix(MixConfig(**{"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "switch_prob": 0.3, "mode": "elem"}), 2)
     x = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, 8, 8).contiguous()
     mixed, _ = mix(x, torch.arange(b) % 2, gen(33))
     exact = ((mixed == x) | (mixed == x.flip(0))).flatten(1).all(1)
@@ -526,7 +527,7 @@ def test_switch_prob_picks_cutmix_for_that_share_of_samples() -> None:
 
 def test_mix_prob_leaves_that_share_unmixed_and_seeds_reproduce() -> None:
     b = 1000
-    mix = build_mix({"mixup_alpha": 1.0, "prob": 0.4, "mode": "elem"}, 2)
+    mix = build_mix(MixConfig(**{"mixup_alpha": 1.0, "prob": 0.4, "mode": "elem"}), 2)
     x, y = images(b, 1, 2, 2), torch.arange(b) % 2
     mixed, target = mix(x, y, gen(34))
     unmixed = target[torch.arange(b), y] == 1.0
@@ -540,14 +541,15 @@ def test_mix_prob_leaves_that_share_unmixed_and_seeds_reproduce() -> None:
 
 def test_mixing_off_and_bad_mix_options() -> None:
     assert build_mix(None, 10) is None
-    assert build_mix({}, 10) is None
-    assert build_mix({"mixup_alpha": 1.0, "prob": 0.0}, 10) is None
-    with pytest.raises(ConfigError, match=r"data\.mix\.mixup_alfa: unknown option; did you mean mixup_alpha"):
-        build_mix({"mixup_alfa": 1.0}, 10)
-    with pytest.raises(ConfigError, match=r"data\.mix\.cutmix_alpha = -1"):
-        build_mix({"cutmix_alpha": -1}, 10)
+    assert build_mix(MixConfig(**{}), 10) is None
+    assert build_mix(MixConfig(**{"mixup_alpha": 1.0, "prob": 0.0}), 10) is None
+    # Bad options are refused by the config, with the rest of it, before any data is read.
+    with pytest.raises(ConfigError, match=r"data\.mix\.mixup_alfa: unknown key; did you mean data\.mix\.mixup_alpha"):
+        validate({"data": {"mix": {"mixup_alfa": 1.0}}})
+    with pytest.raises(ConfigError, match=r"data\.mix\.cutmix_alpha: input should be greater than or equal to 0"):
+        validate({"data": {"mix": {"cutmix_alpha": -1}}})
     with pytest.raises(ConfigError, match=r"data\.mix\.mode"):
-        build_mix({"mixup_alpha": 1.0, "mode": "pair"}, 10)
+        validate({"data": {"mix": {"mixup_alpha": 1.0, "mode": "pair"}}})
 
 
 # ---------------------------------------------------------------- devices
@@ -555,8 +557,8 @@ def test_mixing_off_and_bad_mix_options() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_ops_and_mix_never_wait_on_the_host_on_cuda() -> None:
-    ops = build_pipeline([{name: opts} for name, opts in STRONG.items()])
-    mix = build_mix({"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mode": "elem"}, 10)
+    ops = build_pipeline(augment_specs([{name: opts} for name, opts in STRONG.items()]))
+    mix = build_mix(MixConfig(**{"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mode": "elem"}), 10)
     x = images(64, device="cuda")
     y = torch.randint(0, 10, (64,), device="cuda")
     g = gen(0, "cuda")
@@ -571,14 +573,11 @@ def test_batched_ops_and_mix_never_wait_on_the_host_on_cuda() -> None:
     assert out.device.type == "cuda" and torch.isfinite(mixed).all()
 
 
-def test_build_mix_takes_a_validated_config_section() -> None:
-    import pydantic
-
-    class Section(pydantic.BaseModel):  # the shape of the run config's data.mix section
-        mixup_alpha: float = 0.0
-        cutmix_alpha: float = 1.0
-        prob: float = 1.0
-        switch_prob: float = 0.5
-
-    mix = build_mix(Section(), 3)
-    assert mix is not None and mix.cfg.cutmix_alpha == 1.0 and mix.cfg.mixup_alpha == 0.0
+def test_the_config_mix_section_reaches_the_mixer_unchanged() -> None:
+    cfg = validate({"data": {"mix": {"cutmix_alpha": 1.0, "label_smoothing": 0.1, "mode": "elem"}}})
+    mix = build_mix(cfg.data.mix, 3)
+    assert mix is not None and mix.cfg is cfg.data.mix  # one schema: the mixer reads the config's section
+    assert (mix.cfg.mixup_alpha, mix.cfg.cutmix_alpha, mix.cfg.label_smoothing) == (0.0, 1.0, 0.1)
+    y = torch.tensor([0, 1, 2, 0])
+    _, target = mix(images(4), y, gen(0))
+    assert target.min() >= 0.1 / 3 - 1e-6  # label smoothing spreads 0.1 over the three classes

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from trainpipe.config import DataConfig
+from trainpipe.config import DataConfig, validate
 from trainpipe.data import build
 from trainpipe.data.base import Split
 from trainpipe.data.loaders import DeviceLoader, StreamLoader
@@ -186,7 +186,8 @@ def test_len_matches_iteration() -> None:
 
 # ------------------------------------------------------------------ choice in build()
 def cfg(**kw) -> DataConfig:
-    return DataConfig.model_validate({"dataset": "digits", "batch_size": 32, **kw})
+    # Through the config's validation, which checks and completes data.augment for the builders.
+    return validate({"data": {"dataset": "digits", "batch_size": 32, **kw}}).data
 
 
 def test_auto_picks_device_for_batched_ops() -> None:

@@ -66,9 +66,10 @@ def test_early_stopping_from_the_config_ends_the_run(tmp_path: Path) -> None:
     assert r.status == "completed" and r.summary["stop_reason"] == "early_stopping"
     assert r.summary["epochs_run"] == 3 and len(r.metrics) == 3
     last = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
-    assert last["callbacks"]["EarlyStopping"]["bad_epochs"] == 2 and last["state"]["epoch"] == 3
+    key = "EarlyStopping{monitor=train/loss, mode=max}"
+    assert last["callbacks"][key]["bad_epochs"] == 2 and last["state"]["epoch"] == 3
     # the weights left in memory are epoch 1's, kept by the callback
-    best = last["callbacks"]["EarlyStopping"]["best_weights"]
+    best = last["callbacks"][key]["best_weights"]
     for k, v in r.model.state_dict().items():
         assert torch.equal(v, best[k])
 
@@ -151,3 +152,33 @@ def test_rollback_gives_up_after_three(tmp_path: Path) -> None:
     assert r.summary["rollbacks"] == 3 and r.summary["lr_factor"] == 0.125
     assert [e["lr_factor"] for e in _history(tmp_path) if e["event"] == "rollback"] == [0.5, 0.25, 0.125]
     assert _weights_finite(tmp_path / "checkpoints" / "last.pt")
+
+
+def test_two_early_stoppings_keep_their_own_state_through_a_checkpoint() -> None:
+    """State is saved under each callback's state_key, so two instances of one class do not collide."""
+    x, y = blobs()
+    watch_loss = EarlyStopping("train/loss", "min", patience=50)
+    watch_acc = EarlyStopping("train/acc", "max", patience=50)
+    tr = make_trainer(mlp(), TensorLoader(x, y, 16), overrides=["train.epochs=2"],
+                      callbacks=[watch_loss, watch_acc])
+    tr.fit()
+    saved = tr.state_dict()["callbacks"]
+    assert set(saved) == {"EarlyStopping{monitor=train/loss, mode=min}", "EarlyStopping{monitor=train/acc, mode=max}"}
+    fresh_loss, fresh_acc = EarlyStopping("train/loss", "min", 50), EarlyStopping("train/acc", "max", 50)
+    other = make_trainer(mlp(), TensorLoader(x, y, 16), overrides=["train.epochs=2"],
+                         callbacks=[fresh_acc, fresh_loss])  # another order: still matched by key
+    other.load_state_dict(tr.state_dict())
+    assert (fresh_loss.best, fresh_acc.best) == (watch_loss.best, watch_acc.best)
+    assert fresh_loss.best != fresh_acc.best
+
+
+def test_resuming_an_early_stopped_run_with_more_epochs_starts_patience_over(tmp_path: Path) -> None:
+    r = trainpipe.train(None, TINY + ["train.epochs=6", "train.early_stopping={monitor: train/loss, mode: max, "
+                                      "patience: 2}"], output=tmp_path, quiet=True)
+    assert r.summary["stop_reason"] == "early_stopping" and r.summary["epochs_run"] == 3
+    # train/loss "improving" under mode max never happens here, so each resumed epoch is bad:
+    # with patience started over the run goes exactly 2 more epochs.
+    from trainpipe.run.resume import resume
+
+    r2 = resume(tmp_path, ["train.epochs=10"], quiet=True)
+    assert r2.summary["stop_reason"] == "early_stopping" and r2.summary["epochs_run"] == 5

@@ -3,11 +3,14 @@ from __future__ import annotations
 import copy
 import math
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from trainpipe import optim
+from trainpipe.config import load as load_config
 from trainpipe.errors import ConfigError
 from trainpipe.optim.muon import KernelMuon, OptimizerSet
 from trainpipe.optim.sam import SAM
@@ -306,8 +309,15 @@ def test_unknown_optimizer_suggests_ours_and_timms() -> None:
     ],
 )
 def test_bad_options_raise_config_error(name: str, options: dict, pattern: str) -> None:
+    """Our own optimizers' options are refused by the config, before any data is read; what only
+    the optimizer's constructor can judge (torch's or timm's own checks) is refused when it is built."""
+    try:
+        cfg = load_config(None, {"optim.name": name, **{f"optim.{k}": v for k, v in options.items()}})
+    except ConfigError as e:
+        assert re.search(pattern, str(e)), str(e)
+        return
     with pytest.raises(ConfigError, match=pattern):
-        optim.build(name, options, TinyNet(), lr=0.1)
+        optim.build(name, cfg.optim.options(), TinyNet(), lr=0.1)
 
 
 def test_timm_optimizers_resolve_by_name_with_their_options() -> None:

@@ -59,7 +59,7 @@ def test_one_run_report(runs: dict[str, trainpipe.RunResult]) -> None:
     summary = section(md, "Summary")
     assert f"| test/acc | {pct(s['test/acc'])} |" in summary
     assert f"| best/val/acc | {pct(s['best/val/acc'])} |" in summary
-    assert f"| epochs_run | 2 |" in summary
+    assert "| epochs_run | 2 |" in summary
 
     config = section(md, "Config: what differs from the defaults")
     assert "| `train.epochs` | 2 | 20 |" in config
@@ -125,8 +125,8 @@ def test_several_runs_side_by_side(runs: dict[str, trainpipe.RunResult], tmp_pat
     seeds = section(md, "Mean over seeds")
     a, b = runs["a"].summary["test/acc"], runs["b"].summary["test/acc"]
     mean, sd = np.mean([a, b]), np.std([a, b], ddof=1)
-    assert f"| 0.05 | 2 |" in seeds and f"{100 * mean:.2f} ± {100 * sd:.2f}%" in seeds
-    assert f"| 0.02 | 1 |" in seeds
+    assert "| 0.05 | 2 |" in seeds and f"{100 * mean:.2f} ± {100 * sd:.2f}%" in seeds
+    assert "| 0.02 | 1 |" in seeds
     assert_self_contained((tmp_path / "report" / "report.html").read_text(), 1)
 
 

@@ -14,6 +14,7 @@ import trainpipe
 from trainpipe.run.console import ConsoleReport, ProgressBar
 from trainpipe.run.resume import resume
 from trainpipe.track import draw_curves, read_metrics
+from trainpipe.track.plots import curve_points
 
 TINY = ["model.width=8", "train.device=cpu"]
 
@@ -30,8 +31,34 @@ def test_curves_png_is_a_valid_image_of_the_run(tmp_path: Path) -> None:
 
 
 def test_curves_skip_non_finite_values(tmp_path: Path) -> None:
-    history = [{"epoch": 1, "train/loss": 2.0, "lr": 0.1}, {"epoch": 2, "train/loss": float("nan"), "lr": 0.05}]
-    assert draw_curves(history, tmp_path / "c.png").stat().st_size > 1000
+    history = [{"epoch": 1, "train/loss": 2.0, "lr": 0.1}, {"epoch": 2, "train/loss": float("nan"), "lr": 0.05},
+               {"epoch": 3, "train/loss": float("inf"), "lr": 0.01}, {"epoch": 4, "lr": 0.001}]
+    assert curve_points(history, "train/loss") == [(1, 2.0)]
+    assert curve_points(history, "lr") == [(1, 0.1), (2, 0.05), (3, 0.01), (4, 0.001)]
+    with Image.open(draw_curves(history, tmp_path / "c.png")) as im:
+        assert im.format == "PNG"
+
+
+def test_trackers_chosen_by_name(tmp_path: Path) -> None:
+    trainpipe.train(None, TINY + ["train.epochs=1", "tracking.trackers=[tensorboard]", "tracking.plots=false"],
+                    output=tmp_path, quiet=True)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*")) and (tmp_path / "metrics.jsonl").is_file()
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_unknown_tracker_name_is_refused_with_the_choices() -> None:
+    from trainpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tracking\.trackers\[1\]: unknown tracker 'tensorbord'; "
+                                          r"did you mean tensorboard\?.*jsonl, plots, tensorboard, wandb"):
+        trainpipe.load_config(None, ["tracking.trackers=[plots, tensorbord]"])
+
+
+def test_old_switches_and_the_list_name_the_same_trackers() -> None:
+    old = trainpipe.load_config(None, ["tracking.tensorboard=true", "tracking.wandb={mode: offline}"])
+    new = trainpipe.load_config(None, ["tracking.trackers=[tensorboard, wandb]"])
+    assert old.tracking.enabled() == ["jsonl", "tensorboard", "wandb", "plots"]
+    assert new.tracking.enabled() == ["jsonl", "tensorboard", "wandb", "plots"]
 
 
 def test_no_curves_when_plots_are_off(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ This package is the only place values are checked: everything downstream trusts 
 from trainpipe.config.load import (
     PACKAGED_CONFIGS,
     apply_overrides,
+    augment_specs,
     load,
     options_model,
     parse_overrides,
@@ -35,6 +36,6 @@ from trainpipe.config.schema import (
 __all__ = [
     "COMPONENT_SECTIONS", "PACKAGED_CONFIGS", "CheckpointConfig", "ComponentSection", "DataConfig",
     "EarlyStoppingConfig", "EmaConfig", "MixConfig", "ModelConfig", "OptimConfig", "RunConfig", "SchedConfig",
-    "TrackingConfig", "TrainConfig", "WandbConfig", "apply_overrides", "load", "options_model", "parse_overrides",
+    "TrackingConfig", "TrainConfig", "WandbConfig", "apply_overrides", "augment_specs", "load", "options_model", "parse_overrides",
     "read_yaml", "resolve_config_path", "validate", "validate_options",
 ]

@@ -30,7 +30,7 @@ from trainpipe.config.schema import (
     SchedConfig,
 )
 from trainpipe.errors import ConfigError
-from trainpipe.registry import Entry
+from trainpipe.registry import AUGMENTS, OPTIMIZERS, SCHEDULERS, TRACKERS, Entry
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -87,8 +87,12 @@ def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[tuple[
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    return _apply_pairs(data, parse_overrides(overrides))
+
+
+def _apply_pairs(data: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = _deepcopy(data)
-    for key, value in parse_overrides(overrides):
+    for key, value in pairs:
         parts = key.split(".")
         node = out
         for i, part in enumerate(parts[:-1]):
@@ -124,15 +128,14 @@ def load(
         data = read_yaml(PACKAGED_CONFIGS / "quickstart.yaml")
     else:
         data = read_yaml(resolve_config_path(path))
-    data = apply_overrides(_drop_switched_options(data, overrides), overrides)
-    return validate(data)
+    pairs = parse_overrides(overrides)
+    return validate(_apply_pairs(_drop_switched_options(data, dict(pairs)), pairs))
 
 
-def _drop_switched_options(data: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+def _drop_switched_options(data: dict[str, Any], pairs: Mapping[str, Any]) -> dict[str, Any]:
     """When an override switches a component (`optim.name=adamw`), the config's options that
     belonged to the old component (`optim.momentum`) are dropped unless the new one takes them
     too, so that sweeps over `optim.name` or `model.name` work from any base config."""
-    pairs = dict(parse_overrides(overrides))
     out = _deepcopy(data)
     for section, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig), ("sched", SchedConfig)):
         name_key = f"{section}.{cls.name_field}"
@@ -165,7 +168,7 @@ def options_model(entry: Entry) -> type[BaseModel]:
     shim = type("_Options", (), {"__annotations__": {n: p.annotation for n, p in params.items()}})
     shim.__module__ = entry.fn.__module__
     try:
-        hints = typing.get_type_hints(shim)
+        hints = typing.get_type_hints(shim, include_extras=True)
     except Exception:
         hints = {}
     fields: dict[str, Any] = {}
@@ -195,19 +198,130 @@ def validate_options(
 
 
 def _complete_components(cfg: RunConfig) -> RunConfig:
-    updates = {}
+    """Every component's options checked against its registered entry and completed with its
+    defaults, so the resolved config says everything and the builders check nothing again."""
+    updates: dict[str, Any] = {}
     for section in COMPONENT_SECTIONS:
         sec: ComponentSection = getattr(cfg, section)
         entry = sec.registry.get(sec.component(), key=f"{section}.{sec.name_field}")
         opts = validate_options(entry, sec.options(), key=section, also_valid=list(type(sec).model_fields))
+        opts = _nested_components(section, entry.name, opts, cfg)
         base = sec.model_dump(mode="json", exclude=set(sec.options()))
+        if section == "data":
+            base["augment"] = augment_specs(cfg.data.augment)
         updates[section] = type(sec).model_validate({**base, **_json_ready(opts)})
-    from trainpipe.data.augment import build_pipeline
-
-    build_pipeline(cfg.data.augment, key="data.augment")  # bad ops fail now, not after data loading
     cfg = cfg.model_copy(update=updates)
     _cross_checks(cfg)
     return cfg
+
+
+def augment_specs(specs: Sequence[Any], *, key: str = "data.augment") -> list[dict[str, Any]]:
+    """A `data.augment` list, each entry checked and completed (see `_augment_spec`)."""
+    return [_augment_spec(spec, f"{key}[{i}]") for i, spec in enumerate(specs)]
+
+
+def _augment_spec(spec: Any, key: str) -> dict[str, Any]:
+    """One `data.augment` entry (a name, {name: op, **options} or {op: {options}}) as
+    {name: op, **every option}, checked against the op's registered signature."""
+    name, options = _parse_augment(spec, key)
+    entry = AUGMENTS.get(name, key=key)
+    if entry.accepts_any_option():
+        # A torchvision transform by name: its options are its constructor's, checked by
+        # constructing it once here.
+        try:
+            entry.fn(**options)
+        except ConfigError as e:
+            raise ConfigError(f"{key} ({name}): {getattr(e, 'detail', e)}") from None
+        return {"name": name, **options}
+    return {"name": name, **_json_ready(validate_options(entry, options, key=key))}
+
+
+def _parse_augment(spec: Any, key: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, Mapping):
+        if "name" in spec and isinstance(spec["name"], str):
+            return spec["name"], {k: v for k, v in spec.items() if k != "name"}
+        if len(spec) == 1:
+            (name, options), = spec.items()
+            if isinstance(name, str) and (options is None or isinstance(options, Mapping)):
+                return name, dict(options or {})
+    raise ConfigError(
+        f"{key}: expected an augmentation as a name (hflip), a mapping with a name "
+        f"({{name: random_crop, padding: 4}}) or a one-key mapping ({{random_crop: {{padding: 4}}}}), "
+        f"got {spec!r}."
+    )
+
+
+def _nested_components(section: str, name: str, opts: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """The two components that hold other components: SAM wraps a base optimizer, and a
+    chain lists schedules. Their members are checked like any component."""
+    if section == "optim" and name == "sam":
+        if opts["base"] == "sam":
+            raise ConfigError("optim.base: sam cannot wrap itself; name the optimizer it should wrap, "
+                              "e.g. optim.base=sgd.")
+        base = OPTIMIZERS.get(opts["base"], key="optim.base")
+        if not base.accepts_any_option():
+            opts["base_options"] = validate_options(base, opts.get("base_options") or {}, key="optim.base_options")
+    if section == "sched" and name == "chain":
+        opts["schedulers"] = check_chain(opts["schedulers"], cfg)
+    return opts
+
+
+def check_chain(members: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, Any]]:
+    """A chain's members, each checked against its schedule and completed; their hand-off
+    epochs must follow one another within the run (after any warmup in epochs)."""
+    if not members:
+        raise ConfigError("sched.schedulers: is empty; list the schedulers in order, e.g. "
+                          "[{name: onecycle, until_epoch: 15}, {name: plateau}].")
+    out, starts = [], []
+    for i, raw in enumerate(members):
+        key = f"sched.schedulers[{i}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{key}: expected a mapping such as {{name: cosine}}, got {raw!r}.")
+        opts = dict(raw)
+        name, start, until = opts.pop("name", None), opts.pop("start_epoch", None), opts.pop("until_epoch", None)
+        if name is None:
+            raise ConfigError(f"{key}.name: is missing; name the scheduler, e.g. name: cosine.")
+        if name == "chain":
+            raise ConfigError(f"{key}.name: a chain cannot hold another chain; list its members here instead.")
+        entry = SCHEDULERS.get(str(name), key=f"{key}.name")
+        for what, v in (("start_epoch", start), ("until_epoch", until)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                raise ConfigError(f"{key}.{what}: must be a whole epoch number, got {v!r}.")
+        member = {"name": name, **_json_ready(validate_options(entry, opts, key=key))}
+        if start is not None:
+            member["start_epoch"] = start
+        if until is not None:
+            member["until_epoch"] = until
+        out.append(member)
+        if i == 0:
+            if start is not None:
+                raise ConfigError(f"{key}.start_epoch: the first scheduler starts with the chain (epoch 0, or "
+                                  f"when warmup ends); remove start_epoch.")
+            starts.append(cfg.sched.warmup_epochs)
+            continue
+        before = out[i - 1].get("until_epoch")
+        if start is None and before is None:
+            raise ConfigError(f"{key}: says nowhere when it takes over; give it start_epoch: N, or give "
+                              f"schedulers[{i - 1}] until_epoch: N.")
+        if start is not None and before is not None and start != before:
+            raise ConfigError(f"{key}.start_epoch: is {start} but schedulers[{i - 1}].until_epoch is {before}; "
+                              f"they must agree (or keep one).")
+        s = start if start is not None else before
+        if s <= starts[-1]:
+            raise ConfigError(f"{key}.start_epoch: ({s}) must come after the previous scheduler's start "
+                              f"(epoch {starts[-1]:g}, after any warmup).")
+        if cfg.train.epochs and s >= cfg.train.epochs:
+            raise ConfigError(f"{key}.start_epoch: ({s}) must come before the end of training "
+                              f"(epoch {cfg.train.epochs}).")
+        starts.append(float(s))
+    last_until = out[-1].get("until_epoch")
+    if last_until is not None and cfg.train.epochs and not starts[-1] < last_until <= cfg.train.epochs:
+        raise ConfigError(f"sched.schedulers[{len(out) - 1}].until_epoch: ({last_until}) must be after its start "
+                          f"(epoch {starts[-1]:g}) and no later than the last epoch ({cfg.train.epochs}); "
+                          f"after it the lr holds its last value.")
+    return out
 
 
 def _json_ready(x: Any) -> Any:
@@ -223,6 +337,15 @@ def _json_ready(x: Any) -> Any:
 
 def _cross_checks(cfg: RunConfig) -> None:
     """Combinations of keys from different sections that cannot work together."""
+    s, epochs = cfg.sched, cfg.train.epochs
+    for i, name in enumerate(cfg.tracking.trackers):
+        TRACKERS.get(name, key=f"tracking.trackers[{i}]")
+    if s.warmup_epochs and s.warmup_steps:
+        raise ConfigError(f"sched.warmup_steps: set either sched.warmup_epochs ({s.warmup_epochs:g}) or "
+                          f"sched.warmup_steps ({s.warmup_steps}), not both.")
+    if epochs and s.warmup_epochs >= epochs:
+        raise ConfigError(f"sched.warmup_epochs: warmup ({s.warmup_epochs:g} epochs) must end before training "
+                          f"does ({epochs} epochs).")
     closure_optim = cfg.optim.name == "sam"
     if closure_optim and cfg.train.precision == "fp16":
         raise ConfigError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
 from trainpipe.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, Registry
 
@@ -46,6 +46,7 @@ class MixConfig(Section):
     prob: float = Field(1.0, ge=0, le=1)
     switch_prob: float = Field(0.5, ge=0, le=1)
     mode: Literal["batch", "elem"] = "batch"  # one lambda per batch (timm's default) or per sample
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the mixed targets; timm's Mixup defaults to 0.1
 
 
 class DataConfig(ComponentSection):
@@ -146,7 +147,7 @@ class TrainConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     deterministic: bool = False
     sync_bn: bool = False  # under DDP on GPUs: BatchNorm statistics over the global batch
-    batch_size_schedule: dict[int, int] | None = None
+    batch_size_schedule: dict[NonNegativeInt, PositiveInt] | None = None  # start epoch -> batch size
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     log_every: int = Field(20, ge=1)  # steps between progress-bar refreshes (each one syncs)
 
@@ -168,10 +169,21 @@ class WandbConfig(Section):
 
 
 class TrackingConfig(Section):
+    # Trackers by registered name (`trainpipe list tracker`); metrics.jsonl is always written.
+    trackers: list[str] = Field(default_factory=list)
+    # The switches configs used before `trackers`; each still turns its tracker on.
     tensorboard: bool = False
-    wandb: WandbConfig | None = None
+    wandb: WandbConfig | None = None  # W&B's options; the section alone also turns W&B on
     plots: bool = True
     progress: Literal["auto", "bar", "none"] = "auto"
+
+    def enabled(self) -> list[str]:
+        """The trackers of a run, in order: jsonl, then `trackers`, then the switches'."""
+        names = ["jsonl", *self.trackers]
+        names += ["tensorboard"] * self.tensorboard
+        names += ["wandb"] * (self.wandb is not None and self.wandb.mode != "disabled")
+        names += ["plots"] * self.plots
+        return list(dict.fromkeys(names))
 
 
 class RunConfig(Section):

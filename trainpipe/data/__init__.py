@@ -113,7 +113,7 @@ def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: 
     if cfg.mix is not None:
         from trainpipe.data.augment.mix import build_mix
 
-        mix = build_mix(cfg.mix.model_dump(), spec.num_classes)
+        mix = build_mix(cfg.mix, spec.num_classes)
 
     total = sum(s.nbytes for s in (train, val, test) if s is not None)
     kind, why = choose_loader(cfg.loader, ops, total, device)

@@ -1,12 +1,21 @@
 """Callbacks: a small hook set that observes the loop.
 
+Where each hook fires in `Trainer.fit` (loop/trainer.py):
+
+    on_fit_start                       after a resume's state is loaded
+    while epochs remain and no stop:
+        on_epoch_start                 before the epoch's first batch
+        train one epoch; validate; track the best value of train.monitor
+        on_epoch_end                   trainer.state.metrics holds the epoch's metrics
+        (the trainer's own non-finite policy runs here, after every callback)
+    finalize (test evaluation)
+    on_fit_end                         in a `finally`: also after an error or Ctrl-C
+
 Hooks do nothing by default. A callback that wants the run to end sets
-`trainer.state.should_stop = True` and `trainer.state.stop_reason`; it never
-breaks the loop itself. Callbacks with state implement `state_dict()` /
-`load_state_dict()` so that resume restores them too. They run in list order;
-the runner puts the checkpoint writer next to last, so it saves everyone's new
-state, and the NaN guard last, so that a rollback happens after every other
-callback has seen the diverged epoch.
+`trainer.state.should_stop = True` and `trainer.state.stop_reason`; it never breaks
+the loop itself. Callbacks with state implement `state_dict()` / `load_state_dict()`,
+saved in every checkpoint under their `state_key`, so that resume restores them too.
+Their order is one list, decided in `trainpipe.run.train.callbacks_for`.
 """
 
 from __future__ import annotations
@@ -30,6 +39,12 @@ class Callback:
     def on_epoch_end(self, trainer: "Trainer") -> None: ...
     def on_fit_end(self, trainer: "Trainer") -> None:
         """Runs in a `finally`: after a normal end, a stop, an error or Ctrl-C."""
+
+    @property
+    def state_key(self) -> str:
+        """Names this callback's state in a checkpoint: the class, plus (in subclasses) the
+        arguments that tell two instances of it apart, as Lightning's `Callback.state_key`."""
+        return type(self).__qualname__
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -57,6 +72,15 @@ class EarlyStopping(Callback):
         self.best_epoch: int | None = None
         self.bad_epochs = 0
         self._best_weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"EarlyStopping{{monitor={self.monitor}, mode={self.mode}}}"
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        # A run that stopped early and is resumed with more epochs starts its patience over.
+        if self.bad_epochs >= self.patience:
+            self.bad_epochs = 0
 
     def on_epoch_end(self, trainer: "Trainer") -> None:
         metrics = trainer.state.metrics

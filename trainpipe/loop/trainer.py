@@ -28,7 +28,6 @@ from trainpipe.config import RunConfig
 from trainpipe.loop.device import all_finite, autocast, is_better, resolve_precision
 from trainpipe.loop.ema import ModelEma
 from trainpipe.loop.rng import restore_rng
-from trainpipe.errors import ConfigError
 
 
 @dataclass
@@ -139,12 +138,6 @@ class Trainer:
         t = cfg.train
         self.amp_dtype = resolve_precision(t.precision, device,
                                            fp16_ok=not getattr(optimizer, "requires_closure", False))
-        if self.amp_dtype is torch.float16 and getattr(optimizer, "requires_closure", False):
-            raise ConfigError(
-                f"train.precision: fp16 cannot be combined with optim.name={cfg.optim.name}: its second "
-                f"forward/backward pass runs outside the GradScaler, so its gradients would stay scaled. "
-                f"Use train.precision=bf16 (no scaler needed) or fp32."
-            )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = ModelEma(model, t.ema.decay, t.ema.warmup) if t.ema is not None else None
         self.skip_nonfinite = t.on_nonfinite == "skip_step"
@@ -192,7 +185,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "state": self.state.state_dict(),
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -206,9 +199,12 @@ class Trainer:
         self.scaler.load_state_dict(d["scaler"])
         if self.ema is not None and d.get("ema") is not None:
             self.ema.load_state_dict(d["ema"])
+        saved = d.get("callbacks", {})
         for cb in self.callbacks:
-            if type(cb).__name__ in d.get("callbacks", {}):
-                cb.load_state_dict(d["callbacks"][type(cb).__name__])
+            # Checkpoints written before state keys were used name callbacks by their class.
+            state = saved.get(cb.state_key, saved.get(type(cb).__name__))
+            if state is not None:
+                cb.load_state_dict(state)
         self._pending_rng = d.get("rng")
         self.resumed = True
 

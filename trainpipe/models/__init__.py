@@ -21,8 +21,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from trainpipe.data.base import DataSpec
 from trainpipe.errors import ConfigError
 
-# Imported for their registrations.
-from trainpipe.models import cifar, lenet, mlp, small, speed, zoo  # noqa: F401
 from trainpipe.models.weights import load_weights
 from trainpipe.models.wrap import add_input_resize, freeze_backbone, head_modules, split_head_parameters
 from trainpipe.registry import MODELS

@@ -14,13 +14,14 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, PositiveFloat
 from torch import nn
 from torch.optim import Optimizer
 
-from trainpipe.errors import ConfigError, did_you_mean
+from trainpipe.errors import ConfigError
 from trainpipe.optim.muon import KernelMuon, OptimizerSet
 from trainpipe.optim.sam import SAM
 from trainpipe.registry import OPTIMIZERS, Entry
@@ -139,20 +140,17 @@ def rmsprop(param_groups: list[dict[str, Any]], /, *, alpha: float = 0.99, eps: 
 
 
 @OPTIMIZERS.register("sam")
-def sam(param_groups: list[dict[str, Any]], /, *, base: str = "sgd", rho: float = 0.05, adaptive: bool = False,
+def sam(param_groups: list[dict[str, Any]], /, *, base: str = "sgd", rho: PositiveFloat = 0.05, adaptive: bool = False,
         base_options: dict[str, Any] | None = None) -> Optimizer:
     """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM."""
-    if base == "sam":
-        raise ConfigError("optim.base: sam cannot wrap itself; name the optimizer it should wrap, e.g. optim.base=sgd.")
-    if rho <= 0:
-        raise ConfigError(f"optim.rho: SAM's neighbourhood size must be > 0, got {rho}; 0.05 is the usual value.")
-    entry = find_entry(base, key="optim.base")
-    opts = check_options(entry, base_options or {}, key="optim.base_options")
+    entry = OPTIMIZERS.get(base, key="optim.base")
+    opts = dict(base_options or {})  # checked against `base` with the config
     return SAM(param_groups, lambda groups: entry.fn(groups, **opts), rho=rho, adaptive=adaptive)
 
 
 @OPTIMIZERS.register("muon")
-def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
+def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, nesterov: bool = True,
+         ns_steps: Annotated[int, Field(ge=1, lt=100)] = 5,
          adjust_lr_fn: Literal["original", "match_rms_adamw", "spectral_unclamped"] = "match_rms_adamw",
          adamw_lr: float | None = None, adamw_betas: tuple[float, float] = (0.9, 0.999),
          adamw_eps: float = 1e-8) -> Optimizer:
@@ -162,8 +160,6 @@ def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, neste
     update as large as AdamW's, so one lr serves both; `adamw_lr` sets AdamW's
     apart (scaled by `backbone_lr_mult` like every other lr).
     """
-    if not 1 <= ns_steps < 100:
-        raise ConfigError(f"optim.ns_steps: Newton-Schulz steps must be in [1, 99], got {ns_steps}; 5 is usual.")
     if not hasattr(torch.optim, "Muon"):
         raise ConfigError(f"optim.name: muon needs torch.optim.Muon (torch >= 2.9), this is torch {torch.__version__}; "
                           "upgrade torch or choose another optimizer.")
@@ -193,6 +189,10 @@ def timm_names() -> tuple[str, ...]:
     return tuple(list_optimizers())
 
 
+@OPTIMIZERS.register_fallback(
+    names=timm_names,
+    hint="Any optimizer timm provides also works by its name (timm.optim.list_optimizers(): lion, lamb, lars, ...).",
+)
 def _timm_entry(name: str) -> Entry | None:
     """Any optimizer timm provides, with its keyword arguments passed through."""
     if name not in timm_names():
@@ -203,30 +203,6 @@ def _timm_entry(name: str) -> Entry | None:
         return create_optimizer_v2(param_groups, opt=name, **options)
 
     return Entry(name, build_timm, f"timm: {get_optimizer_info(name).description}")
-
-
-OPTIMIZERS.fallback = _timm_entry
-OPTIMIZERS.fallback_names = lambda: list(timm_names())
-
-
-def find_entry(name: str, *, key: str) -> Entry:
-    """The optimizer `name` (ours or timm's); a ConfigError with the closest name when unknown."""
-    entry = OPTIMIZERS.find(name)
-    if entry is None:
-        ours = OPTIMIZERS.names()
-        raise ConfigError(
-            f"{key}: unknown optimizer {name!r}{did_you_mean(name, ours + list(timm_names())) or '.'} "
-            f"Use one of {', '.join(ours)}, or any optimizer timm provides "
-            f"(timm.optim.list_optimizers(): lion, lamb, lars, adabelief, ...)."
-        )
-    return entry
-
-
-def check_options(entry: Entry, options: Mapping[str, Any], *, key: str) -> dict[str, Any]:
-    """`options` validated against `entry`'s signature (coerced, defaults filled in)."""
-    from trainpipe.config import validate_options
-
-    return validate_options(entry, options, key=key)
 
 
 # ------------------------------------------------------------------ front door
@@ -240,23 +216,25 @@ def build(
     decay_norm_and_bias: bool = False,
     backbone_lr_mult: float = 1.0,
 ) -> Optimizer:
-    """The optimizer `name` over `model`'s trainable parameters (see the module docstring)."""
-    for value, what in ((lr, "optim.lr"), (weight_decay, "optim.weight_decay"),
-                        (backbone_lr_mult, "optim.backbone_lr_mult")):
-        if not value >= 0:
-            raise ConfigError(f"{what}: must be >= 0, got {value}.")
-    entry = find_entry(name, key="optim.name")
-    opts = check_options(entry, options, key="optim")
+    """The optimizer `name` over `model`'s trainable parameters (see the module docstring).
+
+    `name` and `options` come from a validated config (`trainpipe.config.load` checked and
+    completed them); only timm's optimizers, whose options are their own, can still refuse
+    theirs here.
+    """
+    entry = OPTIMIZERS.get(name, key="optim.name")
     groups = param_groups(model, lr=lr, weight_decay=weight_decay, decay_norm_and_bias=decay_norm_and_bias,
                           backbone_lr_mult=backbone_lr_mult)
     if not groups:
         raise ConfigError("model: no parameter requires gradients, so there is nothing to optimise; "
                           "check model.freeze (a linear probe still trains the head).")
     try:
-        return entry.fn(groups, **opts)
+        return entry.fn(groups, **options)
     except (TypeError, ValueError) as e:
         if isinstance(e, TypeError) and not entry.accepts_any_option():
-            raise  # our own entries were validated above: a TypeError there is a bug
+            raise  # our own entries' options were validated with the config: this is a bug
+        # What only the constructor can judge (torch's and timm's own checks, e.g. Nesterov
+        # without momentum), with the key to fix.
         where = (f"timm.optim.get_optimizer_class({name!r}) lists the arguments it takes"
                  if entry.accepts_any_option() else f"`trainpipe list optimizer` shows {name}'s options")
         raise ConfigError(f"optim: {name} rejected its options ({e}). Fix the matching optim.* key; {where}.") from e

@@ -54,9 +54,6 @@ class ConsoleReport(Callback):
             return None
         return ProgressBar(cfg.train.epochs, lambda: data.train.batch_size)
 
-    def attach(self, trainer: "Trainer") -> None:
-        trainer.callbacks.insert(0, self)
-
     def on_epoch_end(self, trainer: "Trainer") -> None:
         if self.quiet:
             return

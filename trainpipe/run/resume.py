@@ -86,8 +86,6 @@ def resume(
     _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch)
     # A finished run continues only because the user asked for more: forget the old stop.
     st["should_stop"], st["stop_reason"] = False, None
-    if stopped_early and "EarlyStopping" in state.get("callbacks", {}):
-        state["callbacks"]["EarlyStopping"]["bad_epochs"] = 0  # patience starts over
     if not quiet and main:
         print(f"resuming {run_dir} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
     return execute(cfg, run_dir, quiet=quiet, resume_state=state, resume_path=path,

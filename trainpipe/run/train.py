@@ -24,7 +24,7 @@ import yaml
 from trainpipe.run import checkpoints as ckpt
 from trainpipe import config as config_mod
 from trainpipe.loop import distributed
-from trainpipe.loop.callbacks import Callback, EarlyStopping
+from trainpipe.loop.callbacks import BatchSizeSchedule, Callback, EarlyStopping
 from trainpipe.run.checkpoints import Checkpoint
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError
@@ -191,11 +191,7 @@ def execute(
         save_summary()
         out.start(cfg, run_dir, summary)
 
-        callbacks = build_callbacks(cfg, run_dir, write=main) + list(extra_callbacks)
-        if main:
-            callbacks.append(Checkpoint(run_dir / "checkpoints", every=cfg.train.checkpoint.every,
-                                        keep=cfg.train.checkpoint.keep, save_best=cfg.train.checkpoint.best,
-                                        config=cfg.to_dict()))
+        callbacks = callbacks_for(cfg, run_dir, main=main, console=out, extra=extra_callbacks)
         progress = out.progress(cfg, data)
         trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
                           progress=progress,
@@ -203,7 +199,6 @@ def execute(
                           on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
         if resume_state is not None:
             load_resume_state(trainer, resume_state, resume_path)
-        out.attach(trainer)
 
         def finalize(tr: Any) -> dict[str, Any]:
             distributed.barrier()  # rank 0 has written best.pt before any rank reads it
@@ -261,43 +256,34 @@ def _log_event(run_dir: Path, event: dict[str, Any], quiet: bool) -> None:
               f"({event['checkpoint']}), lr x{event['lr_factor']:g} (rollback {event['rollback']})", file=sys.stderr)
 
 
-def build_callbacks(cfg: RunConfig, run_dir: Path, *, write: bool = True) -> list[Callback]:
-    """The config's callbacks; `write=False` (DDP ranks other than 0) leaves out the trackers."""
+def callbacks_for(cfg: RunConfig, run_dir: Path, *, main: bool, console: Callback,
+                  extra: Sequence[Callback] = ()) -> list[Callback]:
+    """Every callback of a run, in the order their hooks run; the one place that order is decided.
+
+    The console prints an epoch's line first; the batch-size schedule sets the next epoch's
+    batch size before anything else starts it; early stopping judges the epoch before the
+    trackers log it (and its stop); the caller's callbacks see all of that; the checkpoint
+    writer comes last, so that it saves every other callback's new state. Ranks other than
+    0 under DDP (`main=False`) write nothing: no trackers, no checkpoints.
+    """
     from trainpipe.registry import TRACKERS
 
     t = cfg.train
-    cbs: list[Callback] = []
+    cbs: list[Callback] = [console]
     if t.batch_size_schedule:
-        from trainpipe.loop.callbacks import BatchSizeSchedule
-
         cbs.append(BatchSizeSchedule(cfg.data.batch_size, t.batch_size_schedule, t.lr_scaling))
     if t.early_stopping is not None:
         es = t.early_stopping
         cbs.append(EarlyStopping(es.monitor or t.monitor, es.mode or t.monitor_mode, es.patience,
                                  es.min_delta, es.restore_best))
-    if not write:
-        return cbs
-    cbs.append(TRACKERS.build("jsonl", run_dir))
-    for name in enabled_trackers(cfg):
-        cbs.append(TRACKERS.build(name, run_dir, cfg))
+    if main:
+        cbs += [TRACKERS.build(name, run_dir, cfg) for name in cfg.tracking.enabled()]
+    cbs += list(extra)
+    if main:
+        ck = t.checkpoint
+        cbs.append(Checkpoint(run_dir / "checkpoints", every=ck.every, keep=ck.keep, save_best=ck.best,
+                              config=cfg.to_dict()))
     return cbs
-
-
-def enabled_trackers(cfg: RunConfig) -> list[str]:
-    names = []
-    if cfg.tracking.tensorboard:
-        names.append("tensorboard")
-    if cfg.tracking.wandb is not None and cfg.tracking.wandb.mode != "disabled":
-        names.append("wandb")
-    if cfg.tracking.plots:
-        names.append("plots")
-    return [n for n in names if n in _tracker_names()]
-
-
-def _tracker_names() -> list[str]:
-    from trainpipe.registry import TRACKERS
-
-    return TRACKERS.names()
 
 
 def final_summary(trainer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:

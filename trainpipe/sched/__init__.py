@@ -31,7 +31,6 @@ from typing import Any, Literal
 from torch.optim import Optimizer
 
 from trainpipe.registry import SCHEDULERS
-from trainpipe.sched import chain  # noqa: F401  (registers `chain`)
 from trainpipe.sched.curves import Curve, Horizon, require
 
 
@@ -98,21 +97,16 @@ def build(
 ) -> Schedule:
     """The schedule `name` with `options` over `epochs`, after a linear warmup of
     `warmup_epochs` (or `warmup_steps`, converted with `steps_per_epoch`)."""
-    from trainpipe.optim import check_options
-
-    require(monitor_mode in ("max", "min"), "train.monitor_mode", f"must be max or min, got {monitor_mode!r}.")
+    # `name`, `options` and the warmup come from a validated config; what the config cannot
+    # know is the number of steps per epoch (the data's size), which warmup_steps depends on.
     require(steps_per_epoch >= 1, "data.batch_size", "leaves no training batch per epoch; lower the batch size.")
-    require(warmup_epochs >= 0 and warmup_steps >= 0, "sched.warmup_epochs",
-             "warmup_epochs and warmup_steps must be >= 0.")
-    require(not (warmup_epochs and warmup_steps), "sched.warmup_steps",
-             f"set either sched.warmup_epochs ({warmup_epochs}) or sched.warmup_steps ({warmup_steps}), not both.")
     warmup = warmup_epochs + warmup_steps / steps_per_epoch
     # A run with no epochs still builds (it only evaluates); give the curve a unit span.
     end = float(epochs) if epochs > 0 else warmup + 1.0
-    require(warmup < end, "sched.warmup_epochs" if warmup_epochs else "sched.warmup_steps",
-             f"warmup ({warmup:g} epochs) must end before training does ({epochs} epochs).")
+    require(warmup < end, "sched.warmup_steps",
+            f"warmup ({warmup_steps} steps = {warmup:g} epochs) must end before training does ({epochs} epochs).")
     entry = SCHEDULERS.get(name, key="sched.name")
-    opts = check_options(entry, options, key="sched")
+    opts = dict(options)
     horizon = Horizon(start=warmup, end=end, steps_per_epoch=steps_per_epoch, monitor_mode=monitor_mode)
     curve = entry.fn(horizon, **opts)
     return Schedule(optimizer, curve, warmup_epochs=warmup, steps_per_epoch=steps_per_epoch)

@@ -6,8 +6,6 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from trainpipe.errors import ConfigError
-from trainpipe.sched.curves import require
 
 def batch_size_at(epoch: int, base: int, schedule: Mapping[int, int] | None) -> int:
     """The batch size for `epoch` (0-based): the entry with the latest start epoch <= `epoch`,
@@ -16,8 +14,6 @@ def batch_size_at(epoch: int, base: int, schedule: Mapping[int, int] | None) -> 
         return base
     size = base
     for start, bs in sorted((int(k), int(v)) for k, v in schedule.items()):
-        require(start >= 0 and bs >= 1, "train.batch_size_schedule",
-                 f"maps start epochs (>= 0) to batch sizes (>= 1), got {start}: {bs}.")
         if start <= epoch:
             size = bs
     return size
@@ -31,6 +27,4 @@ def lr_scale_for(batch_size: int, base_batch_size: int, mode: Literal["none", "l
         return 1.0
     if mode == "linear":
         return ratio
-    if mode == "sqrt":
-        return math.sqrt(ratio)
-    raise ConfigError(f"train.lr_scaling: unknown mode {mode!r}; use none, linear or sqrt.")
+    return math.sqrt(ratio)  # sqrt

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from trainpipe.registry import SCHEDULERS
-from trainpipe.sched.curves import EPS, Curve, Horizon, require
+from trainpipe.sched.curves import EPS, Curve, Horizon
 
 
 class Chain(Curve):
@@ -56,59 +56,21 @@ class Chain(Curve):
             m.load_state_dict(s)
 
 
-def _epoch(value: Any, key: str) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    require(ok, key, f"must be a whole epoch number, got {value!r}.")
-    return value
-
-
 @SCHEDULERS.register("chain")
 def chain(h: Horizon, /, *, schedulers: list[dict[str, Any]]) -> Curve:
     """Schedules one after another, each from the epoch it takes over (start_epoch or the
-    previous one's until_epoch), continuing from the lr the previous one left."""
-    from trainpipe.optim import check_options
+    previous one's until_epoch), continuing from the lr the previous one left.
 
-    require(len(schedulers) > 0, f"{h.key}.schedulers",
-             "is empty; list the schedulers in order, e.g. [{name: onecycle, until_epoch: 15}, {name: plateau}].")
-    specs = []
-    for i, raw in enumerate(schedulers):
-        key = f"{h.key}.schedulers[{i}]"
-        opts = dict(raw)
-        name = opts.pop("name", None)
-        require(name is not None, f"{key}.name", "is missing; name the scheduler, e.g. name: cosine.")
-        require(name != "chain", f"{key}.name", "a chain cannot hold another chain; list its members here instead.")
-        entry = SCHEDULERS.get(str(name), key=f"{key}.name")
-        start = opts.pop("start_epoch", None)
-        until = opts.pop("until_epoch", None)
-        specs.append((key, entry, None if start is None else _epoch(start, f"{key}.start_epoch"),
-                      None if until is None else _epoch(until, f"{key}.until_epoch"), opts))
-
-    starts: list[float] = []
-    for i, (key, _, start, _, _) in enumerate(specs):
-        if i == 0:
-            require(start is None, f"{key}.start_epoch",
-                     "the first scheduler starts with the chain (epoch 0, or when warmup ends); remove start_epoch.")
-            starts.append(h.start)
-            continue
-        before = specs[i - 1][3]
-        require(start is not None or before is not None, key,
-                 f"says nowhere when it takes over; give it start_epoch: N, "
-                 f"or give schedulers[{i - 1}] until_epoch: N.")
-        require(start is None or before is None or start == before, f"{key}.start_epoch",
-                 f"is {start} but schedulers[{i - 1}].until_epoch is {before}; they must agree (or keep one).")
-        s = start if start is not None else before
-        require(s > starts[-1], f"{key}.start_epoch",
-                 f"({s}) must come after the previous scheduler's start (epoch {starts[-1]:g}, after any warmup).")
-        require(s < h.end, f"{key}.start_epoch", f"({s}) must come before the end of training (epoch {h.end:g}).")
-        starts.append(float(s))
-    last_until = specs[-1][3]
-    if last_until is not None:
-        require(starts[-1] < last_until <= h.end, f"{specs[-1][0]}.until_epoch",
-                 f"({last_until}) must be after its start (epoch {starts[-1]:g}) and no later than the last epoch "
-                 f"({h.end:g}); after it the lr holds its last value.")
+    The members come checked and completed by `trainpipe.config.load` (`check_chain`).
+    """
+    starts: list[float] = [h.start]
+    for before, member in zip(schedulers, schedulers[1:]):
+        starts.append(float(member.get("start_epoch", before.get("until_epoch"))))
+    last_until = schedulers[-1].get("until_epoch")
     ends = starts[1:] + [float(last_until) if last_until is not None else h.end]
-
     members = []
-    for (key, entry, _, _, opts), s, e in zip(specs, starts, ends):
-        members.append(entry.fn(replace(h, start=s, end=e, key=key), **check_options(entry, opts, key=key)))
+    for i, (member, s, e) in enumerate(zip(schedulers, starts, ends)):
+        opts = {k: v for k, v in member.items() if k not in ("name", "start_epoch", "until_epoch")}
+        entry = SCHEDULERS.get(member["name"])
+        members.append(entry.fn(replace(h, start=s, end=e, key=f"{h.key}.schedulers[{i}]"), **opts))
     return Chain(h, members)

@@ -8,6 +8,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trainpipe.config.types import (
+    AtLeastOne,
+    Fraction,
+    Milestones,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenFraction,
+    PositiveFloat,
+    PositiveInt,
+)
 from trainpipe.errors import ConfigError
 from trainpipe.registry import SCHEDULERS
 
@@ -94,53 +104,41 @@ def constant(h: Horizon, /) -> Curve:
 
 
 @SCHEDULERS.register("step")
-def step(h: Horizon, /, *, step_size: int = 30, gamma: float = 0.1) -> Curve:
+def step(h: Horizon, /, *, step_size: PositiveInt = 30, gamma: PositiveFloat = 0.1) -> Curve:
     """Multiply the lr by gamma every step_size epochs."""
-    require(step_size >= 1, f"{h.key}.step_size", f"must be a whole number of epochs >= 1, got {step_size}.")
-    require(gamma > 0, f"{h.key}.gamma", f"must be > 0, got {gamma}; 0.1 divides the lr by 10 at every step.")
     return Steps(h, [k * step_size for k in range(1, int(h.span // step_size) + 1)], gamma)
 
 
 @SCHEDULERS.register("multistep")
-def multistep(h: Horizon, /, *, milestones: list[int] = [30, 60, 90], gamma: float = 0.1) -> Curve:  # noqa: B006
+def multistep(h: Horizon, /, *, milestones: Milestones = [30, 60, 90], gamma: PositiveFloat = 0.1) -> Curve:  # noqa: B006
     """Multiply the lr by gamma at each milestone epoch (counted from the schedule's start)."""
-    require(all(b > a for a, b in zip(milestones, milestones[1:])) and all(m >= 1 for m in milestones),
-             f"{h.key}.milestones", f"must be increasing epochs >= 1, got {milestones}.")
-    require(gamma > 0, f"{h.key}.gamma", f"must be > 0, got {gamma}.")
     return Steps(h, [float(m) for m in milestones], gamma)
 
 
 @SCHEDULERS.register("exponential")
-def exponential(h: Horizon, /, *, gamma: float = 0.95) -> Curve:
+def exponential(h: Horizon, /, *, gamma: PositiveFloat = 0.95) -> Curve:
     """Multiply the lr by gamma per epoch, continuously (gamma ** epochs)."""
-    require(gamma > 0, f"{h.key}.gamma", f"must be > 0, got {gamma}.")
     return Curve(h, lambda u: gamma**u)
 
 
 @SCHEDULERS.register("cosine")
-def cosine(h: Horizon, /, *, min_factor: float = 0.0) -> Curve:
+def cosine(h: Horizon, /, *, min_factor: Fraction = 0.0) -> Curve:
     """Half cosine from the base lr down to min_factor x base lr at the end of training."""
-    require(0.0 <= min_factor <= 1.0, f"{h.key}.min_factor",
-             f"is the final lr as a fraction of the base lr and must be in [0, 1], got {min_factor}.")
     return Curve(h, lambda u: _anneal(1.0, min_factor, u / h.span, "cos"))
 
 
 @SCHEDULERS.register("linear")
-def linear(h: Horizon, /, *, start_factor: float = 1.0, end_factor: float = 0.0) -> Curve:
+def linear(h: Horizon, /, *, start_factor: NonNegativeFloat = 1.0, end_factor: NonNegativeFloat = 0.0) -> Curve:
     """Straight line from start_factor x base lr to end_factor x base lr over the run."""
-    for name, v in (("start_factor", start_factor), ("end_factor", end_factor)):
-        require(v >= 0, f"{h.key}.{name}", f"must be >= 0, got {v}.")
     return Curve(h, lambda u: _anneal(start_factor, end_factor, u / h.span, "linear"))
 
 
 @SCHEDULERS.register("onecycle")
-def onecycle(h: Horizon, /, *, pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4,
+def onecycle(h: Horizon, /, *, pct_start: OpenFraction = 0.3, div_factor: AtLeastOne = 25.0,
+             final_div_factor: AtLeastOne = 1e4,
              anneal: Literal["cos", "linear"] = "cos") -> Curve:
     """One cycle (Smith): from lr/div_factor up to the configured lr (the peak) at pct_start of
     the run, then down to lr/(div_factor*final_div_factor). Momentum is not cycled."""
-    require(0.0 < pct_start < 1.0, f"{h.key}.pct_start", f"must be in (0, 1), got {pct_start}.")
-    require(div_factor >= 1, f"{h.key}.div_factor", f"must be >= 1, got {div_factor}.")
-    require(final_div_factor >= 1, f"{h.key}.final_div_factor", f"must be >= 1, got {final_div_factor}.")
     first, last, peak = 1.0 / div_factor, 1.0 / (div_factor * final_div_factor), pct_start * h.span
 
     def shape(u: float) -> float:
@@ -205,11 +203,10 @@ class Plateau(Curve):
 
 
 @SCHEDULERS.register("plateau")
-def plateau(h: Horizon, /, *, factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
-            threshold_mode: Literal["rel", "abs"] = "rel", cooldown: int = 0, min_lr: float = 0.0) -> Curve:
+def plateau(h: Horizon, /, *, factor: OpenFraction = 0.1, patience: NonNegativeInt = 10,
+            threshold: NonNegativeFloat = 1e-4,
+            threshold_mode: Literal["rel", "abs"] = "rel", cooldown: NonNegativeInt = 0,
+            min_lr: NonNegativeFloat = 0.0) -> Curve:
     """Multiply the lr by factor when the monitored metric stops improving for patience epochs."""
-    require(0.0 < factor < 1.0, f"{h.key}.factor", f"must be in (0, 1), got {factor}.")
-    for name, v in (("patience", patience), ("cooldown", cooldown), ("threshold", threshold), ("min_lr", min_lr)):
-        require(v >= 0, f"{h.key}.{name}", f"must be >= 0, got {v}.")
     return Plateau(h, factor=factor, patience=patience, threshold=threshold, threshold_mode=threshold_mode,
                    cooldown=cooldown, min_lr=min_lr)

@@ -181,9 +181,8 @@ def run_in_process(wc: WorkerConfig) -> bool:
 
 
 # What every worker imports before its first trial; the forkserver imports it once.
-WORKER_PRELOAD = ["trainpipe.sweep.worker", "trainpipe.run.train", "trainpipe.data", "trainpipe.data.sources",
-                  "trainpipe.data.augment", "trainpipe.models", "trainpipe.optim", "trainpipe.sched",
-                  "trainpipe.track"]
+WORKER_PRELOAD = ["trainpipe.sweep.worker", "trainpipe.run.train", "trainpipe.data", "trainpipe.models",
+                  "trainpipe.optim", "trainpipe.sched", "trainpipe.track", "trainpipe.sweep.preload"]
 
 
 def worker_context() -> Any:

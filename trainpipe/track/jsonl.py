@@ -12,6 +12,7 @@ from trainpipe.loop.callbacks import Callback
 from trainpipe.registry import TRACKERS
 
 if TYPE_CHECKING:
+    from trainpipe.config import RunConfig
     from trainpipe.loop.trainer import Trainer
 
 
@@ -70,7 +71,7 @@ class JsonlTracker(Callback):
 
 
 @TRACKERS.register("jsonl")
-def jsonl(run_dir: str | Path, /) -> Callback:
+def jsonl(run_dir: str | Path, cfg: "RunConfig", /) -> Callback:
     """metrics.jsonl in the run directory, one line per epoch (always on)."""
     return JsonlTracker(run_dir)
 

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 
 
 
+def curve_points(history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(epoch, value) of `key` over a run's history, leaving out the epochs that did not log it
+    or logged a non-finite value (a diverged epoch would flatten the rest of the curve)."""
+    return [(h["epoch"], float(h[key])) for h in history
+            if isinstance(h.get(key), (int, float)) and math.isfinite(float(h[key]))]
+
+
 def draw_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """train/val loss, train/val accuracy and the lr per epoch, side by side, as a PNG."""
     from matplotlib.figure import Figure
@@ -25,13 +32,11 @@ def draw_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     # A bare Figure renders with Agg and never touches pyplot's global state or a GUI backend.
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    epochs = [h["epoch"] for h in history]
     panels = (("loss", ("train/loss", "val/loss"), "log"), ("accuracy", ("train/acc", "val/acc"), "linear"),
               ("learning rate", ("lr",), "linear"))
     for ax, (name, keys, scale) in zip(axes, panels):
         for key in keys:
-            pts = [(e, float(h[key])) for e, h in zip(epochs, history)
-                   if isinstance(h.get(key), (int, float)) and math.isfinite(float(h[key]))]
+            pts = curve_points(history, key)
             if pts:
                 ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3, label=key)
         ax.set_title(name)

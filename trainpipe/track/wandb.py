@@ -9,6 +9,7 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainpipe.config.schema import WandbConfig
 from trainpipe.errors import ConfigError
 from trainpipe.loop.callbacks import Callback
 from trainpipe.registry import TRACKERS
@@ -46,7 +47,7 @@ class WandbTracker(Callback):
     def on_fit_start(self, trainer: "Trainer") -> None:
         import wandb
 
-        w = self.cfg.tracking.wandb
+        w = self.cfg.tracking.wandb or WandbConfig()  # `trackers: [wandb]` alone: W&B's defaults
         assert w is not None
         # wandb draws ids and ports from the global RNGs; keep them out of the training's randomness.
         import numpy as np

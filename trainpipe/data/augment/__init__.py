@@ -9,17 +9,15 @@ keyword arguments, has no batched form, and so selects StreamLoader.
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pydantic
 import torch
 from torchvision.transforms import v2
 
 from trainpipe.data.augment.ops import AugmentOp, OptionError
-from trainpipe.errors import ConfigError, did_you_mean
+from trainpipe.errors import did_you_mean
 from trainpipe.registry import AUGMENTS, Entry
 
 __all__ = ["AugmentOp", "OptionError", "apply_batch", "build_pipeline", "stream_transform"]
@@ -57,6 +55,15 @@ def _torchvision_op(name: str, cls: type[v2.Transform], options: dict[str, Any])
     return AugmentOp(name, None, lambda: cls(**options))
 
 
+def _torchvision_names() -> list[str]:
+    return [n for n in dir(v2) if _torchvision_class(n) is not None]
+
+
+@AUGMENTS.register_fallback(
+    names=_torchvision_names,
+    hint="Any torchvision.transforms.v2 class also works by its exact name (e.g. RandAugment) with its own "
+         "arguments.",
+)
 def _torchvision_entry(name: str) -> Entry | None:
     """Registry fallback: any torchvision.transforms.v2 class by its exact name."""
     cls = _torchvision_class(name)
@@ -70,78 +77,16 @@ def _torchvision_entry(name: str) -> Entry | None:
     return Entry(name, build, f"{summary} (torchvision, stream loader only)")
 
 
-def _torchvision_names() -> list[str]:
-    return [n for n in dir(v2) if _torchvision_class(n) is not None]
-
-
-AUGMENTS.fallback = _torchvision_entry
-AUGMENTS.fallback_names = _torchvision_names
 
 
 # ---------------------------------------------------------------- pipelines
 
 
-def _parse_spec(spec: Any, where: str) -> tuple[str, dict[str, Any]]:
-    if isinstance(spec, str):
-        return spec, {}
-    if isinstance(spec, Mapping):
-        if "name" in spec and isinstance(spec["name"], str):
-            return spec["name"], {k: v for k, v in spec.items() if k != "name"}
-        if len(spec) == 1:
-            (name, options), = spec.items()
-            if isinstance(name, str) and (options is None or isinstance(options, Mapping)):
-                return name, dict(options or {})
-    raise ConfigError(
-        f"{where}: expected an augmentation as a name (hflip), a mapping with a name "
-        f"({{name: random_crop, padding: 4}}) or a one-key mapping ({{random_crop: {{padding: 4}}}}), "
-        f"got {spec!r}."
-    )
-
-
-@functools.cache
-def _validated(fn: Callable[..., AugmentOp]) -> Callable[..., AugmentOp]:
-    # The keyword-only signature is the schema: pydantic checks and coerces option types
-    # (YAML lists become tuples) before the op checks the values themselves.
-    return pydantic.validate_call(fn)
-
-
-def _build_op(entry: Entry, options: dict[str, Any]) -> AugmentOp:
-    if entry.accepts_any_option():
-        return entry.fn(**options)
-    known = entry.options()
-    for arg in options:
-        if arg not in known:
-            raise OptionError(entry.name, f"unknown option {arg!r}{did_you_mean(arg, known) or '.'} "
-                              f"Options of {entry.name}: {', '.join(known) or 'none'}.")
-    try:
-        return _validated(entry.fn)(**options)
-    except pydantic.ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])} = {err['input']!r}: {err['msg']}" for err in e.errors()
-        )
-        raise OptionError(entry.name, f"{problems}. See `trainpipe list augment`.") from None
-
-
-def build_pipeline(specs: Sequence[Any] | None, *, key: str = "data.augment") -> list[AugmentOp]:
-    """Build the ops of `data.augment`: names, {name: ..., **options} or {name: {options}}."""
-    ops = []
-    for i, spec in enumerate(specs or []):
-        where = f"{key}[{i}]"
-        name, options = _parse_spec(spec, where)
-        entry = AUGMENTS.find(name)
-        if entry is None:
-            builtin = AUGMENTS.names()
-            hint = did_you_mean(name, builtin + _torchvision_names())
-            raise ConfigError(
-                f"{where}: unknown augmentation {name!r}{hint or '.'} "
-                f"Built-in ops: {', '.join(builtin)}; any torchvision.transforms.v2 class also "
-                "works by its exact name (e.g. RandAugment) with its own arguments."
-            )
-        try:
-            ops.append(_build_op(entry, options))
-        except OptionError as e:
-            raise ConfigError(f"{where} ({name}): {e.detail}") from None
-    return ops
+def build_pipeline(specs: Sequence[Mapping[str, Any]] | None) -> list[AugmentOp]:
+    """The ops of a validated `data.augment` ({name: op, **options} each, as
+    `trainpipe.config.load` leaves them)."""
+    return [AUGMENTS.get(spec["name"]).fn(**{k: v for k, v in spec.items() if k != "name"})
+            for spec in specs or []]
 
 
 def apply_batch(ops: Sequence[AugmentOp], x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -10,30 +10,14 @@ be neither seeded per loader nor replayed on resume, and they read lambda on the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
 
-import pydantic
 import torch
 
-from trainpipe.errors import ConfigError, did_you_mean
+from trainpipe.config.schema import MixConfig
 
 # Marsaglia-Tsang accepts a candidate with probability >= 0.95 for shape >= 1, so with 16
 # candidates per draw the chance that none is accepted is below 1e-20.
 _CANDIDATES = 16
-
-
-class MixConfig(pydantic.BaseModel):
-    """The `data.mix` section; an alpha of 0 turns that kind of mixing off."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-
-    mixup_alpha: float = pydantic.Field(0.0, ge=0.0)
-    cutmix_alpha: float = pydantic.Field(0.0, ge=0.0)
-    prob: float = pydantic.Field(1.0, ge=0.0, le=1.0)  # chance that a batch (or sample) is mixed
-    switch_prob: float = pydantic.Field(0.5, ge=0.0, le=1.0)  # chance of CutMix when both are on
-    mode: Literal["batch", "elem"] = "batch"  # one lambda per batch (timm's default) or per sample
-    label_smoothing: float = pydantic.Field(0.0, ge=0.0, lt=1.0)
 
 
 def _log_gamma(shape: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -116,38 +100,9 @@ class Mix:
         return mixed, target * lam + target.flip(0) * (1.0 - lam)
 
 
-def build_mix(
-    cfg: Mapping[str, Any] | pydantic.BaseModel | None, num_classes: int, *, key: str = "data.mix"
-) -> Mix | None:
-    """The mixer for `data.mix`, or None when mixing is off (no section, both alphas 0, prob 0).
-
-    `cfg` is a mapping or any pydantic model with these fields (such as the run config's
-    `data.mix` section); options a mapping leaves out take MixConfig's defaults.
-    """
-    if cfg is None:
-        return None
-    if not isinstance(cfg, MixConfig):
-        if isinstance(cfg, pydantic.BaseModel):
-            cfg = cfg.model_dump()
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(
-                f"{key}: expected a mapping such as {{mixup_alpha: 0.8, cutmix_alpha: 1.0}}, got {cfg!r}."
-            )
-        fields = list(MixConfig.model_fields)
-        for name in cfg:
-            if name not in MixConfig.model_fields:
-                raise ConfigError(
-                    f"{key}.{name}: unknown option{did_you_mean(str(name), fields) or '.'} "
-                    f"Valid options: {', '.join(fields)}."
-                )
-        try:
-            cfg = MixConfig(**dict(cfg))
-        except pydantic.ValidationError as e:
-            problems = "; ".join(
-                f"{key}.{'.'.join(str(p) for p in err['loc'])} = {err['input']!r}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise ConfigError(f"{problems}.") from None
-    if cfg.mixup_alpha == 0 and cfg.cutmix_alpha == 0 or cfg.prob == 0:
+def build_mix(cfg: MixConfig | None, num_classes: int) -> Mix | None:
+    """The mixer for the (validated) `data.mix` section, or None when mixing is off (no section,
+    both alphas 0, or prob 0)."""
+    if cfg is None or cfg.mixup_alpha == 0 and cfg.cutmix_alpha == 0 or cfg.prob == 0:
         return None
     return Mix(cfg, num_classes)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator
 from torchvision.transforms import v2
 
 from trainpipe.data.augment.kernels import (
@@ -30,6 +31,7 @@ from trainpipe.data.augment.kernels import (
     rotation_grids,
     warp,
 )
+from trainpipe.config.types import Fraction, NonNegativeInt, PositiveInt, Probability
 from trainpipe.errors import ConfigError
 from trainpipe.registry import AUGMENTS
 
@@ -80,30 +82,78 @@ class AugmentOp:
         return f"AugmentOp({self.name!r}, batched={self.has_batched})"
 
 
-# ---------------------------------------------------------------- option checks
+# ---------------------------------------------------------------- option types
+# Each op's keyword-only signature is its schema: `trainpipe.config.load` checks these
+# annotations with the rest of the config, so the op bodies below trust their options.
 
 
-def _check(ok: bool, op: str, detail: str) -> None:
-    if not ok:
-        raise OptionError(op, detail)
-
-
-def _prob(op: str, p: float, name: str = "p") -> None:
-    _check(0.0 <= p <= 1.0, op, f"{name} must be a probability in [0, 1], got {p}.")
-
-
-def _span(op: str, name: str, value: float | Sequence[float], *, center: float, low: float,
-          high: float = math.inf, clip_low: bool = False) -> Range:
+def _to_range(value: float | Sequence[float], *, center: float, low: float, clip_low: bool = False) -> Range:
     """torchvision's convention: a number v means [center - v, center + v]; a pair is (min, max)."""
     if isinstance(value, (int, float)):
-        _check(value >= 0, op, f"{name} must be >= 0 when given as one number, got {value}.")
         lo, hi = center - value, center + value
-        lo = max(lo, low) if clip_low else lo
-    else:
-        lo, hi = float(value[0]), float(value[1])
-        _check(lo <= hi, op, f"{name} must be (min, max) with min <= max, got ({lo}, {hi}).")
-    _check(low <= lo and hi <= high, op, f"{name} must lie within [{low}, {high}], got ({lo}, {hi}).")
-    return lo, hi
+        return (max(lo, low) if clip_low else lo), hi
+    return float(value[0]), float(value[1])
+
+
+def _span(*, center: float, low: float, high: float = math.inf, clip_low: bool = False) -> object:
+    """An option that is a number v ([center - v, center + v]) or a (min, max) pair within [low, high]."""
+
+    def check(value: float | tuple[float, float]) -> float | tuple[float, float]:
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError("must be >= 0 when given as one number")
+        lo, hi = _to_range(value, center=center, low=low, clip_low=clip_low)
+        if lo > hi:
+            raise ValueError("must be (min, max) with min <= max")
+        if not (low <= lo and hi <= high):
+            raise ValueError(f"must lie within [{low:g}, {high:g}]")
+        return value
+
+    return Annotated[float | tuple[float, float], AfterValidator(check)]
+
+
+def _odd_kernel(value: int | tuple[int, int]) -> int | tuple[int, int]:
+    kx, ky = _pair(value)
+    if not (kx > 0 and ky > 0 and kx % 2 == 1 and ky % 2 == 1):
+        raise ValueError("must be odd and positive")
+    return value
+
+
+def _positive_pair(value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+    if value is not None and min(_pair(value)) <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _fraction_pair(value: float | tuple[float, float]) -> float | tuple[float, float]:
+    fx, fy = (value, value) if isinstance(value, (int, float)) else value
+    if not (0 <= fx <= 1 and 0 <= fy <= 1):
+        raise ValueError("must be in [0, 1]")
+    return value
+
+
+def _unit_ordered(value: tuple[float, float]) -> tuple[float, float]:
+    if not 0 <= value[0] <= value[1] <= 1:
+        raise ValueError("must be (min, max) with 0 <= min <= max <= 1")
+    return value
+
+
+def _positive_ordered(value: tuple[float, float]) -> tuple[float, float]:
+    if not 0 < value[0] <= value[1]:
+        raise ValueError("must be (min, max) with 0 < min <= max")
+    return value
+
+
+ColorSpan = _span(center=1.0, low=0.0, clip_low=True)
+HueSpan = _span(center=0.0, low=-0.5, high=0.5)
+Degrees = _span(center=0.0, low=-360.0, high=360.0)
+
+
+def _sigma(value: float | tuple[float, float]) -> float | tuple[float, float]:
+    _positive_ordered((value, value) if isinstance(value, (int, float)) else value)
+    return value
+
+
+Sigma = Annotated[float | tuple[float, float], AfterValidator(_sigma)]
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -136,14 +186,12 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 @AUGMENTS.register("random_crop")
 def random_crop(
     *,
-    size: int | tuple[int, int] | None = None,
-    padding: int = 4,
+    size: Annotated[int | tuple[int, int] | None, AfterValidator(_positive_pair)] = None,
+    padding: NonNegativeInt = 4,
     padding_mode: Literal["reflect", "zero", "edge"] = "reflect",
 ) -> AugmentOp:
     """Pad the image, then crop a random window (by default of the original size)."""
-    _check(padding >= 0, "random_crop", f"padding must be >= 0, got {padding}.")
     out = None if size is None else _pair(size)
-    _check(out is None or min(out) > 0, "random_crop", f"size must be positive, got {size}.")
     torch_mode = {"reflect": "reflect", "zero": "constant", "edge": "replicate"}[padding_mode]
     tv_mode = {"reflect": "reflect", "zero": "constant", "edge": "edge"}[padding_mode]
 
@@ -174,10 +222,10 @@ def random_crop(
 
 
 @AUGMENTS.register("translate")
-def translate(*, fraction: float | tuple[float, float] = 0.125, fill: float = 0.0) -> AugmentOp:
+def translate(*, fraction: Annotated[float | tuple[float, float], AfterValidator(_fraction_pair)] = 0.125,
+              fill: float = 0.0) -> AugmentOp:
     """Shift by a random whole number of pixels, up to `fraction` of the width and height."""
     fx, fy = (fraction, fraction) if isinstance(fraction, (int, float)) else fraction
-    _check(0 <= fx <= 1 and 0 <= fy <= 1, "translate", f"fraction must be in [0, 1], got {fraction}.")
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # RandomAffine draws a uniform shift and rounds it to whole pixels, so the batched
@@ -196,18 +244,16 @@ def translate(*, fraction: float | tuple[float, float] = 0.125, fill: float = 0.
 
 
 @AUGMENTS.register("hflip")
-def hflip(*, p: float = 0.5) -> AugmentOp:
+def hflip(*, p: Probability = 0.5) -> AugmentOp:
     """Mirror left-right with probability p."""
-    _prob("hflip", p)
     return AugmentOp(
         "hflip", lambda x, g: _where(_coin(x, g, p), x.flip(-1), x), lambda: v2.RandomHorizontalFlip(p)
     )
 
 
 @AUGMENTS.register("vflip")
-def vflip(*, p: float = 0.5) -> AugmentOp:
+def vflip(*, p: Probability = 0.5) -> AugmentOp:
     """Mirror top-bottom with probability p."""
-    _prob("vflip", p)
     return AugmentOp(
         "vflip", lambda x, g: _where(_coin(x, g, p), x.flip(-2), x), lambda: v2.RandomVerticalFlip(p)
     )
@@ -216,12 +262,12 @@ def vflip(*, p: float = 0.5) -> AugmentOp:
 @AUGMENTS.register("rotation")
 def rotation(
     *,
-    degrees: float | tuple[float, float] = 15.0,
+    degrees: Degrees = 15.0,
     interpolation: Interpolation = "bilinear",
     fill: float = 0.0,
 ) -> AugmentOp:
     """Rotate about the centre by an angle drawn uniformly from [-degrees, degrees]."""
-    lo, hi = _span("rotation", "degrees", degrees, center=0.0, low=-360.0, high=360.0)
+    lo, hi = _to_range(degrees, center=0.0, low=-360.0)
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         grids = rotation_grids(_uniform(x, g, lo, hi), *x.shape[-2:], dtype=x.dtype)
@@ -237,14 +283,12 @@ def rotation(
 @AUGMENTS.register("perspective")
 def perspective(
     *,
-    distortion_scale: float = 0.5,
-    p: float = 0.5,
+    distortion_scale: Fraction = 0.5,
+    p: Probability = 0.5,
     interpolation: Interpolation = "bilinear",
     fill: float = 0.0,
 ) -> AugmentOp:
     """Move each corner inwards by up to distortion_scale of the half size, with probability p."""
-    _prob("perspective", p)
-    _prob("perspective", distortion_scale, "distortion_scale")
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, (h, w) = x.shape[0], x.shape[-2:]
@@ -274,16 +318,16 @@ def perspective(
 @AUGMENTS.register("color_jitter")
 def color_jitter(
     *,
-    brightness: float | tuple[float, float] = 0.0,
-    contrast: float | tuple[float, float] = 0.0,
-    saturation: float | tuple[float, float] = 0.0,
-    hue: float | tuple[float, float] = 0.0,
+    brightness: ColorSpan = 0.0,
+    contrast: ColorSpan = 0.0,
+    saturation: ColorSpan = 0.0,
+    hue: HueSpan = 0.0,
 ) -> AugmentOp:
     """Random brightness, contrast, saturation and hue, each factor drawn per sample."""
     spans: dict[str, Range | None] = {}
     for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-        spans[name] = _span("color_jitter", name, value, center=1.0, low=0.0, clip_low=True)
-    spans["hue"] = _span("color_jitter", "hue", hue, center=0.0, low=-0.5, high=0.5)
+        spans[name] = _to_range(value, center=1.0, low=0.0, clip_low=True)
+    spans["hue"] = _to_range(hue, center=0.0, low=-0.5)
     identity = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0}
     active = {k: v for k, v in spans.items() if v != (identity[k], identity[k])}
 
@@ -302,17 +346,13 @@ def color_jitter(
 @AUGMENTS.register("gaussian_blur")
 def gaussian_blur_op(
     *,
-    kernel_size: int | tuple[int, int] = 3,
-    sigma: float | tuple[float, float] = (0.1, 2.0),
-    p: float = 1.0,
+    kernel_size: Annotated[int | tuple[int, int], AfterValidator(_odd_kernel)] = 3,
+    sigma: Sigma = (0.1, 2.0),
+    p: Probability = 1.0,
 ) -> AugmentOp:
     """Blur with a Gaussian whose sigma is drawn per sample from the sigma range."""
     kx, ky = _pair(kernel_size)
-    _check(kx > 0 and ky > 0 and kx % 2 == 1 and ky % 2 == 1, "gaussian_blur",
-           f"kernel_size must be odd and positive, got {kernel_size}.")
     lo, hi = (sigma, sigma) if isinstance(sigma, (int, float)) else (float(sigma[0]), float(sigma[1]))
-    _check(0 < lo <= hi, "gaussian_blur", f"sigma must be > 0 and (min, max) ordered, got {sigma}.")
-    _prob("gaussian_blur", p)
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         sigmas = _uniform(x, g, lo, hi)
@@ -329,17 +369,12 @@ def gaussian_blur_op(
 @AUGMENTS.register("random_erasing")
 def random_erasing(
     *,
-    p: float = 0.5,
-    scale: tuple[float, float] = (0.02, 0.33),
-    ratio: tuple[float, float] = (0.3, 3.3),
+    p: Probability = 0.5,
+    scale: Annotated[tuple[float, float], AfterValidator(_unit_ordered)] = (0.02, 0.33),
+    ratio: Annotated[tuple[float, float], AfterValidator(_positive_ordered)] = (0.3, 3.3),
     value: float | list[float] | Literal["random"] = 0.0,
 ) -> AugmentOp:
     """Erase a rectangle of random area (a fraction in scale) and aspect ratio, with probability p."""
-    _prob("random_erasing", p)
-    _check(0 <= scale[0] <= scale[1] <= 1, "random_erasing",
-           f"scale must be (min, max) with 0 <= min <= max <= 1, got {tuple(scale)}.")
-    _check(0 < ratio[0] <= ratio[1], "random_erasing",
-           f"ratio must be (min, max) with 0 < min <= max, got {tuple(ratio)}.")
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -379,10 +414,8 @@ def random_erasing(
 
 
 @AUGMENTS.register("cutout")
-def cutout(*, size: int = 8, p: float = 1.0, value: float = 0.0) -> AugmentOp:
+def cutout(*, size: PositiveInt = 8, p: Probability = 1.0, value: float = 0.0) -> AugmentOp:
     """Erase a size x size square at a random centre, clipped at the border (DeVries & Taylor)."""
-    _check(size > 0, "cutout", f"size must be a positive number of pixels, got {size}.")
-    _prob("cutout", p)
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, (h, w) = x.shape[0], x.shape[-2:]

@@ -1,0 +1,41 @@
+"""Constrained option types for the keyword-only parameters of registered components.
+
+A component's signature is its schema (see `trainpipe.registry`): annotating an option
+with one of these types makes `trainpipe.config.load` check its range together with
+every other value, so a bad `sched.gamma` or `data.augment[0].p` is refused before any
+data is read, and the component's body never checks it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+__all__ = [
+    "AtLeastOne", "Fraction", "Milestones", "NonNegativeFloat", "NonNegativeInt", "OpenFraction",
+    "OrderedPair", "PositiveFloat", "PositiveInt", "Probability",
+]
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0, description="a probability in [0, 1]")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, description="a fraction in [0, 1]")]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0, description="a fraction in (0, 1)")]
+AtLeastOne = Annotated[float, Field(ge=1.0)]
+
+
+def _increasing_epochs(v: list[int]) -> list[int]:
+    if any(m < 1 for m in v) or any(b <= a for a, b in zip(v, v[1:])):
+        raise ValueError("milestones must be increasing epochs >= 1")
+    return v
+
+
+def _ordered(v: Sequence[float]) -> tuple[float, float]:
+    lo, hi = float(v[0]), float(v[1])
+    if lo > hi:
+        raise ValueError("must be (min, max) with min <= max")
+    return lo, hi
+
+
+Milestones = Annotated[list[int], AfterValidator(_increasing_epochs)]
+OrderedPair = Annotated[tuple[float, float], AfterValidator(_ordered)]
