@@ -12,11 +12,12 @@ Every parameter group keeps its ratio to `optim.lr` (`optim.backbone_lr_mult`).
 The loss is smoothed with a bias-corrected exponential moving average, as fastai and
 Lightning do, over a window of 5% of the steps (see `default_beta`). The suggestion
 is the lr where the smoothed loss falls fastest (the steepest-descent rule of
-Lightning's `suggestion()` and fastai's `steep`), measured against log(lr) as the plot
-shows it, before the loss's minimum, skipping the first 10 points and the last one. The range worth sweeping runs from a decade below the suggestion
-to the lr of the lowest smoothed loss, at most a decade above the suggestion: Smith's
-bounds for a cyclical schedule are "where the loss starts to fall" and "where it
-stops falling"; the cap keeps a second dip of a noisy, already unstable tail out.
+Lightning's `suggestion()` and fastai's `steep`), measured against log(lr) as the
+plot shows it, before the loss's minimum, skipping the first 10 points and the last.
+The range worth sweeping runs from a decade below the suggestion to the lr of the
+lowest smoothed loss, at most a decade above the suggestion: Smith's bounds for a
+cyclical schedule are "where the loss starts to fall" and "where it stops falling";
+the cap keeps out a second dip in a noisy, already unstable tail.
 
 Nothing is saved but the curve: the weights come from the config (and any
 `model.weights` file, read only) and are discarded afterwards.
@@ -79,6 +80,11 @@ class LrFindResult:
     stop_reason: str  # "max_lr" (the whole range ran), "diverged" or "non_finite"
     stop_lr: float | None  # the lr at which the test stopped early
     config: Any = None
+
+    @property
+    def still_falling(self) -> bool:
+        """The whole range ran and the loss was lowest at its end: where it turns is untested."""
+        return self.stop_reason == "max_lr" and self.lr_at_min_loss >= self.lrs[-1 - SKIP_END]
 
     def sweep_snippet(self) -> str:
         """One line for a sweep file's `parameters:`."""
@@ -170,6 +176,7 @@ def lr_find(
         "range": None if choice is None else [result.low, result.high],
         "lr_at_min_loss": None if choice is None else result.lr_at_min_loss,
         "sweep": None if choice is None else result.sweep_snippet(),
+        "still_falling_at_max_lr": choice is not None and result.still_falling,
         "stop": {"reason": stop_reason, "step": len(lrs) - 1 if stop_lr is not None else None, "lr": stop_lr},
         "steps_run": len(lrs), "steps": steps, "min_lr": min_lr, "max_lr": max_lr, "smoothing": beta,
         "diverge_factor": DIVERGE_FACTOR,
@@ -208,13 +215,12 @@ def _run(cfg: Any, steps: int, min_lr: float, max_lr: float, beta: float) -> tup
                          input_size=m.input_size, freeze=m.freeze)
     model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
     o = cfg.optim
-    # Built at the config's lr so every group's base_lr / reference is its ratio to optim.lr
-    # (backbone_lr_mult, muon's adamw_lr); an lr of 0 has no ratio, so 1 stands in.
-    reference = o.lr if o.lr > 0 else 1.0
-    optimizer = optim.build(o.name, o.options(), model, lr=reference, weight_decay=o.weight_decay,
+    optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,
                             decay_norm_and_bias=o.decay_norm_and_bias, backbone_lr_mult=o.backbone_lr_mult)
+    # Each group's base_lr becomes its ratio to optim.lr (backbone_lr_mult, muon's adamw_lr),
+    # which the schedule multiplies by the test's lr (the config requires optim.lr > 0).
     for g in optimizer.param_groups:
-        g["base_lr"] = g.get("base_lr", g["lr"]) / reference
+        g["base_lr"] = g.get("base_lr", g["lr"]) / o.lr
     # The step index is the schedule's time: lr(i) = min_lr * (max_lr / min_lr) ** (i / (steps - 1)),
     # Lightning's exponential ramp, ending exactly at max_lr.
     ratio = max_lr / min_lr
@@ -358,7 +364,7 @@ def print_report(result: LrFindResult, steps: int, min_lr: float, max_lr: float)
     if r.stop_lr is not None:
         why = ("the loss was no longer finite" if r.stop_reason == "non_finite"
                else f"the smoothed loss passed {DIVERGE_FACTOR:g}x its minimum")
-        ran = f"stopped at step {len(r.lrs)} of {steps}, lr {_fmt(r.stop_lr)}: {why}"
+        ran = f"stopped after {len(r.lrs)} of {steps} steps, at lr {_fmt(r.stop_lr)}: {why}"
     else:
         ran = f"{steps} steps"
     lines = [
@@ -368,6 +374,8 @@ def print_report(result: LrFindResult, steps: int, min_lr: float, max_lr: float)
         f"lowest smoothed loss at lr {_fmt(r.lr_at_min_loss)}",
         f"range worth sweeping: {_fmt(r.low)} .. {_fmt(r.high)} (a decade below the suggestion .. "
         f"the lr of the lowest smoothed loss, at most a decade above the suggestion)",
+        *([f"note: the loss was still falling at --max-lr {max_lr:g}; rerun with a larger --max-lr to see "
+             f"where it stops, which may raise the suggestion and the range"] if r.still_falling else []),
         f"wrote {r.csv_path} and {r.png_path}",
         "paste under a sweep file's parameters:",
         f"  {r.sweep_snippet()}",
