@@ -223,16 +223,21 @@ def _run(cfg: Any, steps: int, min_lr: float, max_lr: float, beta: float) -> tup
         g["base_lr"] = g.get("base_lr", g["lr"]) / o.lr
     # The step index is the schedule's time: lr(i) = min_lr * (max_lr / min_lr) ** (i / (steps - 1)),
     # Lightning's exponential ramp, ending exactly at max_lr.
-    ratio = max_lr / min_lr
-    last = steps - 1
+    ratio, last = max_lr / min_lr, steps - 1
     curve = sched.Curve(sched.Horizon(start=0.0, end=float(last), steps_per_epoch=1),
                         lambda u: min_lr * ratio ** (u / last))
     schedule = sched.Schedule(optimizer, curve, warmup_epochs=0.0, steps_per_epoch=1)
     trainer = Trainer(cfg, model, optimizer, schedule, data, device=device)
     model.train()
-    accum = cfg.train.grad_accum_steps
     batches = _endless(data.train)
+    try:
+        return _ramp(trainer, schedule, curve, batches, steps, cfg.train.grad_accum_steps, beta)
+    finally:
+        batches.close()  # a stream loader's worker processes end with its iterator
 
+
+def _ramp(trainer: Any, schedule: Any, curve: Any, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+          steps: int, accum: int, beta: float) -> tuple[list[float], list[float], str]:
     lrs: list[float] = []
     losses: list[float] = []
     pending: list[torch.Tensor] = []
@@ -240,13 +245,13 @@ def _run(cfg: Any, steps: int, min_lr: float, max_lr: float, beta: float) -> tup
     for i in range(steps):
         schedule.step(float(i))
         lrs.append(curve(float(i)))
-        step_loss = torch.zeros((), device=device)
+        step_loss = torch.zeros((), device=trainer.device)
         for j in range(accum):
             x, y = next(batches)
             loss, _ = trainer.step_fn(x, y, accum, j + 1 == accum)
             step_loss += loss.detach().float()
         pending.append(step_loss / accum)
-        if len(pending) == READ_EVERY or i == last:
+        if len(pending) == READ_EVERY or i == steps - 1:
             for value in torch.stack(pending).tolist():
                 n = len(losses)
                 losses.append(value)
