@@ -132,6 +132,15 @@ def cmd_report(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lr_find(a: argparse.Namespace) -> int:
+    from trainpipe.lr_find import lr_find
+
+    config, overrides = _split_config_and_overrides(a.args)
+    lr_find(config, overrides, a.output, steps=a.steps, min_lr=a.min_lr, max_lr=a.max_lr, smoothing=a.smoothing,
+            quiet=a.quiet, command="trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None)
+    return EXIT_OK
+
+
 def _key_for(family: str) -> str:
     return {"dataset": "data.dataset", "augment": "data.augment", "model": "model.name",
             "optimizer": "optim.name", "scheduler": "sched.name", "tracker": "tracking.*"}.get(family, family)
@@ -150,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
               trainpipe resume runs/quickstart-... train.epochs=40  # continue (and extend) a run
               trainpipe eval runs/quickstart-... --split test    # metrics, per-class accuracy, confusion matrix
               trainpipe list models
+              trainpipe lr-find configs/mnist.yaml              # loss vs lr: a suggested lr and a range to sweep
               trainpipe sweep lr.yaml --workers 2               # a W&B-format sweep file, run by Optuna
               trainpipe sweep sweeps/lr --status                # its progress and results table
         """),
@@ -186,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list configs, datasets, augmentations, models, optimizers, schedulers")
     ls.add_argument("family", nargs="?", help="one family only, e.g. models")
     ls.set_defaults(func=cmd_list)
+
+    from trainpipe.lr_find import DEFAULT_MAX_LR, DEFAULT_MIN_LR, DEFAULT_STEPS
+
+    lf = sub.add_parser("lr-find", help="the learning-rate range test: loss vs lr (png + csv), a suggested lr "
+                                        "and a range to sweep")
+    lf.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
+    lf.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                    help=f"optimizer steps from --min-lr to --max-lr (default {DEFAULT_STEPS})")
+    lf.add_argument("--min-lr", type=float, default=DEFAULT_MIN_LR, help=f"first lr (default {DEFAULT_MIN_LR:g})")
+    lf.add_argument("--max-lr", type=float, default=DEFAULT_MAX_LR, help=f"last lr (default {DEFAULT_MAX_LR:g})")
+    lf.add_argument("--smoothing", type=float, default=None,
+                    help="EMA weight of the smoothed loss (default: a window of 5%% of the steps, 0.8 at 100)")
+    lf.add_argument("--output", "-o", help="folder for lr_find.png/.csv/.json (default runs/lr-find-<name>-<time>)")
+    lf.add_argument("--quiet", "-q", action="store_true", help="write the files, print nothing")
+    lf.set_defaults(func=cmd_lr_find)
 
     sw = sub.add_parser("sweep", help="run a sweep file (W&B format) as an Optuna study; resume; --status")
     sw.add_argument("sweep", metavar="SWEEP", help="a sweep file, or a sweep directory to resume or inspect")
