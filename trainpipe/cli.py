@@ -133,7 +133,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
-    from trainpipe.lr_find import lr_find
+    from trainpipe.run.lr_find import lr_find
 
     config, overrides = _split_config_and_overrides(a.args)
     lr_find(config, overrides, a.output, steps=a.steps, min_lr=a.min_lr, max_lr=a.max_lr, smoothing=a.smoothing,
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("family", nargs="?", help="one family only, e.g. models")
     ls.set_defaults(func=cmd_list)
 
-    from trainpipe.lr_find import DEFAULT_MAX_LR, DEFAULT_MIN_LR, DEFAULT_STEPS
+    from trainpipe.run.lr_find import DEFAULT_MAX_LR, DEFAULT_MIN_LR, DEFAULT_STEPS
 
     lf = sub.add_parser("lr-find", help="the learning-rate range test: loss vs lr (png + csv), a suggested lr "
                                         "and a range to sweep")

@@ -196,14 +196,14 @@ def test_no_host_sync_inside_the_step(monkeypatch: pytest.MonkeyPatch, policy: s
         "train.grad_accum_steps=2", "train.grad_clip=1.0", "train.ema={decay: 0.9}", "train.label_smoothing=0.1",
         f"train.on_nonfinite={policy}"])
     calls: list[str] = []
-    step = tr._train_step
+    step = tr.train_step
 
     def counted(*a: object) -> object:
         with monkeypatch.context() as m:
             _count_host_syncs(m, calls)
             return step(*a)
 
-    monkeypatch.setattr(tr, "_train_step", counted)
+    monkeypatch.setattr(tr, "train_step", counted)
     tr.fit()
     assert tr.state.step == 2
     assert bool(calls) is syncs, calls  # skip_step's documented per-step check is the only sync

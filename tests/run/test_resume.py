@@ -99,7 +99,7 @@ def test_killed_in_the_middle_of_an_epoch(tmp_path: Path, reference: Path, epoch
     def die_at_step() -> None:
         from trainpipe.loop.trainer import Trainer
 
-        real = Trainer._train_step
+        real = Trainer.train_step
         calls = [0]
 
         def step(self: Trainer, *a: Any) -> Any:
@@ -108,7 +108,7 @@ def test_killed_in_the_middle_of_an_epoch(tmp_path: Path, reference: Path, epoch
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(self, *a)
 
-        Trainer._train_step = step  # type: ignore[method-assign]
+        Trainer.train_step = step  # type: ignore[method-assign]
 
     run_dir = tmp_path / "run"
     _run_and_kill(run_dir, in_child=die_at_step)

@@ -320,7 +320,7 @@ class Trainer:
                 self.schedule.step(epoch + i / n_batches)
             # The last group of an epoch may be short; its losses are averaged over its own size.
             group = min(accum, n_batches - group_start)
-            loss, logits = self._train_step(x, y, group, i + 1 == group_start + group)
+            loss, logits = self.train_step(x, y, group, i + 1 == group_start + group)
             bs = x.shape[0]
             loss = loss.detach().float()
             if self.skip_nonfinite:
@@ -356,7 +356,7 @@ class Trainer:
         # The documented host sync of skip_step: the step must be decided now.
         return bool(all_finite(grads) & loss.detach().isfinite())
 
-    def _train_step(
+    def train_step(
         self, x: torch.Tensor, y: torch.Tensor, group: int, step_now: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward of one batch (1/group of an optimizer step); the step

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -143,8 +143,7 @@ def execute(
     """Build everything from `cfg` and run the loop in `run_dir`; with `resume_state` (a full
     checkpoint read from `resume_path`), continue from it. `prior_wall_time` is the time the
     run's earlier processes spent, added to summary.json's wall_time_s."""
-    from trainpipe import data as data_mod
-    from trainpipe import models, optim, sched
+    from trainpipe import sched
     from trainpipe.loop.device import resolve_device
     from trainpipe.loop.trainer import Trainer
     from trainpipe.run.console import console_report
@@ -162,25 +161,7 @@ def execute(
     out = console_report(quiet or not main)
     trainer = None
     try:
-        seed_everything(cfg.seed)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        elif device.type == "cuda":
-            # The GPU fast path: TF32 for fp32 matmuls and convolutions (bf16/fp16 autocast
-            # is unaffected), and cuDNN's autotuner, which pays off with fixed batch shapes.
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
-        data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=cfg.train.channels_last)
-        distributed.shard(data, cfg)
-        m = cfg.model
-        model = models.build(m.name, m.options(), data.spec, pretrained=m.pretrained, weights=m.weights,
-                             input_size=m.input_size, freeze=m.freeze)
-        stats = models.model_stats(model, data.spec)
-        model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
-        o = cfg.optim
-        optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,
-                                decay_norm_and_bias=o.decay_norm_and_bias, backbone_lr_mult=o.backbone_lr_mult)
+        data, model, optimizer, stats = build_parts(cfg, device)
         s = cfg.sched
         schedule = sched.build(s.name, s.options(), optimizer, epochs=cfg.train.epochs,
                                steps_per_epoch=max(len(data.train), 1), warmup_epochs=s.warmup_epochs,
@@ -232,6 +213,41 @@ def execute(
     result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
     out.finish(result)
     return result
+
+
+class Parts(NamedTuple):
+    data: Any  # data.DataBundle: train / val / test loaders, spec, info
+    model: Any
+    optimizer: Any
+    stats: dict[str, Any]  # parameters and MACs per image
+
+
+def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
+    """Seed, numerics, then the data, the model (on `device`) and the optimizer, as every run
+    (and `lr-find`) builds them from a config. Under DDP each rank keeps its shard."""
+    from trainpipe import data as data_mod
+    from trainpipe import models, optim
+
+    seed_everything(cfg.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        # The GPU fast path: TF32 for fp32 matmuls and convolutions (bf16/fp16 autocast
+        # is unaffected), and cuDNN's autotuner, which pays off with fixed batch shapes.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=cfg.train.channels_last)
+    distributed.shard(data, cfg)
+    m = cfg.model
+    model = models.build(m.name, m.options(), data.spec, pretrained=m.pretrained, weights=m.weights,
+                         input_size=m.input_size, freeze=m.freeze)
+    stats = models.model_stats(model, data.spec)
+    model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    o = cfg.optim
+    optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,
+                            decay_norm_and_bias=o.decay_norm_and_bias, backbone_lr_mult=o.backbone_lr_mult)
+    return Parts(data, model, optimizer, stats)
 
 
 def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) -> None:

@@ -16,8 +16,8 @@ import yaml
 
 from trainpipe.cli import main
 from trainpipe.errors import ConfigError
-from trainpipe.lr_find import LrFindResult, choose, lr_find, smooth
-from trainpipe.runner import train
+from trainpipe.run.lr_find import LrFindResult, choose, lr_find, smooth
+from trainpipe.run.train import train
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -35,7 +35,7 @@ def explode(tmp_path_factory: pytest.TempPathFactory) -> tuple[LrFindResult, Pat
     where SGD on digits diverges, so the test must stop early."""
     from trainpipe import data as data_mod
     from trainpipe import models
-    from trainpipe.runner import resolve
+    from trainpipe.run.train import resolve
 
     tmp = tmp_path_factory.mktemp("lr_find")
     cfg = resolve("quickstart")

@@ -1,7 +1,7 @@
 """`lr_find()`: the learning-rate range test (Smith 2015, "Cyclical Learning Rates").
 
 The model, optimizer and data are built from the config exactly as `trainpipe train`
-builds them, and the steps are the training loop's own (`Trainer.step_fn`), so
+builds them, and the steps are the training loop's own (`Trainer.train_step`), so
 precision, channels-last, gradient accumulation, clipping, augmentation and MixUp
 behave as in training. Only the lr differs: it grows exponentially from `min_lr` to
 `max_lr` over `steps` optimizer steps (PyTorch Lightning's `Tuner.lr_find` defaults:
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from trainpipe.errors import ConfigError
-from trainpipe.runner import ConfigLike, resolve, write_config, write_json
+from trainpipe.run.train import ConfigLike, build_parts, resolve, write_config, write_json
 
 DEFAULT_MIN_LR, DEFAULT_MAX_LR, DEFAULT_STEPS = 1e-8, 1.0, 100
 # Lightning stops when the smoothed loss exceeds 4x the best seen.
@@ -163,7 +163,7 @@ def lr_find(
     stop_lr = None if stop_reason == "max_lr" else lrs[-1]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_config(out_dir, cfg, command or f"trainpipe.lr_find({config!r}, overrides={list(overrides)!r})")
+    write_config(out_dir, cfg, command or f"trainpipe.run.lr_find({config!r}, overrides={list(overrides)!r})")
     write_csv(out_dir / CSV_NAME, lrs, losses, smoothed)
     choice, problem = choose(lrs, smoothed, min_lr)
     result = LrFindResult(out_dir, lrs, losses, smoothed, math.nan, math.nan, math.nan, math.nan,
@@ -195,28 +195,13 @@ def _run(cfg: Any, steps: int, min_lr: float, max_lr: float, beta: float) -> tup
     """Train for up to `steps` optimizer steps with the lr growing exponentially: the lrs
     and losses (mean over accumulated batches) of the steps up to the stop, and why it
     stopped ("max_lr", "diverged" or "non_finite")."""
-    from trainpipe import checkpoint as ckpt
-    from trainpipe import data as data_mod
-    from trainpipe import models, optim, sched
-    from trainpipe.engine import Trainer, resolve_device
+    from trainpipe import sched
+    from trainpipe.loop.device import resolve_device
+    from trainpipe.loop.trainer import Trainer
 
     device = resolve_device(cfg.train.device)
-    ckpt.seed_everything(cfg.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif device.type == "cuda":
-        # As in training: TF32 and cuDNN's autotuner, so the test sees the run's numerics.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=cfg.train.channels_last)
-    m = cfg.model
-    model = models.build(m.name, m.options(), data.spec, pretrained=m.pretrained, weights=m.weights,
-                         input_size=m.input_size, freeze=m.freeze)
-    model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    data, model, optimizer, _ = build_parts(cfg, device)
     o = cfg.optim
-    optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,
-                            decay_norm_and_bias=o.decay_norm_and_bias, backbone_lr_mult=o.backbone_lr_mult)
     # Each group's base_lr becomes its ratio to optim.lr (backbone_lr_mult, muon's adamw_lr),
     # which the schedule multiplies by the test's lr (the config requires optim.lr > 0).
     for g in optimizer.param_groups:
@@ -248,7 +233,7 @@ def _ramp(trainer: Any, schedule: Any, curve: Any, batches: Iterator[tuple[torch
         step_loss = torch.zeros((), device=trainer.device)
         for j in range(accum):
             x, y = next(batches)
-            loss, _ = trainer.step_fn(x, y, accum, j + 1 == accum)
+            loss, _ = trainer.train_step(x, y, accum, j + 1 == accum)
             step_loss += loss.detach().float()
         pending.append(step_loss / accum)
         if len(pending) == READ_EVERY or i == steps - 1:
