@@ -110,8 +110,14 @@ log "cifar10=${CIFAR10:-none} airbench=${AIRBENCH:-none} wheelhouse=${WHEELHOUSE
 # 0. packages and data ------------------------------------------------------------------
 if [ -n "$WHEELHOUSE" ] && [ -f "$WHEELHOUSE/requirements.txt" ]; then
     DRY=(); [ "$REHEARSE" = 1 ] && DRY=(--dry-run)
-    step install "$CAP_INSTALL" "$PYTHON" -m pip install --no-index --find-links "$WHEELHOUSE" \
-        --no-cache-dir --disable-pip-version-check "${DRY[@]}" -r "$WHEELHOUSE/requirements.txt"
+    if ! step install "$CAP_INSTALL" "$PYTHON" -m pip install --no-index --find-links "$WHEELHOUSE" \
+        --no-cache-dir --disable-pip-version-check "${DRY[@]}" -r "$WHEELHOUSE/requirements.txt" \
+        && compgen -G "$WHEELHOUSE/*.whl" >/dev/null; then
+        # E.g. an environment that is not writable: the wheels into a folder of their own instead.
+        step install_target "$CAP_INSTALL" "$PYTHON" -m pip install --no-index --no-deps --no-cache-dir \
+            --disable-pip-version-check --upgrade "${DRY[@]}" --target "$WORK/site" "$WHEELHOUSE"/*.whl \
+            && export PYTHONPATH=$PYTHONPATH:$WORK/site
+    fi
 elif [ -n "$WHEELHOUSE" ]; then
     log "install: $WHEELHOUSE has no requirements.txt (make it with bench/wheelhouse.sh); skipped"
 fi
@@ -158,7 +164,7 @@ mapfile -t CUDA_TEST_FILES < <(grep -l -i cuda tests/test_*.py)
 step cuda_tests "$CAP_TESTS" bash -c 'set -o pipefail; "$0" -m pytest -q -p no:cacheprovider -rs -k cuda "${@:2}" \
     2>&1 | tee "$1/cuda_tests.txt"' "$PYTHON" "$OUT" "${CUDA_TEST_FILES[@]}"
 tail -n 1 "$OUT/cuda_tests.txt" 2>/dev/null | sed 's/^/cuda tests: /' | tee -a "$LOG"
-for part in ${PARTS:-smoke throughput speed airbench rest}; do
+for part in ${PARTS-smoke throughput speed airbench rest}; do
     cap_var=CAP_$(echo "$part" | tr '[:lower:]' '[:upper:]')
     step "$part" "${!cap_var}" "$PYTHON" -m bench gpu --part "$part" "${ARGS[@]}"
     collect
