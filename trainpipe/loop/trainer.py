@@ -383,13 +383,18 @@ class Trainer:
             self.state.skipped_steps += 1
             self._skipped_this_epoch += 1
             return loss, logits
-        if t.grad_clip is not None:
+        closure_optim = getattr(self.optimizer, "requires_closure", False)
+        if t.grad_clip is not None and not closure_optim:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
-        if getattr(self.optimizer, "requires_closure", False):
-            # SAM-style optimizers re-evaluate the loss at perturbed weights.
+        if closure_optim:
+            # SAM-style optimizers re-evaluate the loss at perturbed weights and step with
+            # that second gradient, so it is the one clipped (the first is only normalised).
             def closure() -> torch.Tensor:
-                loss2, _ = self._loss(x, y)
+                with self.optimizer.second_pass(self.model):
+                    loss2, _ = self._loss(x, y)
                 loss2.backward()
+                if t.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
                 return loss2
 
             self.optimizer.step(closure)

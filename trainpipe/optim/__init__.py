@@ -140,15 +140,17 @@ def rmsprop(param_groups: list[dict[str, Any]], /, *, alpha: float = 0.99, eps: 
 
 @OPTIMIZERS.register("sam")
 def sam(param_groups: list[dict[str, Any]], /, *, base: str = "sgd", rho: float = 0.05, adaptive: bool = False,
-        base_options: dict[str, Any] | None = None) -> Optimizer:
-    """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM."""
+        base_options: dict[str, Any] | None = None, freeze_bn: bool = True) -> Optimizer:
+    """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM;
+    freeze_bn=false lets the second pass update BatchNorm's running statistics too."""
     if base == "sam":
         raise ConfigError("optim.base: sam cannot wrap itself; name the optimizer it should wrap, e.g. optim.base=sgd.")
     if rho <= 0:
         raise ConfigError(f"optim.rho: SAM's neighbourhood size must be > 0, got {rho}; 0.05 is the usual value.")
     entry = find_entry(base, key="optim.base")
     opts = check_options(entry, base_options or {}, key="optim.base_options")
-    return SAM(param_groups, lambda groups: entry.fn(groups, **opts), rho=rho, adaptive=adaptive)
+    return SAM(param_groups, lambda groups: entry.fn(groups, **opts), rho=rho, adaptive=adaptive,
+               freeze_bn=freeze_bn)
 
 
 @OPTIMIZERS.register("muon")
