@@ -138,6 +138,21 @@ def test_names_a_model_exempts_from_decay_are_not_decayed() -> None:
         assert next(g["weight_decay"] for g in opt.param_groups if any(p is model.token for p in g["params"])) == 0
 
 
+def test_no_weight_decay_names_are_patterns_as_in_timm() -> None:
+    import timm
+    from timm.optim import param_groups_weight_decay
+
+    # xcit's no_weight_decay() is {"pos_embed.*", "cls_token"}: its position encoding is a module.
+    model = timm.create_model("xcit_nano_12_p16_224", img_size=32, depth=1, num_classes=3)
+    ref = param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
+    opt = optim.build("adamw", {}, model, lr=0.1, weight_decay=0.05)
+    for groups in (ref, opt.param_groups):
+        assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert ids(p for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]) == ids(
+        p for g in ref if g["weight_decay"] == 0 for p in g["params"])
+    assert model.pos_embed.token_projection.weight.ndim == 4  # decayed if the pattern were a plain name
+
+
 def test_backbone_lr_mult_keeps_the_head_at_lr() -> None:
     model = TinyNet()
     opt = optim.build("adamw", {}, model, lr=0.1, weight_decay=1e-2, backbone_lr_mult=0.1)

@@ -11,6 +11,7 @@ configured lr. Besides the names registered here, any optimizer timm knows
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import warnings
 from collections.abc import Mapping
@@ -68,11 +69,12 @@ def param_groups(
 
     The decay rule is timm's `param_groups_weight_decay`: no decay on 1-D tensors
     (norm weights), biases and the names a model lists in `no_weight_decay()`
-    (position embeddings, class tokens). Written out because that function's
-    signature changed within timm 1.0.x. Head groups come first so that the first
-    group's lr is the configured one.
+    (position embeddings, class tokens), which are fnmatch patterns as in timm
+    (xcit lists `pos_embed.*`). Written out because that function's signature
+    changed within timm 1.0.x. Head groups come first so that the first group's lr
+    is the configured one.
     """
-    no_wd_names = set(getattr(model, "no_weight_decay", lambda: set())())
+    no_wd_patterns = set(getattr(model, "no_weight_decay", lambda: set())())
     split_head = backbone_lr_mult != 1.0
     head = {id(p) for p in classifier_params(model)} if split_head else set()
     matrices = {id(p) for p in hidden_matrices(model)}
@@ -81,7 +83,8 @@ def param_groups(
         if not p.requires_grad:
             continue
         one_d = p.ndim <= 1 or pname.endswith(".bias")
-        decays = weight_decay > 0 and (decay_norm_and_bias or not one_d) and pname not in no_wd_names
+        decays = (weight_decay > 0 and (decay_norm_and_bias or not one_d)
+                  and not any(fnmatch.fnmatch(pname, pat) for pat in no_wd_patterns))
         key = (id(p) in head, decays, id(p) in matrices)
         if key not in groups:
             mult = 1.0 if key[0] or not split_head else backbone_lr_mult
