@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from trainpipe.data.augment import AugmentOp, apply_batch, build_pipeline, stream_transform
 from trainpipe.data.augment.kernels import adjust_colors, perspective_grids, warp
-from trainpipe.data.augment.mix import build_mix, sample_beta
+from trainpipe.data.augment.mix import build_mix, cutmix_boxes, sample_beta
 from trainpipe.errors import ConfigError
 from trainpipe.registry import AUGMENTS
 
@@ -512,6 +512,23 @@ def test_cutmix_lambda_equals_the_kept_area() -> None:
     torch.testing.assert_close(target[torch.arange(b), y], kept.flatten(1).float().mean(1))
     boxes = erased_boxes(x, mixed)
     assert sum(box is not None for box in boxes) > 0.8 * b  # a rectangle was pasted in most
+
+
+@pytest.mark.parametrize(("h", "w"), [(32, 32), (12, 10)])
+def test_cutmix_boxes_are_timms_rand_bbox(h: int, w: int) -> None:
+    import numpy as np
+    from timm.data.mixup import rand_bbox
+
+    n = 200
+    # lam 0.7 on 32x32 cuts int(17.5) = 17 pixels: odd, where a box of cy +- cut // 2 loses one row.
+    lam = np.concatenate([[0.7, 0.5, 0.3, 0.0, 1.0], np.random.default_rng(0).uniform(0, 1, n - 5)])
+    for i, value in enumerate(lam):
+        np.random.seed(i)
+        ref = rand_bbox((3, h, w), value)
+        np.random.seed(i)  # rand_bbox draws cy, then cx, with numpy's global RNG
+        cy, cx = np.random.randint(0, h), np.random.randint(0, w)
+        ours = cutmix_boxes(torch.tensor([value], dtype=torch.float64), torch.tensor([cy]), torch.tensor([cx]), h, w)
+        assert [int(v) for v in ours] == [int(v) for v in ref], (value, cy, cx)
 
 
 def test_switch_prob_picks_cutmix_for_that_share_of_samples() -> None:
