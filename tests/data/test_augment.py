@@ -289,6 +289,42 @@ def test_colour_kernels_match_torchvision_with_a_factor_per_sample(component: st
     torch.testing.assert_close(adjust_colors(x, **{component: factors}), expected, atol=2e-5, rtol=0)
 
 
+def test_colour_kernels_follow_a_per_sample_order_like_torchvision() -> None:
+    b = 24
+    x = images(b, 3, 8, 8, seed=4)
+    g = gen(4)
+    factors = {"brightness": torch.rand(b, generator=g) + 0.5, "contrast": torch.rand(b, generator=g) + 0.5,
+               "saturation": torch.rand(b, generator=g) * 2, "hue": torch.rand(b, generator=g) - 0.5}
+    order = torch.stack([torch.randperm(4, generator=g) for _ in range(b)])
+    fns = [(TF.adjust_brightness, "brightness"), (TF.adjust_contrast, "contrast"),
+           (TF.adjust_saturation, "saturation"), (TF.adjust_hue, "hue")]  # ColorJitter's fn_idx numbering
+    expected = []
+    for i, img in enumerate(x):
+        for fn_id in order[i].tolist():
+            fn, name = fns[fn_id]
+            img = fn(img, float(factors[name][i]))
+        expected.append(img)
+    torch.testing.assert_close(adjust_colors(x, **factors, order=order), torch.stack(expected), atol=3e-5, rtol=0)
+
+
+def test_colour_jitter_draws_the_order_per_sample_like_torchvision() -> None:
+    # Fixed factors: only the order is random, and brightness-then-contrast differs from the reverse.
+    options = {"brightness": [1.6, 1.6], "contrast": [0.3, 0.3]}
+    op = one({"color_jitter": options})
+    n = 400
+    x = images(1, 3, 8, 8, seed=5).expand(n, -1, -1, -1).contiguous()
+    torch.manual_seed(0)
+    t = op.transform()
+    ref = torch.stack([t(x[0]) for _ in range(64)])
+    variants = torch.unique(ref.flatten(1).round(decimals=4), dim=0)
+    assert len(variants) == 2  # torchvision: one image per order of the two adjustments
+    y = op.batch(x, gen(6)).flatten(1).round(decimals=4)
+    which = (y[:, None] == variants[None]).all(dim=2)  # (n, 2)
+    assert which.sum(dim=1).eq(1).all()  # every sample is one of torchvision's two images
+    lo, hi = binomial_bounds(n, 0.5)
+    assert lo <= which[:, 0].sum() <= hi
+
+
 def test_blur_keeps_the_mean_and_removes_high_frequencies() -> None:
     x = images(16, 3, 32, 32)
     y = one({"gaussian_blur": {"kernel_size": 7, "sigma": [1.0, 2.0]}}).batch(x, gen())
