@@ -5,7 +5,8 @@ parameters into groups (no weight decay on norm weights and biases unless
 `decay_norm_and_bias`; the classifier head at `lr`, the rest at
 `lr * backbone_lr_mult`) and hands them to the registered function. Every group
 records `base_lr`, the lr a schedule multiplies, and `lr_mult`, its share of the
-configured lr. Besides the names registered here, any optimizer timm knows
+configured lr; from then on the schedule (`trainpipe.sched`) is the only writer of a
+group's `lr`. Besides the names registered here, any optimizer timm knows
 (lion, lamb, lars, adabelief, ...) works by name with its own keyword arguments.
 """
 
@@ -165,7 +166,8 @@ def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, neste
 
     The default `adjust_lr_fn=match_rms_adamw` (Moonshot's scaling) makes Muon's
     update as large as AdamW's, so one lr serves both; `adamw_lr` sets AdamW's
-    apart (scaled by `backbone_lr_mult` like every other lr).
+    apart (scaled by `backbone_lr_mult` like every other lr): it becomes those groups'
+    `base_lr`, which the schedule turns into their lr from its first step.
     """
     if not 1 <= ns_steps < 100:
         raise ConfigError(f"optim.ns_steps: Newton-Schulz steps must be in [1, 99], got {ns_steps}; 5 is usual.")
@@ -176,7 +178,7 @@ def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, neste
     others = [g for g in param_groups if not g.get("matrix")]
     if adamw_lr is not None:
         for g in others:
-            g["lr"] = g["base_lr"] = adamw_lr * g["lr_mult"]
+            g["base_lr"] = adamw_lr * g["lr_mult"]
     parts: list[Optimizer] = []
     if matrices:
         parts.append(KernelMuon(matrices, lr=matrices[0]["lr"], momentum=momentum, nesterov=nesterov,
