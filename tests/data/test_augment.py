@@ -567,6 +567,21 @@ def test_cutmix_boxes_are_timms_rand_bbox(h: int, w: int) -> None:
         assert [int(v) for v in ours] == [int(v) for v in ref], (value, cy, cx)
 
 
+def test_train_label_smoothing_on_mixed_targets_is_timms_mixup_smoothing() -> None:
+    # data.mix has no smoothing key: train.label_smoothing, applied by the loss, gives timm's targets.
+    import torch.nn.functional as F
+    from timm.data.mixup import mixup_target
+
+    from trainpipe.loop.trainer import soft_cross_entropy
+
+    y = torch.arange(8)  # every sample's partner (the batch reversed) has another class
+    _, target = build_mix({"mixup_alpha": 1.0}, 10)(images(8), y, gen(3))
+    lam = float(target[0, 0])
+    logits = torch.randn(8, 10, generator=gen(4))
+    reference = F.cross_entropy(logits, mixup_target(y, 10, lam, smoothing=0.1))
+    torch.testing.assert_close(soft_cross_entropy(logits, target, 0.1), reference)
+
+
 def test_switch_prob_picks_cutmix_for_that_share_of_samples() -> None:
     b = 1000
     mix = build_mix({"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "switch_prob": 0.3, "mode": "elem"}, 2)
