@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from trainpipe.config import MixConfig, augment_specs, validate
 from trainpipe.data.augment import AugmentOp, apply_batch, build_pipeline, stream_transform
 from trainpipe.data.augment.kernels import adjust_colors, perspective_grids, warp
-from trainpipe.data.augment.mix import build_mix, sample_beta
+from trainpipe.data.augment.mix import build_mix, cutmix_boxes, sample_beta
 from trainpipe.errors import ConfigError
 from trainpipe.registry import AUGMENTS
 
@@ -290,6 +290,42 @@ def test_colour_kernels_match_torchvision_with_a_factor_per_sample(component: st
     torch.testing.assert_close(adjust_colors(x, **{component: factors}), expected, atol=2e-5, rtol=0)
 
 
+def test_colour_kernels_follow_a_per_sample_order_like_torchvision() -> None:
+    b = 24
+    x = images(b, 3, 8, 8, seed=4)
+    g = gen(4)
+    factors = {"brightness": torch.rand(b, generator=g) + 0.5, "contrast": torch.rand(b, generator=g) + 0.5,
+               "saturation": torch.rand(b, generator=g) * 2, "hue": torch.rand(b, generator=g) - 0.5}
+    order = torch.stack([torch.randperm(4, generator=g) for _ in range(b)])
+    fns = [(TF.adjust_brightness, "brightness"), (TF.adjust_contrast, "contrast"),
+           (TF.adjust_saturation, "saturation"), (TF.adjust_hue, "hue")]  # ColorJitter's fn_idx numbering
+    expected = []
+    for i, img in enumerate(x):
+        for fn_id in order[i].tolist():
+            fn, name = fns[fn_id]
+            img = fn(img, float(factors[name][i]))
+        expected.append(img)
+    torch.testing.assert_close(adjust_colors(x, **factors, order=order), torch.stack(expected), atol=3e-5, rtol=0)
+
+
+def test_colour_jitter_draws_the_order_per_sample_like_torchvision() -> None:
+    # Fixed factors: only the order is random, and brightness-then-contrast differs from the reverse.
+    options = {"brightness": [1.6, 1.6], "contrast": [0.3, 0.3]}
+    op = one({"color_jitter": options})
+    n = 400
+    x = images(1, 3, 8, 8, seed=5).expand(n, -1, -1, -1).contiguous()
+    torch.manual_seed(0)
+    t = op.transform()
+    ref = torch.stack([t(x[0]) for _ in range(64)])
+    variants = torch.unique(ref.flatten(1).round(decimals=4), dim=0)
+    assert len(variants) == 2  # torchvision: one image per order of the two adjustments
+    y = op.batch(x, gen(6)).flatten(1).round(decimals=4)
+    which = (y[:, None] == variants[None]).all(dim=2)  # (n, 2)
+    assert which.sum(dim=1).eq(1).all()  # every sample is one of torchvision's two images
+    lo, hi = binomial_bounds(n, 0.5)
+    assert lo <= which[:, 0].sum() <= hi
+
+
 def test_blur_keeps_the_mean_and_removes_high_frequencies() -> None:
     x = images(16, 3, 32, 32)
     y = one({"gaussian_blur": {"kernel_size": 7, "sigma": [1.0, 2.0]}}).batch(x, gen())
@@ -460,7 +496,7 @@ def test_beta_sampler_follows_the_beta_distribution() -> None:
         {"mixup_alpha": 0.8},
         {"cutmix_alpha": 1.0},
         {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mode": "elem"},
-        {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.5, "label_smoothing": 0.1},
+        {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.5},
     ],
 )
 def test_mixed_targets_are_distributions_over_the_two_labels(cfg: dict) -> None:
@@ -470,7 +506,7 @@ def test_mixed_targets_are_distributions_over_the_two_labels(cfg: dict) -> None:
         mixed, target = mix(x, y, gen(seed))
         assert mixed.shape == x.shape and target.shape == (16, 10) and target.dtype == torch.float32
         torch.testing.assert_close(target.sum(1), torch.ones(16))
-        smooth = cfg.get("label_smoothing", 0.0)
+        smooth = 0.0  # the mixer leaves smoothing to the loss (train.label_smoothing)
         others = torch.ones(16, 10, dtype=torch.bool)
         others[torch.arange(16), y] = False
         others[torch.arange(16), y.flip(0)] = False
@@ -513,6 +549,38 @@ def test_cutmix_lambda_equals_the_kept_area() -> None:
     torch.testing.assert_close(target[torch.arange(b), y], kept.flatten(1).float().mean(1))
     boxes = erased_boxes(x, mixed)
     assert sum(box is not None for box in boxes) > 0.8 * b  # a rectangle was pasted in most
+
+
+@pytest.mark.parametrize(("h", "w"), [(32, 32), (12, 10)])
+def test_cutmix_boxes_are_timms_rand_bbox(h: int, w: int) -> None:
+    import numpy as np
+    from timm.data.mixup import rand_bbox
+
+    n = 200
+    # lam 0.7 on 32x32 cuts int(17.5) = 17 pixels: odd, where a box of cy +- cut // 2 loses one row.
+    lam = np.concatenate([[0.7, 0.5, 0.3, 0.0, 1.0], np.random.default_rng(0).uniform(0, 1, n - 5)])
+    for i, value in enumerate(lam):
+        np.random.seed(i)
+        ref = rand_bbox((3, h, w), value)
+        np.random.seed(i)  # rand_bbox draws cy, then cx, with numpy's global RNG
+        cy, cx = np.random.randint(0, h), np.random.randint(0, w)
+        ours = cutmix_boxes(torch.tensor([value], dtype=torch.float64), torch.tensor([cy]), torch.tensor([cx]), h, w)
+        assert [int(v) for v in ours] == [int(v) for v in ref], (value, cy, cx)
+
+
+def test_train_label_smoothing_on_mixed_targets_is_timms_mixup_smoothing() -> None:
+    # data.mix has no smoothing key: train.label_smoothing, applied by the loss, gives timm's targets.
+    import torch.nn.functional as F
+    from timm.data.mixup import mixup_target
+
+    from trainpipe.loop.trainer import soft_cross_entropy
+
+    y = torch.arange(8)  # every sample's partner (the batch reversed) has another class
+    _, target = build_mix(MixConfig(mixup_alpha=1.0), 10)(images(8), y, gen(3))
+    lam = float(target[0, 0])
+    logits = torch.randn(8, 10, generator=gen(4))
+    reference = F.cross_entropy(logits, mixup_target(y, 10, lam, smoothing=0.1))
+    torch.testing.assert_close(soft_cross_entropy(logits, target, 0.1), reference)
 
 
 def test_switch_prob_picks_cutmix_for_that_share_of_samples() -> None:
@@ -574,10 +642,9 @@ def test_batched_ops_and_mix_never_wait_on_the_host_on_cuda() -> None:
 
 
 def test_the_config_mix_section_reaches_the_mixer_unchanged() -> None:
-    cfg = validate({"data": {"mix": {"cutmix_alpha": 1.0, "label_smoothing": 0.1, "mode": "elem"}}})
+    cfg = validate({"data": {"mix": {"cutmix_alpha": 1.0, "prob": 0.5, "mode": "elem"}}})
     mix = build_mix(cfg.data.mix, 3)
     assert mix is not None and mix.cfg is cfg.data.mix  # one schema: the mixer reads the config's section
-    assert (mix.cfg.mixup_alpha, mix.cfg.cutmix_alpha, mix.cfg.label_smoothing) == (0.0, 1.0, 0.1)
-    y = torch.tensor([0, 1, 2, 0])
-    _, target = mix(images(4), y, gen(0))
-    assert target.min() >= 0.1 / 3 - 1e-6  # label smoothing spreads 0.1 over the three classes
+    assert (mix.cfg.mixup_alpha, mix.cfg.cutmix_alpha, mix.cfg.prob, mix.cfg.mode) == (0.0, 1.0, 0.5, "elem")
+    with pytest.raises(ConfigError, match=r"data\.mix\.label_smoothing: unknown key"):
+        validate({"data": {"mix": {"cutmix_alpha": 1.0, "label_smoothing": 0.1}}})  # train.label_smoothing

@@ -50,14 +50,25 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# One-cycle also cycles SGD's momentum (torch's OneCycleLR default): resume must restore it too.
+ONECYCLE = EXACT + ["sched.name=onecycle", "optim.name=sgd", "optim.momentum=0.9"]
+
+
+@pytest.fixture(scope="module")
+def onecycle_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onecycle") / "run"
+    trainpipe.train(None, ONECYCLE, output=out, quiet=True)
+    return out
+
+
 def _run_and_kill(run_dir: Path, *, in_child: Callable[[], None] = lambda: None,
-                  kill_when: Callable[[], bool] | None = None) -> None:
+                  kill_when: Callable[[], bool] | None = None, overrides: list[str] = EXACT) -> None:
     """Train in a forked child; SIGKILL it when `kill_when()` turns true (or let the child kill itself)."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
             in_child()
-            trainpipe.train(None, EXACT, output=run_dir, quiet=True)
+            trainpipe.train(None, overrides, output=run_dir, quiet=True)
         finally:
             os._exit(0)
     deadline = time.monotonic() + 120
@@ -94,8 +105,7 @@ def test_killed_from_outside_after_two_epochs(tmp_path: Path, reference: Path) -
     _assert_same_run(run_dir, reference)
 
 
-@pytest.mark.parametrize("epoch", [1, 4])  # 1: before any epoch's checkpoint, from the epoch-0 state
-def test_killed_in_the_middle_of_an_epoch(tmp_path: Path, reference: Path, epoch: int) -> None:
+def _die_at_step(epoch: int) -> Callable[[], None]:
     def die_at_step() -> None:
         from trainpipe.loop.trainer import Trainer
 
@@ -110,11 +120,26 @@ def test_killed_in_the_middle_of_an_epoch(tmp_path: Path, reference: Path, epoch
 
         Trainer.train_step = step  # type: ignore[method-assign]
 
+    return die_at_step
+
+
+@pytest.mark.parametrize("epoch", [1, 4])  # 1: before any epoch's checkpoint, from the epoch-0 state
+def test_killed_in_the_middle_of_an_epoch(tmp_path: Path, reference: Path, epoch: int) -> None:
     run_dir = tmp_path / "run"
-    _run_and_kill(run_dir, in_child=die_at_step)
+    _run_and_kill(run_dir, in_child=_die_at_step(epoch))
     assert [r["epoch"] for r in _rows(run_dir)] == list(range(1, epoch))
     resume(run_dir, quiet=True)
     _assert_same_run(run_dir, reference)
+
+
+def test_onecycle_momentum_resumes_exactly(tmp_path: Path, onecycle_reference: Path) -> None:
+    run_dir = tmp_path / "run"
+    _run_and_kill(run_dir, in_child=_die_at_step(4), overrides=ONECYCLE)
+    resume(run_dir, quiet=True)
+    _assert_same_run(run_dir, onecycle_reference)
+    # The momentum was cycled: torch's OneCycleLR leaves max_momentum (0.95) at the last step.
+    groups = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert groups and all(g["momentum"] == pytest.approx(0.95) for g in groups)
 
 
 def test_killed_while_writing_a_checkpoint(tmp_path: Path, reference: Path) -> None:

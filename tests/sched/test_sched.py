@@ -54,19 +54,55 @@ def test_warmup_steps_convert_with_steps_per_epoch() -> None:
     assert lr_at(by_steps, 1.25) == pytest.approx(BASE * 6 / 7)  # step 5 of 6: (5 + 1) / (6 + 1)
 
 
-def test_onecycle_peaks_at_pct_start() -> None:
-    s = build("onecycle", {"pct_start": 0.3, "div_factor": 10, "final_div_factor": 100}, epochs=10)
-    first, last = BASE / 10, BASE / 1000
-    assert lr_at(s, 0.0) == pytest.approx(first)
-    assert lr_at(s, 1.5) == pytest.approx((first + BASE) / 2)  # half-way up a half cosine
-    assert lr_at(s, 3.0) == pytest.approx(BASE)
-    assert lr_at(s, 2.9) < BASE and lr_at(s, 3.1) < BASE
-    assert lr_at(s, 6.5) == pytest.approx((BASE + last) / 2)
-    assert lr_at(s, 10.0) == pytest.approx(last)
-    lin = build("onecycle", {"pct_start": 0.25, "div_factor": 10, "final_div_factor": 1, "anneal": "linear"},
-                epochs=8)
-    assert lr_at(lin, 1.0) == pytest.approx(BASE * (0.1 + 0.9 * 0.5))
-    assert lr_at(lin, 5.0) == pytest.approx(BASE * (1 - 0.9 * 0.5))
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=BASE, momentum=0.9, nesterov=True),
+    lambda p: torch.optim.AdamW(p, lr=BASE, betas=(0.9, 0.99)),
+], ids=["sgd", "adamw"])
+def test_onecycle_lr_and_momentum_match_torch_step_by_step(anneal: str, make_opt) -> None:
+    epochs, spe = 10, 50  # 500 steps: torch's peak is step 149, its last step (499) the minimum
+    opts = {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4}
+    ours_opt = make_opt([{"params": [nn.Parameter(torch.zeros(1))], "lr": BASE, "base_lr": BASE}])
+    ours = build("onecycle", {**opts, "anneal": anneal}, opt=ours_opt, epochs=epochs, steps_per_epoch=spe)
+    ref_opt = make_opt([nn.Parameter(torch.zeros(1))])
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=BASE, total_steps=epochs * spe,
+                                              anneal_strategy=anneal, **opts)
+    key = "betas" if "betas" in ref_opt.defaults else "momentum"
+
+    def momentum(o: torch.optim.Optimizer) -> float:
+        v = o.param_groups[0][key]
+        return v[0] if key == "betas" else v
+
+    lrs = []
+    for k in range(epochs * spe):
+        ours.step(k / spe)
+        lrs.append(ours.current_lrs()[0])
+        assert lrs[-1] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15), k
+        assert momentum(ours_opt) == pytest.approx(momentum(ref_opt), rel=1e-9), k
+        if key == "betas":
+            assert ours_opt.param_groups[0]["betas"][1] == 0.99  # beta2 untouched
+        ref_opt.step()
+        ref.step()
+    assert max(range(len(lrs)), key=lrs.__getitem__) == 149
+    assert lrs[-1] == pytest.approx(BASE / 25 / 1e4)
+
+
+def test_onecycle_without_momentum_cycling_leaves_the_optimizer_momentum() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=BASE, momentum=0.9)
+    s = build("onecycle", {"cycle_momentum": False}, opt=opt, epochs=4)
+    for t in (0.0, 1.0, 3.5):
+        s.step(t)
+        assert opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_a_chain_after_onecycle_keeps_the_momentum_onecycle_left() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=BASE, momentum=0.9)
+    s = build("chain", {"schedulers": [{"name": "onecycle", "until_epoch": 4}, {"name": "cosine"}]}, opt=opt,
+              epochs=8)
+    s.step(1.0)
+    assert 0.85 < opt.param_groups[0]["momentum"] < 0.95
+    s.step(6.0)
+    assert opt.param_groups[0]["momentum"] == pytest.approx(0.95)  # torch's OneCycleLR ends at max_momentum
 
 
 def test_step_multistep_exponential_linear_by_hand() -> None:
@@ -173,13 +209,44 @@ def test_plateau_ignores_warmup_epochs() -> None:
     assert lr_at(s, 4.0) == pytest.approx(BASE / 2)
 
 
+# ------------------------------------------- deliberate differences (README)
+def test_warmup_is_a_prefix_as_timms_warmup_prefix() -> None:
+    from timm.scheduler import CosineLRScheduler
+
+    ours = build("cosine", epochs=10, steps_per_epoch=1, warmup_epochs=2)
+    ref_opt = optimizer()
+    ref = CosineLRScheduler(ref_opt, t_initial=8, warmup_t=2, warmup_prefix=True, warmup_lr_init=1e-3)
+    for epoch in range(2, 11):
+        ref.step(epoch)
+        assert lr_at(ours, epoch) == pytest.approx(ref_opt.param_groups[0]["lr"]), epoch
+    assert lr_at(ours, 0) == pytest.approx(BASE / 3)  # the ramp starts one step in: (0 + 1) / (2 + 1)
+
+
+def test_plateau_does_not_count_a_nan_metric_where_torch_does() -> None:
+    ours = build("plateau", {"factor": 0.5, "patience": 0}, monitor_mode="max")
+    ref_opt = optimizer()
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, mode="max", factor=0.5, patience=0)
+    for epoch, metric in enumerate([0.5, math.nan]):
+        ours.epoch_end(epoch, metric)
+        ref.step(metric)
+    assert ref_opt.param_groups[0]["lr"] == BASE / 2
+    assert lr_at(ours, 2.0) == BASE
+
+
+def test_a_chain_raises_the_lr_to_the_next_plateaus_min_lr() -> None:
+    s = build("chain", {"schedulers": [{"name": "step", "step_size": 1, "gamma": 0.1, "until_epoch": 3},
+                                       {"name": "plateau", "min_lr": 0.005}]}, epochs=10)
+    assert lr_at(s, 2.5) == pytest.approx(BASE / 100)  # 0.001, below the plateau's min_lr
+    assert lr_at(s, 3.0) == pytest.approx(0.005)
+
+
 # -------------------------------------------------------------------- chain
 def test_chain_hands_over_from_the_lr_the_previous_one_left() -> None:
     s = build("chain", {"schedulers": [
         {"name": "onecycle", "until_epoch": 4, "pct_start": 0.5, "div_factor": 10, "final_div_factor": 2},
         {"name": "cosine"},
     ]}, epochs=10)
-    assert lr_at(s, 2.0) == pytest.approx(BASE)  # onecycle's peak, half-way through its 4 epochs
+    assert lr_at(s, 1.75) == pytest.approx(BASE)  # onecycle's peak: half its 4 epochs less one step (1/4)
     left = BASE / 20  # onecycle ends at lr / (div * final_div)
     assert lr_at(s, 3.999) == pytest.approx(left, rel=1e-3)
     assert lr_at(s, 4.0) == pytest.approx(left)  # cosine starts where onecycle stopped
@@ -289,18 +356,31 @@ def test_schedule_survives_the_optimizer_replacing_its_groups_on_load() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(BASE / 2)
 
 
-def test_set_lr_scale_multiplies_every_lr_and_is_saved() -> None:
+def test_factors_multiply_every_lr_and_are_saved() -> None:
     s = build("cosine", opt=optimizer(0.1, 0.02), epochs=4)
     s.step(2.0)
-    s.set_lr_scale(2.0)
+    s.set_factor("batch_size", 2.0)
     assert s.current_lrs() == pytest.approx([0.1, 0.02])  # applied at once, at the current t
+    s.set_factor("rollback", 0.5)
+    s.set_factor("rollback", 0.25)  # a name's factor is replaced, not compounded
     s.step(3.0)
     c = 0.5 * (1 + math.cos(math.pi * 3 / 4))
-    assert s.current_lrs() == pytest.approx([2 * 0.1 * c, 2 * 0.02 * c])
+    assert s.current_lrs() == pytest.approx([0.5 * 0.1 * c, 0.5 * 0.02 * c])
     other = build("cosine", opt=optimizer(0.1, 0.02), epochs=4)
     other.load_state_dict(s.state_dict())
-    assert other.current_lrs() == pytest.approx(s.current_lrs())
-    assert other.lr_scale == 2.0
+    assert other.current_lrs() == s.current_lrs()
+    assert other.factor("batch_size") == 2.0 and other.factor("rollback") == 0.25
+
+
+def test_the_schedule_keeps_the_base_lrs_it_was_built_with() -> None:
+    # A resumed optimizer's groups carry the lr and base_lr they were saved with; the lr that
+    # counts is the one the schedule (built from the config) sets.
+    opt = optimizer(0.1)
+    s = build("constant", opt=opt, epochs=4)
+    saved = optimizer(0.3).state_dict()
+    opt.load_state_dict(saved)
+    s.step(1.0)
+    assert opt.param_groups[0]["lr"] == BASE
 
 
 @pytest.mark.parametrize(
@@ -313,6 +393,7 @@ def test_set_lr_scale_multiplies_every_lr_and_is_saved() -> None:
         ("multistep", {"milestones": [5, 2]}, {}, r"sched\.milestones"),
         ("onecycle", {"pct_start": 1.0}, {}, r"sched\.pct_start"),
         ("onecycle", {"anneal": "cosine"}, {}, r"sched\.anneal"),
+        ("onecycle", {"max_momentum": 1.0}, {}, r"sched\.max_momentum"),
         ("plateau", {"factor": 1.5}, {}, r"sched\.factor"),
         ("plateau", {"threshold_mode": "relative"}, {}, r"sched\.threshold_mode"),
         ("cosine", {}, {"warmup_epochs": 1, "warmup_steps": 4}, r"sched\.warmup_steps: set either"),
@@ -344,3 +425,13 @@ def test_lr_scale_for() -> None:
     assert lr_scale_for(512, 128, "sqrt") == pytest.approx(2.0)
     with pytest.raises(ConfigError, match=r"train\.lr_scaling"):
         load_config(None, {"train.lr_scaling": "cubic"})
+
+
+def test_the_batch_size_schedule_scales_the_lr_through_the_schedule(tmp_path) -> None:
+    import trainpipe
+
+    tiny = ["model.width=8", "tracking.plots=false", "train.device=cpu", "sched.name=constant", "optim.lr=0.05",
+            "data.batch_size=32", "train.epochs=3"]
+    r = trainpipe.train(None, tiny + ["train.batch_size_schedule={1: 64, 2: 128}", "train.lr_scaling=sqrt"],
+                        output=tmp_path, quiet=True)
+    assert [m["lr"] for m in r.metrics] == pytest.approx([0.05, 0.05 * 2**0.5, 0.05 * 2])

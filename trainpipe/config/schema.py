@@ -46,7 +46,6 @@ class MixConfig(Section):
     prob: float = Field(1.0, ge=0, le=1)
     switch_prob: float = Field(0.5, ge=0, le=1)
     mode: Literal["batch", "elem"] = "batch"  # one lambda per batch (timm's default) or per sample
-    label_smoothing: float = Field(0.0, ge=0, lt=1)  # of the mixed targets; timm's Mixup defaults to 0.1
 
 
 class DataConfig(ComponentSection):

@@ -117,7 +117,8 @@ class EarlyStopping(Callback):
 
 
 class BatchSizeSchedule(Callback):
-    """Sets the training batch size at the epochs a `train.batch_size_schedule` names.
+    """Sets the training batch size at the epochs a `train.batch_size_schedule` names, and
+    the lr scaling that goes with it as the schedule's "batch_size" factor.
 
     The batch size and lr scale are pure functions of the epoch, so resume needs no
     extra state: the callback recomputes both at every epoch start.
@@ -131,4 +132,4 @@ class BatchSizeSchedule(Callback):
 
         bs = batch_size_at(trainer.state.epoch, self.base, self.schedule)
         trainer.data.train.batch_size = bs
-        trainer.schedule.set_lr_scale(lr_scale_for(bs, self.base, self.lr_scaling))
+        trainer.schedule.set_factor("batch_size", lr_scale_for(bs, self.base, self.lr_scaling))

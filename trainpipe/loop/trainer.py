@@ -42,8 +42,8 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     nonfinite: bool = False  # the last epoch left a non-finite loss or weight
     skipped_steps: int = 0  # optimizer steps skipped by on_nonfinite=skip_step
-    rollbacks: int = 0  # reloads of the last good checkpoint by on_nonfinite=rollback
-    lr_factor: float = 1.0  # halved by each rollback; multiplies every group's base lr
+    rollbacks: int = 0  # reloads of the last good checkpoint by on_nonfinite=rollback (each halves
+    # the lr through the schedule's "rollback" factor)
     final: dict[str, Any] = field(default_factory=dict)  # after the loop: test metrics, bests
 
     def state_dict(self) -> dict[str, Any]:
@@ -165,16 +165,15 @@ class Trainer:
         return [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups]
 
     def apply_config_hparams(self) -> None:
-        """Set the config's hyperparameters (times `state.lr_factor` for the lr) on every group.
+        """Set the config's hyperparameters on every group, then let the schedule set the lr.
 
         A checkpoint's optimizer state carries the hyperparameters it was saved with;
-        re-applying the config's makes resume-time overrides (optim.lr=..., momentum)
-        take effect, and is a no-op when nothing changed.
+        re-applying the config's makes resume-time overrides (weight decay, momentum)
+        take effect, and is a no-op when nothing changed. The lr is the schedule's alone:
+        it was built from the (possibly overridden) config's base lrs.
         """
         for g, fresh in zip(self.optimizer.param_groups, self._config_hparams):
             g.update(fresh)
-            if "base_lr" in fresh:
-                g["base_lr"] = fresh["base_lr"] * self.state.lr_factor
         self.schedule.step(self.schedule.t)
 
     def state_dict(self) -> dict[str, Any]:
@@ -256,7 +255,7 @@ class Trainer:
           epoch that still ends non-finite (every step skipped, or a non-finite validation
           loss) ends the run as with stop.
         rollback: reload the newest good full state (last.pt, falling back to previous.pt),
-          halve the lr (`state.lr_factor`) and go on from there; after MAX_ROLLBACKS the
+          halve the lr (the schedule's "rollback" factor) and go on from there; after MAX_ROLLBACKS the
           run ends as with stop.
         It runs after every callback's on_epoch_end, so each has seen the diverged epoch.
         """
@@ -272,11 +271,11 @@ class Trainer:
         saved, path = found
         st = self.state
         diverged_epoch, skipped = st.epoch, st.skipped_steps
-        rollbacks, factor = st.rollbacks + 1, st.lr_factor * 0.5
+        rollbacks, factor = st.rollbacks + 1, self.schedule.factor("rollback") * 0.5
         self.load_state_dict(saved)
         st = self.state
-        st.rollbacks, st.lr_factor, st.skipped_steps = rollbacks, factor, skipped
-        self.apply_config_hparams()
+        st.rollbacks, st.skipped_steps = rollbacks, skipped
+        self.schedule.set_factor("rollback", factor)
         restore_rng(saved["rng"])
         self._pending_rng = None
         if self.on_event is not None:
@@ -379,13 +378,18 @@ class Trainer:
             self.state.skipped_steps += 1
             self._skipped_this_epoch += 1
             return loss, logits
-        if t.grad_clip is not None:
+        closure_optim = getattr(self.optimizer, "requires_closure", False)
+        if t.grad_clip is not None and not closure_optim:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
-        if getattr(self.optimizer, "requires_closure", False):
-            # SAM-style optimizers re-evaluate the loss at perturbed weights.
+        if closure_optim:
+            # SAM-style optimizers re-evaluate the loss at perturbed weights and step with
+            # that second gradient, so it is the one clipped (the first is only normalised).
             def closure() -> torch.Tensor:
-                loss2, _ = self._loss(x, y)
+                with self.optimizer.second_pass(self.model):
+                    loss2, _ = self._loss(x, y)
                 loss2.backward()
+                if t.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
                 return loss2
 
             self.optimizer.step(closure)

@@ -5,12 +5,14 @@ parameters into groups (no weight decay on norm weights and biases unless
 `decay_norm_and_bias`; the classifier head at `lr`, the rest at
 `lr * backbone_lr_mult`) and hands them to the registered function. Every group
 records `base_lr`, the lr a schedule multiplies, and `lr_mult`, its share of the
-configured lr. Besides the names registered here, any optimizer timm knows
+configured lr; from then on the schedule (`trainpipe.sched`) is the only writer of a
+group's `lr`. Besides the names registered here, any optimizer timm knows
 (lion, lamb, lars, adabelief, ...) works by name with its own keyword arguments.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import warnings
 from collections.abc import Mapping
@@ -69,11 +71,12 @@ def param_groups(
 
     The decay rule is timm's `param_groups_weight_decay`: no decay on 1-D tensors
     (norm weights), biases and the names a model lists in `no_weight_decay()`
-    (position embeddings, class tokens). Written out because that function's
-    signature changed within timm 1.0.x. Head groups come first so that the first
-    group's lr is the configured one.
+    (position embeddings, class tokens), which are fnmatch patterns as in timm
+    (xcit lists `pos_embed.*`). Written out because that function's signature
+    changed within timm 1.0.x. Head groups come first so that the first group's lr
+    is the configured one.
     """
-    no_wd_names = set(getattr(model, "no_weight_decay", lambda: set())())
+    no_wd_patterns = set(getattr(model, "no_weight_decay", lambda: set())())
     split_head = backbone_lr_mult != 1.0
     head = {id(p) for p in classifier_params(model)} if split_head else set()
     matrices = {id(p) for p in hidden_matrices(model)}
@@ -82,7 +85,8 @@ def param_groups(
         if not p.requires_grad:
             continue
         one_d = p.ndim <= 1 or pname.endswith(".bias")
-        decays = weight_decay > 0 and (decay_norm_and_bias or not one_d) and pname not in no_wd_names
+        decays = (weight_decay > 0 and (decay_norm_and_bias or not one_d)
+                  and not any(fnmatch.fnmatch(pname, pat) for pat in no_wd_patterns))
         key = (id(p) in head, decays, id(p) in matrices)
         if key not in groups:
             mult = 1.0 if key[0] or not split_head else backbone_lr_mult
@@ -141,11 +145,13 @@ def rmsprop(param_groups: list[dict[str, Any]], /, *, alpha: float = 0.99, eps: 
 
 @OPTIMIZERS.register("sam")
 def sam(param_groups: list[dict[str, Any]], /, *, base: str = "sgd", rho: PositiveFloat = 0.05, adaptive: bool = False,
-        base_options: dict[str, Any] | None = None) -> Optimizer:
-    """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM."""
+        base_options: dict[str, Any] | None = None, freeze_bn: bool = True) -> Optimizer:
+    """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM;
+    freeze_bn=false lets the second pass update BatchNorm's running statistics too."""
     entry = OPTIMIZERS.get(base, key="optim.base")
     opts = dict(base_options or {})  # checked against `base` with the config
-    return SAM(param_groups, lambda groups: entry.fn(groups, **opts), rho=rho, adaptive=adaptive)
+    return SAM(param_groups, lambda groups: entry.fn(groups, **opts), rho=rho, adaptive=adaptive,
+               freeze_bn=freeze_bn)
 
 
 @OPTIMIZERS.register("muon")
@@ -158,7 +164,8 @@ def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, neste
 
     The default `adjust_lr_fn=match_rms_adamw` (Moonshot's scaling) makes Muon's
     update as large as AdamW's, so one lr serves both; `adamw_lr` sets AdamW's
-    apart (scaled by `backbone_lr_mult` like every other lr).
+    apart (scaled by `backbone_lr_mult` like every other lr): it becomes those groups'
+    `base_lr`, which the schedule turns into their lr from its first step.
     """
     if not hasattr(torch.optim, "Muon"):
         raise ConfigError(f"optim.name: muon needs torch.optim.Muon (torch >= 2.9), this is torch {torch.__version__}; "
@@ -167,7 +174,7 @@ def muon(param_groups: list[dict[str, Any]], /, *, momentum: float = 0.95, neste
     others = [g for g in param_groups if not g.get("matrix")]
     if adamw_lr is not None:
         for g in others:
-            g["lr"] = g["base_lr"] = adamw_lr * g["lr_mult"]
+            g["base_lr"] = adamw_lr * g["lr_mult"]
     parts: list[Optimizer] = []
     if matrices:
         parts.append(KernelMuon(matrices, lr=matrices[0]["lr"], momentum=momentum, nesterov=nesterov,

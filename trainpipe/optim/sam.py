@@ -7,10 +7,12 @@ the schedule writes `lr` into, and `state_dict()` round-trips everything a resum
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 
 
@@ -24,6 +26,11 @@ class SAM(Optimizer):
     restore w exactly, then step the base optimizer with that second gradient.
     `adaptive=True` is ASAM (Kwon et al. 2021): the climb is scaled elementwise
     by |w|, so it is invariant to rescaling a layer's weights.
+
+    The loop runs the second pass inside `second_pass(model)`: with `freeze_bn` (the
+    default) BatchNorm's running statistics stay as the first pass left them, as the
+    reference recipe does (its `disable_running_stats`: momentum 0), so they are not
+    pulled towards the statistics of the perturbed weights.
     """
 
     # The training loop checks this to pass a closure that re-runs forward and backward.
@@ -36,15 +43,35 @@ class SAM(Optimizer):
         *,
         rho: float = 0.05,
         adaptive: bool = False,
+        freeze_bn: bool = True,
     ) -> None:
         if rho <= 0:
             raise ValueError(f"SAM needs rho > 0, got {rho}")
-        self.rho, self.adaptive = float(rho), bool(adaptive)
+        self.rho, self.adaptive, self.freeze_bn = float(rho), bool(adaptive), bool(freeze_bn)
         super().__init__(list(param_groups), {})
         self.base_optimizer = base_factory(self.param_groups)
         # One set of group dicts for both, so a schedule writing `lr` here reaches the base.
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
+
+    @contextlib.contextmanager
+    def second_pass(self, model: nn.Module) -> Iterator[None]:
+        """Around the closure's forward: BatchNorm momentum 0 (with `freeze_bn`), restored after.
+
+        `num_batches_tracked` is put back too, so it counts optimizer steps as without SAM
+        and a BatchNorm with `momentum=None` (a cumulative average) stays exact.
+        """
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.training and m.track_running_stats] if self.freeze_bn else []
+        saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+        for m in bns:
+            m.momentum = 0.0
+        try:
+            yield
+        finally:
+            for m, (momentum, tracked) in zip(bns, saved):
+                m.momentum = momentum
+                m.num_batches_tracked.copy_(tracked)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]

@@ -207,7 +207,7 @@ def execute(
             if cfg.train.on_nonfinite == "skip_step":
                 summary["skipped_steps"] = st.skipped_steps
             if st.rollbacks:
-                summary.update({"rollbacks": st.rollbacks, "lr_factor": st.lr_factor})
+                summary.update({"rollbacks": st.rollbacks, "lr_factor": trainer.schedule.factor("rollback")})
         summary["wall_time_s"] = prior_wall + (time.perf_counter() - started)
         save_summary()
     result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)

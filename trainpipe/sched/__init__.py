@@ -3,20 +3,22 @@
 The loop calls `Schedule.step(t)` before every optimizer step with
 t = epoch + batch_index / batches_in_epoch, and the lr of every param group is set to
 
-    lr = lr_scale * warmup(t) * max(base_lr * curve(t), floor)
+    lr = factors * warmup(t) * max(base_lr * curve(t), floor)
 
 where `base_lr` is the group's own (see optim.param_groups), `curve` the registered
-schedule's multiplier, `floor` the plateau's `min_lr` (0 elsewhere) and `lr_scale`
-the batch-size scaling. Because t is the time in epochs rather than a count of
-steps, the lr stays exact across resume and when the batch size (hence the number
-of steps per epoch) changes, as nanoGPT's `get_lr(it)` does for steps.
+schedule's multiplier, `floor` the plateau's `min_lr` (0 elsewhere) and `factors` the
+product of the named factors others contribute through `set_factor` (the batch-size
+schedule's lr scaling, the halving of each NaN rollback). The schedule is the only
+writer of a group's lr (and, for one-cycle, of its momentum): the factors live in its
+state, so resume restores them with it. Because t is the time in epochs rather than a
+count of steps, the lr stays exact across resume and when the batch size (hence the
+number of steps per epoch) changes, as nanoGPT's `get_lr(it)` does for steps.
 
 torch.optim.lr_scheduler is not used: its schedulers count `step()` calls and keep
 the lr in the optimizer, so they drift when steps per epoch change and cannot hand
 over from one to the next at an arbitrary epoch. The formulas below are torch's
 (CosineAnnealingLR, OneCycleLR, StepLR, ..., ReduceLROnPlateau), written as
-functions of t; tests check them against torch at a fixed steps per epoch (onecycle
-against hand-worked values: torch's places its peak one step early).
+functions of t; tests check them against torch at a fixed steps per epoch.
 
 Warmup takes the first `warmup_epochs` (or `warmup_steps`) and the schedule runs
 over the rest, nanoGPT style: cosine reaches its minimum at the last epoch, and
@@ -25,6 +27,7 @@ epoch counts inside a schedule (`step_size`, `milestones`) start when it starts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -43,10 +46,13 @@ class Schedule:
         # The ramp starts one step in (nanoGPT's (it + 1) / (warmup + 1)), so the first
         # batch is not spent at lr 0.
         self._one_step = 1.0 / steps_per_epoch
-        self.lr_scale = 1.0
+        # Each group's base lr as the config set it (optim.param_groups), read once here;
+        # a resumed run builds a new schedule from its (possibly overridden) config.
+        self.base_lrs = [float(g.get("base_lr", g["lr"])) for g in optimizer.param_groups]
+        self.factors: dict[str, float] = {}
+        self._factor = 1.0
+        self._cycles_momentum = curve.cycles_momentum  # looked up once: step() is on the hot path
         self.t = 0.0
-        for g in optimizer.param_groups:
-            g.setdefault("base_lr", g["lr"])
         self.step(0.0)
 
     def warmup_factor(self, t: float) -> float:
@@ -55,32 +61,53 @@ class Schedule:
         return (t + self._one_step) / (self.warmup + self._one_step)
 
     def step(self, t: float) -> None:
-        """Set the lrs for the optimizer step taken at time t (epochs, fractional)."""
+        """Set the lrs (and a cycled momentum) for the optimizer step taken at time t (epochs, fractional)."""
         self.t = float(t)
         mult, floor = self.curve(self.t), self.curve.floor(self.t)
-        outer = self.lr_scale * self.warmup_factor(self.t)
+        outer = self._factor * self.warmup_factor(self.t)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = outer * max(base * mult, floor)
+        if self._cycles_momentum:
+            self._set_momentum(self.curve.momentum(self.t))
+
+    def _set_momentum(self, m: float | None) -> None:
+        # Where torch's OneCycleLR puts it: beta1 of Adam-family optimizers, else `momentum`.
+        # Groups with neither (Adagrad, ...) are left alone.
+        if m is None:
+            return
         for g in self.optimizer.param_groups:
-            g["lr"] = outer * max(g["base_lr"] * mult, floor)
+            if "betas" in g:
+                g["betas"] = (m, *g["betas"][1:])
+            elif "momentum" in g:
+                g["momentum"] = m
 
     def epoch_end(self, epoch: int, metric: float | None) -> None:
         """Report the monitored metric after epoch `epoch` (0-based); warmup epochs are not judged."""
         if epoch + 1 > self.curve.horizon.start:
             self.curve.epoch_end(epoch, None if metric is None else float(metric))
 
-    def set_lr_scale(self, factor: float) -> None:
-        """Multiply every lr from now on by `factor` (batch-size lr scaling)."""
-        self.lr_scale = float(factor)
+    def set_factor(self, name: str, value: float) -> None:
+        """Multiply every lr from now on by `value` under `name`, replacing that name's previous
+        factor: `batch_size` (lr scaling with the batch-size schedule), `rollback` (NaN rollbacks)."""
+        self.factors[name] = float(value)
+        self._factor = math.prod(self.factors.values())
         self.step(self.t)
+
+    def factor(self, name: str) -> float:
+        return self.factors.get(name, 1.0)
 
     def current_lrs(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "lr_scale": self.lr_scale, "curve": self.curve.state_dict()}
+        return {"t": self.t, "factors": dict(self.factors), "curve": self.curve.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.curve.load_state_dict(state["curve"])
-        self.lr_scale = float(state["lr_scale"])
+        # Checkpoints written before the named factors held the batch-size scaling as `lr_scale`.
+        saved = state.get("factors", {"batch_size": state.get("lr_scale", 1.0)})
+        self.factors = {k: float(v) for k, v in saved.items()}
+        self._factor = math.prod(self.factors.values())
         self.step(float(state["t"]))
 
 

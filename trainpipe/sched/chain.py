@@ -22,6 +22,7 @@ class Chain(Curve):
     def __init__(self, h: Horizon, members: list[Curve]) -> None:
         super().__init__(h, lambda u: 1.0)
         self.members = members
+        self.cycles_momentum = any(m.cycles_momentum for m in members)
 
     def _active(self, t: float) -> int:
         return max(i for i, m in enumerate(self.members) if i == 0 or m.horizon.start <= t + EPS)
@@ -39,6 +40,15 @@ class Chain(Curve):
 
     def floor(self, t: float) -> float:
         return self.members[self._active(t)].floor(t)
+
+    def momentum(self, t: float) -> float | None:
+        # A member that does not cycle momentum keeps the value the last one that did left,
+        # as the lr continues from where the previous member left it.
+        for m in reversed(self.members[: self._active(t) + 1]):
+            value = m.momentum(t)
+            if value is not None:
+                return value
+        return None
 
     def epoch_end(self, epoch: int, metric: float | None) -> None:
         # The member that was active when the epoch ended judges it.

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from trainpipe.config.types import (
     AtLeastOne,
@@ -20,6 +22,8 @@ from trainpipe.config.types import (
 )
 from trainpipe.errors import ConfigError
 from trainpipe.registry import SCHEDULERS
+
+Momentum = Annotated[float, Field(ge=0.0, lt=1.0, description="a momentum or Adam beta1, in [0, 1)")]
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,22 @@ class Curve:
     before the start the curve holds its first value, after the end its last.
     """
 
+    # Whether `momentum(t)` may return a value (one-cycle's momentum cycling).
+    cycles_momentum = False
+
     def __init__(self, horizon: Horizon, shape: Callable[[float], float]) -> None:
         self.horizon, self.shape = horizon, shape
 
-    def __call__(self, t: float) -> float:
+    def _u(self, t: float) -> float:
         h = self.horizon
-        return self.shape(min(max(t - h.start, 0.0), h.span))
+        return min(max(t - h.start, 0.0), h.span)
+
+    def __call__(self, t: float) -> float:
+        return self.shape(self._u(t))
+
+    def momentum(self, t: float) -> float | None:
+        """The momentum (SGD momentum, Adam-family beta1) at t, or None to leave it alone."""
+        return None
 
     def final(self) -> float:
         """The multiplier the curve leaves at its end (the limit from the left), for `chain`."""
@@ -133,20 +147,53 @@ def linear(h: Horizon, /, *, start_factor: NonNegativeFloat = 1.0, end_factor: N
     return Curve(h, lambda u: _anneal(start_factor, end_factor, u / h.span, "linear"))
 
 
+class OneCycle(Curve):
+    """torch's OneCycleLR (two phases) as a function of t, momentum cycling included.
+
+    torch counts steps: over N steps the peak falls on step pct_start * N - 1 and the
+    last step (N - 1) is at the minimum lr. The same positions in epochs are
+    pct_start * span - one step and span - one step, one step being 1 / steps_per_epoch
+    (the steps per epoch the schedule was built with).
+    """
+
+    def __init__(self, h: Horizon, *, pct_start: float, div_factor: float, final_div_factor: float, anneal: str,
+                 momenta: tuple[float, float] | None) -> None:
+        super().__init__(h, lambda u: 1.0)
+        one_step = 1.0 / h.steps_per_epoch
+        self.peak, self.end = pct_start * h.span - one_step, h.span - one_step
+        self.first, self.last = 1.0 / div_factor, 1.0 / (div_factor * final_div_factor)
+        self.how, self.momenta = anneal, momenta
+        self.cycles_momentum = momenta is not None
+
+    def _phase(self, u: float) -> tuple[bool, float]:
+        """(in the rising phase, progress through that phase in [0, 1])."""
+        if u <= self.peak:
+            return True, u / self.peak if self.peak > 0 else 1.0
+        return False, min((u - self.peak) / (self.end - self.peak), 1.0) if self.end > self.peak else 1.0
+
+    def __call__(self, t: float) -> float:
+        rising, p = self._phase(self._u(t))
+        return _anneal(self.first, 1.0, p, self.how) if rising else _anneal(1.0, self.last, p, self.how)
+
+    def momentum(self, t: float) -> float | None:
+        if self.momenta is None:
+            return None
+        base, top = self.momenta
+        rising, p = self._phase(self._u(t))
+        # Momentum moves against the lr: high while the lr is low.
+        return _anneal(top, base, p, self.how) if rising else _anneal(base, top, p, self.how)
+
+
 @SCHEDULERS.register("onecycle")
 def onecycle(h: Horizon, /, *, pct_start: OpenFraction = 0.3, div_factor: AtLeastOne = 25.0,
-             final_div_factor: AtLeastOne = 1e4,
-             anneal: Literal["cos", "linear"] = "cos") -> Curve:
-    """One cycle (Smith): from lr/div_factor up to the configured lr (the peak) at pct_start of
-    the run, then down to lr/(div_factor*final_div_factor). Momentum is not cycled."""
-    first, last, peak = 1.0 / div_factor, 1.0 / (div_factor * final_div_factor), pct_start * h.span
-
-    def shape(u: float) -> float:
-        if u <= peak:
-            return _anneal(first, 1.0, u / peak, anneal)
-        return _anneal(1.0, last, (u - peak) / (h.span - peak), anneal)
-
-    return Curve(h, shape)
+             final_div_factor: AtLeastOne = 1e4, anneal: Literal["cos", "linear"] = "cos",
+             cycle_momentum: bool = True, base_momentum: Momentum = 0.85, max_momentum: Momentum = 0.95) -> Curve:
+    """One cycle (Smith), as torch's OneCycleLR: from lr/div_factor up to the configured lr (the
+    peak) at pct_start of the run, then down to lr/(div_factor*final_div_factor); momentum (SGD
+    momentum, Adam-family beta1) goes from max_momentum down to base_momentum and back unless
+    cycle_momentum is false."""
+    return OneCycle(h, pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
+                    anneal=anneal, momenta=(base_momentum, max_momentum) if cycle_momentum else None)
 
 
 class Plateau(Curve):

@@ -133,24 +133,59 @@ def adjust_colors(
     contrast: torch.Tensor | None = None,
     saturation: torch.Tensor | None = None,
     hue: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """torchvision's adjust_brightness/contrast/saturation/hue with one factor per sample.
 
-    Saturation and hue leave 1-channel images unchanged, as torchvision (and PIL) do.
+    `order` (B, 4) is a permutation of 0..3 per sample (brightness, contrast, saturation,
+    hue: the numbering of ColorJitter's `fn_idx`), the order in which that sample gets
+    its adjustments; None applies them in that numbering's order. Saturation and hue
+    leave 1-channel images unchanged, as torchvision (and PIL) do.
     """
     rgb = x.shape[1] == 3
-    if brightness is not None:
-        x = (x * brightness.view(-1, 1, 1, 1).to(x.dtype)).clamp(0.0, 1.0)
-    if contrast is not None:
-        mean = (_grey(x) if rgb else x).mean(dim=(-3, -2, -1), keepdim=True)
-        x = _blend(x, mean, contrast)
-    if saturation is not None and rgb:
-        x = _blend(x, _grey(x), saturation)
-    if hue is not None and rgb:
-        hsv = _rgb_to_hsv(x)
-        shifted = (hsv[:, 0] + hue.view(-1, 1, 1).to(x.dtype)).remainder(1.0)
-        x = _hsv_to_rgb(torch.cat((shifted.unsqueeze(1), hsv[:, 1:]), dim=1))
+    factors = [brightness, contrast, saturation if rgb else None, hue if rgb else None]
+    active = [i for i, f in enumerate(factors) if f is not None]
+    if order is None or len(active) < 2:
+        for i in active:
+            x = _ADJUST[i](x, factors[i])
+        return x
+    # A different order per sample, with no host sync and no data-dependent shapes: at
+    # each position every active adjustment runs on the whole batch, with the identity
+    # factor for the samples whose turn it is not (exact: x * 1 + m * 0 == x; hue, whose
+    # HSV round trip is not exact, is selected instead). n active adjustments cost n * n
+    # passes instead of n.
+    # Each active adjustment's position among the active ones (a rank: argsort twice).
+    rank = order.argsort(dim=1)[:, active].argsort(dim=1).argsort(dim=1)
+    for k in range(len(active)):
+        for j, i in enumerate(active):
+            now = rank[:, j] == k
+            if i == 3:
+                x = torch.where(now.view(-1, 1, 1, 1), _ADJUST[3](x, factors[3]), x)
+            else:
+                x = _ADJUST[i](x, torch.where(now, factors[i], torch.ones_like(factors[i])))
     return x
+
+
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * f.view(-1, 1, 1, 1).to(x.dtype)).clamp(0.0, 1.0)
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    mean = (_grey(x) if x.shape[1] == 3 else x).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(x, mean, f)
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _grey(x), f)
+
+
+def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    hsv = _rgb_to_hsv(x)
+    shifted = (hsv[:, 0] + f.view(-1, 1, 1).to(x.dtype)).remainder(1.0)
+    return _hsv_to_rgb(torch.cat((shifted.unsqueeze(1), hsv[:, 1:]), dim=1))
+
+
+_ADJUST = (_brightness, _contrast, _saturation, _hue)
 
 
 # ---------------------------------------------------------------- blur and erasing

@@ -49,6 +49,19 @@ def sample_beta(alpha: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.sigmoid(_log_gamma(alpha, g) - _log_gamma(alpha, g))
 
 
+def cutmix_boxes(
+    lam: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, h: int, w: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """timm's `rand_bbox` for given centres: a box whose sides are int(sqrt(1 - lam) * side),
+    from centre - cut // 2 to centre + (cut + 1) // 2 (so an odd cut keeps its full
+    length), clipped at the border. Returns (top, bottom, left, right), ends exclusive."""
+    cut = torch.sqrt(1.0 - lam)
+    cut_h, cut_w = (cut * h).floor().long(), (cut * w).floor().long()
+    y0, y1 = (cy - cut_h // 2).clamp(0, h), (cy + (cut_h + 1) // 2).clamp(0, h)
+    x0, x1 = (cx - cut_w // 2).clamp(0, w), (cx + (cut_w + 1) // 2).clamp(0, w)
+    return y0, y1, x0, x1
+
+
 class Mix:
     """`mix(x, y, g) -> (mixed x, soft targets (B, num_classes))`, like timm's Mixup."""
 
@@ -70,14 +83,10 @@ class Mix:
         lam = sample_beta(alpha, g)
         lam = torch.where(torch.rand(n, generator=g, device=dev) < cfg.prob, lam, torch.ones_like(lam))
 
-        # timm's rand_bbox: a box of side sqrt(1 - lam) times the image side, centred on a
-        # uniform pixel and clipped at the border; lambda then becomes the area kept.
-        cut = torch.sqrt(1.0 - lam)
-        half_h, half_w = (cut * h).floor().long() // 2, (cut * w).floor().long() // 2
         cy = torch.randint(0, h, (n,), generator=g, device=dev)
         cx = torch.randint(0, w, (n,), generator=g, device=dev)
-        y0, y1 = (cy - half_h).clamp(0, h), (cy + half_h).clamp(0, h)
-        x0, x1 = (cx - half_w).clamp(0, w), (cx + half_w).clamp(0, w)
+        y0, y1, x0, x1 = cutmix_boxes(lam, cy, cx, h, w)
+        # lambda becomes the area actually kept (timm's correct_lam).
         box_lam = 1.0 - ((y1 - y0) * (x1 - x0)).float() / (h * w)
         lam = torch.where(use_cutmix, box_lam, lam).expand(b)
         use_cutmix = use_cutmix.expand(b)
@@ -93,9 +102,9 @@ class Mix:
         partner = x.flip(0)
         mixed = torch.where(in_box.unsqueeze(1), partner, x * weight + partner * (1.0 - weight))
 
-        off = cfg.label_smoothing / self.num_classes
-        target = torch.full((b, self.num_classes), off, device=dev)
-        target.scatter_(1, y.view(-1, 1), 1.0 - cfg.label_smoothing + off)
+        # Plain one-hot targets: smoothing is train.label_smoothing's, applied in the loss.
+        target = torch.zeros((b, self.num_classes), device=dev)
+        target.scatter_(1, y.view(-1, 1), 1.0)
         lam = lam.view(-1, 1)
         return mixed, target * lam + target.flip(0) * (1.0 - lam)
 

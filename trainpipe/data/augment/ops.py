@@ -323,7 +323,8 @@ def color_jitter(
     saturation: ColorSpan = 0.0,
     hue: HueSpan = 0.0,
 ) -> AugmentOp:
-    """Random brightness, contrast, saturation and hue, each factor drawn per sample."""
+    """Random brightness, contrast, saturation and hue: the factors and the order of the four
+    adjustments drawn per sample, as torchvision's ColorJitter draws them per image."""
     spans: dict[str, Range | None] = {}
     for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
         spans[name] = _to_range(value, center=1.0, low=0.0, clip_low=True)
@@ -332,11 +333,10 @@ def color_jitter(
     active = {k: v for k, v in spans.items() if v != (identity[k], identity[k])}
 
     def batch(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        # ColorJitter shuffles the order of the four adjustments per image; here the order is
-        # fixed (brightness, contrast, saturation, hue): a per-sample order would cost four
-        # passes of every adjustment, and the factors' distributions are unchanged.
         factors = {k: _uniform(x, g, lo, hi) for k, (lo, hi) in active.items()}
-        return adjust_colors(x, **factors)
+        # ColorJitter's torch.randperm(4), one per sample.
+        order = torch.rand((x.shape[0], 4), generator=g, device=x.device).argsort(dim=1)
+        return adjust_colors(x, **factors, order=order)
 
     return AugmentOp(
         "color_jitter", batch, lambda: v2.ColorJitter(**{k: active.get(k) for k in spans})
