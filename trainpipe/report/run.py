@@ -35,9 +35,9 @@ FULL_TABLE_CLASSES = 20
 
 def command_of(run: Run) -> str | None:
     """The command that started the run (history.jsonl's first train event)."""
-    from trainpipe.track import read_metrics  # reads any JSONL file, skipping cut-off lines
+    from trainpipe.run import rundir
 
-    for event in read_metrics(run.path / "history.jsonl"):
+    for event in rundir.read_history(run.path):
         if event.get("event") == "train" and event.get("command"):
             return str(event["command"])
     return None

@@ -9,8 +9,6 @@ the run fails or is interrupted.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -19,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from trainpipe.run import checkpoints as ckpt
+from trainpipe.run import rundir
 from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.loop.callbacks import Callback, EarlyStopping
@@ -54,18 +52,6 @@ def resolve(config: ConfigLike = None, overrides: Sequence[str] | Mapping[str, A
     return config_mod.load(config, overrides)
 
 
-def versions() -> dict[str, str]:
-    from trainpipe import __version__
-
-    return {"trainpipe": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def new_run_dir(cfg: RunConfig, output: str | Path | None) -> Path:
     if output is not None:
         return Path(output)
@@ -76,24 +62,6 @@ def new_run_dir(cfg: RunConfig, output: str | Path | None) -> Path:
         i += 1
         d = base.with_name(f"{base.name}-{i}")
     return d
-
-
-def write_config(run_dir: Path, cfg: RunConfig, command: str) -> None:
-    v = versions()
-    header = (
-        f"# Resolved config of this run (every default filled in).\n"
-        f"# command: {command}\n"
-        f"# written: {dt.datetime.now().isoformat(timespec='seconds')}\n"
-        f"# versions: trainpipe {v['trainpipe']}, torch {v['torch']}, python {v['python']}\n"
-    )
-    (run_dir / "config.yaml").write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def append_history(run_dir: Path, event: dict[str, Any]) -> None:
-    """history.jsonl: every train/resume of this directory, with its overrides."""
-    event = {"time": dt.datetime.now().isoformat(timespec="seconds"), **event, **versions()}
-    with (run_dir / "history.jsonl").open("a") as f:
-        f.write(json.dumps(event) + "\n")
 
 
 def train(
@@ -119,8 +87,8 @@ def train(
     command = command or f"trainpipe.train({config!r}, overrides={list(overrides)!r})"
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, cfg, command)
-        append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
+        rundir.write_config(run_dir, cfg, command)
+        rundir.append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
     return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
 
 
@@ -156,8 +124,7 @@ def execute(
     # only rank 0 writes and prints.
     device = distributed.setup(resolve_device(cfg.train.device))
     main = distributed.is_main()
-    summary_path = run_dir / "summary.json"
-    save_summary = (lambda: write_json(summary_path, summary)) if main else (lambda: None)  # noqa: E731
+    save_summary = (lambda: rundir.write_summary(run_dir, summary)) if main else (lambda: None)  # noqa: E731
     save_summary()
     out = console_report(quiet or not main)
     trainer = None
@@ -193,13 +160,13 @@ def execute(
 
         callbacks = build_callbacks(cfg, run_dir, write=main) + list(extra_callbacks)
         if main:
-            callbacks.append(Checkpoint(run_dir / "checkpoints", every=cfg.train.checkpoint.every,
+            callbacks.append(Checkpoint(run_dir / rundir.CHECKPOINTS, every=cfg.train.checkpoint.every,
                                         keep=cfg.train.checkpoint.keep, save_best=cfg.train.checkpoint.best,
                                         config=cfg.to_dict()))
         progress = out.progress(cfg, data)
         trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
                           progress=progress,
-                          last_good_state=lambda: ckpt.find_resumable(run_dir / "checkpoints", map_location=device),
+                          last_good_state=lambda: ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, map_location=device),
                           on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
         if resume_state is not None:
             load_resume_state(trainer, resume_state, resume_path)
@@ -255,7 +222,7 @@ def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) ->
 
 
 def _log_event(run_dir: Path, event: dict[str, Any], quiet: bool) -> None:
-    append_history(run_dir, event)
+    rundir.append_history(run_dir, event)
     if not quiet and event.get("event") == "rollback":
         print(f"non-finite values in epoch {event['diverged_epoch']}: rolled back to epoch {event['to_epoch']} "
               f"({event['checkpoint']}), lr x{event['lr_factor']:g} (rollback {event['rollback']})", file=sys.stderr)
@@ -310,7 +277,7 @@ def final_summary(trainer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]
         out.update({f"final/{k}": v for k, v in last.items() if k.startswith("train/")})
         times = [h["epoch_time_s"] for h in st.history if "epoch_time_s" in h]
         out["epoch_time_s"] = sum(times) / len(times) if times else None
-    best_path = run_dir / "checkpoints" / "best.pt"
+    best_path = run_dir / rundir.CHECKPOINTS / ckpt.BEST
     if trainer.data.test is not None:
         model = trainer.eval_model
         if best_path.is_file():

@@ -8,7 +8,6 @@ close in `on_fit_end`, which runs in a `finally`.
 """
 
 from trainpipe.track import jsonl, plots, tensorboard, wandb  # noqa: F401  (registers the trackers)
-from trainpipe.track.jsonl import read_metrics
 from trainpipe.track.plots import draw_curves
 
-__all__ = ["draw_curves", "read_metrics"]
+__all__ = ["draw_curves"]
