@@ -14,6 +14,7 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from trainpipe.errors import ConfigError
 
@@ -21,10 +22,28 @@ EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG] [KEY=VALUE ...]`: the first argument is the config unless it has '='."""
+    """`[CONFIG] [KEY=VALUE ...]`: the first argument is the config unless it has '='.
+
+    A first argument that names no file and looks like a dotted key (`train.epochs`) is an
+    override that lost its value, not a config file that does not exist.
+    """
     if args and "=" not in args[0]:
-        return args[0], args[1:]
+        first = args[0]
+        if _looks_like_key(first):
+            from trainpipe.config import resolve_config_path
+
+            if not resolve_config_path(first).is_file():
+                raise ConfigError(f"{first!r} is neither a config file nor an override: an override needs "
+                                  f"key=value, e.g. {first}=VALUE (a config is a .yaml path or a packaged "
+                                  f"name, see `trainpipe list configs`).")
+        return first, args[1:]
     return None, args
+
+
+def _looks_like_key(arg: str) -> bool:
+    parts = arg.split(".")
+    return (len(parts) > 1 and Path(arg).suffix.lower() not in (".yaml", ".yml", ".json")
+            and "/" not in arg and all(p.isidentifier() for p in parts))
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -155,39 +174,41 @@ def build_parser() -> argparse.ArgumentParser:
         """),
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command takes --debug and --quiet too, before or after its other arguments.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    common.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
-    t = sub.add_parser("train", help="train one run from a config plus KEY=VALUE overrides")
+    t = sub.add_parser("train", parents=[common], help="train one run from a config plus KEY=VALUE overrides")
     t.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     t.add_argument("--output", "-o", help="the run directory (default runs/<name>-<time>)")
-    t.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     t.add_argument("--nproc", type=int, default=None, help="train on N processes with DDP (torchrun)")
     t.set_defaults(func=cmd_train)
 
-    rs = sub.add_parser("resume", help="continue a run from its last checkpoint, optionally with KEY=VALUE overrides")
+    rs = sub.add_parser("resume", parents=[common], help="continue a run from its last checkpoint, optionally with KEY=VALUE overrides")
     rs.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds config.yaml and checkpoints/)")
     rs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=60 to train longer")
-    rs.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     rs.add_argument("--nproc", type=int, default=None, help="continue on N processes with DDP (torchrun)")
     rs.set_defaults(func=cmd_resume)
 
-    ev = sub.add_parser("eval", help="evaluate a run's best checkpoint: metrics, per-class accuracy, confusion matrix")
+    ev = sub.add_parser("eval", parents=[common], help="evaluate a run's best checkpoint: metrics, per-class accuracy, confusion matrix")
     ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a .pt checkpoint")
     ev.add_argument("--split", choices=("test", "val"), default="test", help="which split (default test)")
     ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
     ev.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the run's train.device)")
-    ev.add_argument("--quiet", "-q", action="store_true", help="write the files, print nothing")
     ev.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("check", help="validate a config and print it resolved, without training")
+    c = sub.add_parser("check", parents=[common], help="validate a config and print it resolved, without training")
     c.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     c.set_defaults(func=cmd_check)
 
-    ls = sub.add_parser("list", help="list configs, datasets, augmentations, models, optimizers, schedulers")
+    ls = sub.add_parser("list", parents=[common], help="list configs, datasets, augmentations, models, optimizers, schedulers")
     ls.add_argument("family", nargs="?", help="one family only, e.g. models")
     ls.set_defaults(func=cmd_list)
 
-    sw = sub.add_parser("sweep", help="run a sweep file (W&B format) as an Optuna study; resume; --status")
+    sw = sub.add_parser("sweep", parents=[common], help="run a sweep file (W&B format) as an Optuna study; resume; --status")
     sw.add_argument("sweep", metavar="SWEEP", help="a sweep file, or a sweep directory to resume or inspect")
     sw.add_argument("--output", "-o", help="the sweep directory (default sweeps/<name>)")
     sw.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
@@ -198,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--status", action="store_true", help="print the sweep's progress and results table, run nothing")
     sw.set_defaults(func=cmd_sweep)
 
-    r = sub.add_parser("report", help="write report.md + report.html for one run, several runs, or a sweep")
+    r = sub.add_parser("report", parents=[common], help="write report.md + report.html for one run, several runs, or a sweep")
     r.add_argument("dirs", nargs="+", metavar="DIR", help="run directories, or one sweep directory")
     r.add_argument("--output", "-o", help="folder for the report (default: the run/sweep directory; ./report "
                                           "for several runs)")
@@ -210,9 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Options and KEY=VALUE arguments in any order, within a command and around it.
+
+    argparse alone stops at the first positional after an option (`train CONFIG --output D
+    train.epochs=5` failed with "unrecognized arguments"); each command's own parser reads
+    its arguments intermixed, and --debug / --quiet may also come before the command.
+    """
     parser = build_parser()
-    a = parser.parse_args(argv)
+    argv = list(argv)
+    flags = {"debug": False, "quiet": False}
+    i = 0
+    while i < len(argv) and argv[i] in ("--debug", "--quiet", "-q"):
+        flags["debug" if argv[i] == "--debug" else "quiet"] = True
+        i += 1
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if i >= len(argv) or argv[i] not in commands:
+        return parser.parse_args(argv)  # --help, a missing or unknown command: argparse's own message
+    a = commands[argv[i]].parse_intermixed_args(argv[i + 1:])
+    a.command = argv[i]
+    a.debug, a.quiet = a.debug or flags["debug"], a.quiet or flags["quiet"]
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse(sys.argv[1:] if argv is None else argv)
     try:
         return a.func(a)
     except ConfigError as e:

@@ -242,6 +242,36 @@ def test_truncated_cifar_pickle_is_named(tmp_path: Path) -> None:
         load_source(cfg(dataset="cifar10", root=str(tmp_path)))
 
 
+class _RunsCode:
+    """A pickle payload that runs a shell command when unpickled with pickle.load."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_a_planted_cifar_pickle_runs_nothing_and_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    from trainpipe.cli import main
+
+    write_cifar10(tmp_path)
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    planted.write_bytes(pickle.dumps({"data": _RunsCode(f"touch {marker}"), "labels": []}, protocol=2))
+    with pytest.raises(DataError, match=r"data_batch_2 is not a plain dataset file.*system.*Nothing was run"):
+        load_source(cfg(dataset="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+    run = tmp_path / "run"
+    assert main(["train", "data.dataset=cifar10", f"data.root={tmp_path}", "train.epochs=1",
+                 "--output", str(run), "--quiet"]) == 2
+    assert "data_batch_2" in capsys.readouterr().err and not marker.exists()
+
+
 def test_truncated_idx_file_is_named(tmp_path: Path) -> None:
     write_mnist(tmp_path)
     bad = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
