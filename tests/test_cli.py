@@ -102,3 +102,25 @@ def test_a_wrong_option_prints_the_commands_usage(capsys: pytest.CaptureFixture[
         main(["train", "train.epochs=1", "--outptu", "x"])
     assert e.value.code == 2
     assert "usage: trainpipe train" in capsys.readouterr().err
+
+
+HEAVY = ("torchvision", "timm", "optuna", "matplotlib", "tensorboard", "wandb", "sklearn")
+
+
+def _modules_after(args: list[str]) -> set[str]:
+    """The heavy libraries a fresh `trainpipe ARGS` process has imported when it exits."""
+    code = ("import sys\nfrom trainpipe.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print('imported:', *(m for m in {HEAVY + ('torch',)!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    line = [l for l in r.stdout.splitlines() if l.startswith("imported:")][-1]
+    return set(line.split()[1:])
+
+
+def test_help_and_argument_errors_do_not_import_torch() -> None:
+    assert _modules_after(["--help"]) == set()
+    assert _modules_after(["train", "--outptu", "x"]) == set()
+
+
+@pytest.mark.parametrize("args", [["check", "quickstart"], ["list"]])
+def test_check_and_list_import_no_heavy_library(args: list[str]) -> None:
+    assert not _modules_after(args) & set(HEAVY)
