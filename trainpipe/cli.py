@@ -47,7 +47,7 @@ def _looks_like_key(arg: str) -> bool:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from trainpipe.run.train import train
+    from trainpipe.run.train import claim_output, train
 
     config, overrides = _split_config_and_overrides(a.args)
     if getattr(a, "nproc", None):
@@ -55,10 +55,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         from trainpipe.loop.distributed import check, launch
 
         check(load(config, overrides), a.nproc)  # a bad config fails here, once, not in every process
+        claim_output(a.output, overwrite=a.overwrite)
         flags = (["--output", a.output] if a.output else []) + (["--quiet"] if a.quiet else [])
         return launch(a.nproc, (["--debug"] if a.debug else []) + ["train", *a.args, *flags])
     command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "trainpipe train"
-    result = train(config, overrides, a.output, quiet=a.quiet, command=command)
+    result = train(config, overrides, a.output, quiet=a.quiet, command=command, overwrite=a.overwrite)
     return EXIT_OK if result.status == "completed" else EXIT_CRASH
 
 
@@ -81,7 +82,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
     result = evaluate_checkpoint(a.target, split=a.split, tta=a.tta, device=a.device)
     if not a.quiet:
         print_report(result)
+        _note_unfinished(result.json_path.parent)
     return EXIT_OK
+
+
+def _note_unfinished(run_dir: Path) -> None:
+    """A line on stderr when the run evaluated stopped before its end (killed, interrupted)."""
+    from trainpipe.run import rundir
+
+    if rundir.holds_run(run_dir) and rundir.status(run_dir) == "interrupted":
+        print(f"note: {run_dir} was {rundir.describe_status(run_dir)}.", file=sys.stderr)
 
 
 def cmd_check(a: argparse.Namespace) -> int:
@@ -104,6 +114,8 @@ def cmd_list(a: argparse.Namespace) -> int:
     from trainpipe.registry import FAMILIES
 
     console = Console(highlight=False)
+    if a.family in ("runs", "run"):
+        return _list_runs(console, Path(a.folder or "runs"))
     families = dict(FAMILIES)
     wanted = a.family
     aliases = {f"{k}s": k for k in families} | {"configs": "config", "schedulers": "scheduler",
@@ -112,7 +124,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     if wanted is not None and wanted not in families and wanted != "config":
         from trainpipe.errors import did_you_mean
 
-        names = sorted(families) + ["config"]
+        names = sorted(families) + ["config", "runs"]
         raise ConfigError(
             f"trainpipe list: unknown family {a.family!r}{did_you_mean(wanted, names) or '.'} "
             f"Valid families: {', '.join(names)}."
@@ -130,6 +142,30 @@ def cmd_list(a: argparse.Namespace) -> int:
         for name, desc in reg.describe():
             table.add_row(name, desc)
         console.print(table)
+    return EXIT_OK
+
+
+def _list_runs(console: object, folder: Path) -> int:
+    """The run directories in `folder`: status (a killed run reads as interrupted, with the
+    command that resumes it), epochs, the best monitored value."""
+    from rich.table import Table
+
+    from trainpipe.run import rundir
+
+    runs = sorted(p for p in folder.iterdir() if rundir.holds_run(p)) if folder.is_dir() else []
+    if not runs:
+        raise ConfigError(f"trainpipe list runs: {str(folder)!r} holds no run directories; pass the folder "
+                          f"that holds them (default ./runs), e.g. `trainpipe list runs sweeps/lr/trials`.")
+    table = Table(title=f"runs in {folder}")
+    for col in ("run", "status", "epochs", "best"):
+        table.add_column(col)
+    for p in runs:
+        s = rundir.read_summary(p)
+        best = next(((k[5:], v) for k, v in s.items() if k.startswith("best/") and isinstance(v, (int, float))), None)
+        epochs = s.get("epochs_run") or len(rundir.read_metrics(p))
+        table.add_row(p.name, rundir.describe_status(p, s), str(epochs),
+                      f"{best[0]} {best[1]:.4f}" if best else "-")
+    console.print(table)  # type: ignore[attr-defined]
     return EXIT_OK
 
 
@@ -184,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", parents=[common], help="train one run from a config plus KEY=VALUE overrides")
     t.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     t.add_argument("--output", "-o", help="the run directory (default runs/<name>-<time>)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="when --output already holds a run, delete it and start over (default: refuse)")
     t.add_argument("--nproc", type=int, default=None, help="train on N processes with DDP (torchrun)")
     t.set_defaults(func=cmd_train)
 
@@ -205,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check)
 
     ls = sub.add_parser("list", parents=[common], help="list configs, datasets, augmentations, models, optimizers, schedulers")
-    ls.add_argument("family", nargs="?", help="one family only, e.g. models")
+    ls.add_argument("family", nargs="?", help="one family only, e.g. models; or runs: the run directories "
+                                              "in FOLDER (default ./runs) and their status")
+    ls.add_argument("folder", nargs="?", metavar="FOLDER", help="with `runs`: the folder holding them")
     ls.set_defaults(func=cmd_list)
 
     sw = sub.add_parser("sweep", parents=[common], help="run a sweep file (W&B format) as an Optuna study; resume; --status")
@@ -265,8 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under DDP every rank meets the same bad input; one says so
             print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: the run directory's summary.json says how far it got.", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, "run_dir", None)
+        if run_dir is not None:
+            from trainpipe.run.rundir import resume_command
+
+            print(f"interrupted: {run_dir} keeps its last checkpoint; `{resume_command(run_dir)}` continues "
+                  f"the run from there.", file=sys.stderr)
+        else:
+            print("interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         if a.debug:

@@ -56,8 +56,12 @@ def resume(
     # Under DDP (`--nproc`, torchrun) only rank 0 records and prints; every rank reads
     # the files before rank 0 may rewrite config.yaml.
     main = distributed.is_main()
-    found = ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, warn=warn)
     summary = rundir.read_summary(run_dir)
+    if main and summary.get("status") == "running" and rundir.process_gone(run_dir) is False \
+            and not rundir.is_this_process(run_dir):
+        raise ConfigError(f"resume: {str(run_dir)!r} is still being trained by another process "
+                          f"({rundir.read_process(run_dir)}); wait for it to end, or stop it first.")
+    found = ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, warn=warn)
     from trainpipe.loop.device import resolve_device
 
     distributed.setup(resolve_device(cfg.train.device))
@@ -82,7 +86,8 @@ def resume(
     if stopped_early and "EarlyStopping" in state.get("callbacks", {}):
         state["callbacks"]["EarlyStopping"]["bad_epochs"] = 0  # patience starts over
     if not quiet and main:
-        print(f"resuming {run_dir} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
+        was = " after it was interrupted (its process is gone)" if rundir.status(run_dir, summary) == "interrupted" else ""
+        print(f"resuming {run_dir}{was} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
     return execute(cfg, run_dir, quiet=quiet, resume_state=state, resume_path=path,
                    prior_wall_time=float(summary.get("wall_time_s") or 0.0))
 

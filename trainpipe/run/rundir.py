@@ -155,13 +155,26 @@ def _start_ticks(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
+def read_process(run_dir: str | Path) -> dict[str, Any]:
+    try:
+        rec = json.loads((Path(run_dir) / PROCESS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def is_this_process(run_dir: str | Path) -> bool:
+    rec = read_process(run_dir)
+    return rec.get("pid") == os.getpid() and rec.get("host") == socket.gethostname()
+
+
 def process_gone(run_dir: str | Path) -> bool | None:
     """True when the process recorded in process.json no longer runs; None when this machine
     cannot tell (another host, no record, no /proc)."""
+    rec = read_process(run_dir)
     try:
-        rec = json.loads((Path(run_dir) / PROCESS).read_text())
         pid = int(rec["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
     if rec.get("host") != socket.gethostname() or rec.get("boot") != _boot_id():
         return None

@@ -9,6 +9,7 @@ the run fails or is interrupted.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from trainpipe import files
 from trainpipe.run import checkpoints as ckpt
 from trainpipe.run import rundir
 from trainpipe import config as config_mod
@@ -25,7 +27,7 @@ from trainpipe.loop import distributed
 from trainpipe.loop.callbacks import Callback, EarlyStopping
 from trainpipe.run.checkpoints import Checkpoint
 from trainpipe.config import RunConfig
-from trainpipe.errors import ConfigError
+from trainpipe.errors import ConfigError, StorageError
 from trainpipe.loop.rng import seed_everything
 
 ConfigLike = str | Path | Mapping[str, Any] | RunConfig | None
@@ -52,11 +54,22 @@ def resolve(config: ConfigLike = None, overrides: Sequence[str] | Mapping[str, A
     return config_mod.load(config, overrides)
 
 
-def new_run_dir(cfg: RunConfig, output: str | Path | None) -> Path:
+def default_run_name(cfg: RunConfig, config: ConfigLike = None,
+                     overrides: Sequence[str] | Mapping[str, Any] = ()) -> str:
+    """What a run directory is called by default: the config file and the dataset
+    (`quickstart-arrays`, `mnist`), or the `name` given as an override."""
+    if "name" in dict(config_mod.parse_overrides(overrides)):
+        return cfg.name
+    stem = Path(str(config)).stem if isinstance(config, (str, Path)) else cfg.name
+    dataset = cfg.data.dataset
+    return stem if dataset.replace("_", "") in stem.replace("_", "").replace("-", "") else f"{stem}-{dataset}"
+
+
+def new_run_dir(cfg: RunConfig, output: str | Path | None, name: str | None = None) -> Path:
     if output is not None:
         return Path(output)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{cfg.name}-{stamp}"
+    base = Path("runs") / f"{name or cfg.name}-{stamp}"
     d, i = base, 1
     while d.exists():  # two runs started in the same second
         i += 1
@@ -72,24 +85,52 @@ def train(
     quiet: bool = False,
     callbacks: Sequence[Callback] = (),
     command: str | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run one training, exactly as `trainpipe train` does; returns the run's results.
 
     `config` is a YAML path, the name of a packaged config, a dict, a `RunConfig`, or
     None for the packaged quickstart (digits). `overrides` are `key.sub=value`
-    strings or a {dotted key: value} dict.
+    strings or a {dotted key: value} dict. An `output` directory that already holds a
+    run is refused (ConfigError) unless `overwrite`, which deletes that run first.
     """
     cfg = resolve(config, overrides)
     from trainpipe.loop.device import resolve_device
 
+    if not distributed.launched():  # under torchrun, the launching command did this once
+        claim_output(output, overwrite=overwrite)
     distributed.setup(resolve_device(cfg.train.device))
-    run_dir = distributed.broadcast_object(new_run_dir(cfg, output))  # rank 0's choice, under DDP
+    # rank 0's choice, under DDP
+    run_dir = distributed.broadcast_object(new_run_dir(cfg, output, default_run_name(cfg, config, overrides)))
     command = command or f"trainpipe.train({config!r}, overrides={list(overrides)!r})"
+    created = not run_dir.exists()
     if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        files.make_dir(run_dir, what="run directory")
         rundir.write_config(run_dir, cfg, command)
         rundir.append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
-    return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
+    try:
+        return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
+    except ConfigError as e:
+        # Bad input found before the first epoch (a data file, a model that does not fit the
+        # data): the directory holds nothing worth keeping, so it is not left behind.
+        if (created and distributed.is_main() and not isinstance(e, StorageError)
+                and not (run_dir / rundir.METRICS).exists()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def claim_output(output: str | Path | None, *, overwrite: bool) -> None:
+    """Refuse an `--output` that holds a run (its results would be mixed with or replaced by
+    this one's) unless `overwrite`, which deletes it."""
+    if output is None or not rundir.holds_run(output):
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"--output {str(output)!r} already holds a run ({rundir.describe_status(output)}). "
+            f"To continue it: `{rundir.resume_command(output)}`; to replace it and delete its files, add "
+            f"--overwrite (trainpipe.train(..., overwrite=True)); or choose another --output."
+        )
+    shutil.rmtree(output)
 
 
 def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
@@ -126,8 +167,11 @@ def execute(
     main = distributed.is_main()
     save_summary = (lambda: rundir.write_summary(run_dir, summary)) if main else (lambda: None)  # noqa: E731
     save_summary()
+    if main:
+        rundir.write_process(run_dir)
     out = console_report(quiet or not main)
     trainer = None
+    failing = False
     try:
         seed_everything(cfg.seed)
         if cfg.train.deterministic:
@@ -180,13 +224,21 @@ def execute(
         summary.update(state.final)
         summary["status"] = {"non_finite_loss": "failed", "pruned": "pruned"}.get(state.stop_reason, "completed")
         summary["stop_reason"] = state.stop_reason
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        failing = True
         summary.update({"status": "interrupted", "stop_reason": "interrupted"})
+        e.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names the resume command
         raise
-    except ConfigError:
-        summary.update({"status": "failed", "stop_reason": "config_error"})
+    except StorageError as e:
+        failing = True
+        summary.update({"status": "failed", "stop_reason": "storage", "error": str(e)})
+        raise _resumable(e, run_dir) from None
+    except ConfigError as e:
+        failing = True
+        summary.update({"status": "failed", "stop_reason": "config_error", "error": str(e)})
         raise
     except Exception as e:
+        failing = True
         summary.update({"status": "failed", "stop_reason": "error", "error": f"{type(e).__name__}: {e}"})
         raise
     finally:
@@ -200,10 +252,22 @@ def execute(
             if st.rollbacks:
                 summary.update({"rollbacks": st.rollbacks, "lr_factor": st.lr_factor})
         summary["wall_time_s"] = prior_wall + (time.perf_counter() - started)
-        save_summary()
+        try:
+            save_summary()
+        except StorageError as e:
+            if not failing:  # otherwise the error already on its way says the same
+                raise _resumable(e, run_dir) from None
     result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
     out.finish(result)
     return result
+
+
+def _resumable(e: StorageError, run_dir: Path) -> StorageError:
+    """The storage error, plus what the user does next: checkpoints are replaced only by a
+    complete new file, so the last one written is intact."""
+    return StorageError(f"{e} The run stopped; its last complete checkpoint in {run_dir / rundir.CHECKPOINTS} "
+                        f"is intact: free some space, then `{rundir.resume_command(run_dir)}` continues the run.",
+                        path=e.path, errno=e.errno)
 
 
 def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) -> None:
