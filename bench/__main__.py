@@ -18,6 +18,7 @@ from bench import Section, add_write_option, publish
 
 # name -> (module, runs in `make bench`)
 SECTIONS = {
+    "startup": ("bench.startup", True),
     "data": ("bench.data", True),
     "step": ("bench.step", True),
     "sweep": ("bench.sweep", True),

@@ -73,3 +73,54 @@ def test_crash_inside_training_exits_1(tmp_path: Path, capsys: pytest.CaptureFix
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["stop_reason"] == "error"
     assert (out / "config.yaml").is_file()  # written first, kept
+
+
+def test_options_and_overrides_mix_in_any_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    # the order people type: config, an option, an override, --quiet last
+    assert main(["train", "quickstart", "--output", str(out), "train.epochs=1", "model.width=8",
+                 "tracking.plots=false", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""  # --quiet after the overrides was honoured
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
+    assert main(["--quiet", "check", "optim.lr=0.5", "--debug"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr"] == 0.5
+
+
+def test_debug_after_the_command_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "train.epochs=-1", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_override_without_a_value_says_key_value(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "train.epochs"]) == 2
+    err = capsys.readouterr().err
+    assert "override needs key=value" in err and "train.epochs=VALUE" in err and "does not exist" not in err
+
+
+def test_a_wrong_option_prints_the_commands_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["train", "train.epochs=1", "--outptu", "x"])
+    assert e.value.code == 2
+    assert "usage: trainpipe train" in capsys.readouterr().err
+
+
+HEAVY = ("torchvision", "timm", "optuna", "matplotlib", "tensorboard", "wandb", "sklearn")
+
+
+def _modules_after(args: list[str]) -> set[str]:
+    """The heavy libraries a fresh `trainpipe ARGS` process has imported when it exits."""
+    code = ("import sys\nfrom trainpipe.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print('imported:', *(m for m in {HEAVY + ('torch',)!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    line = [l for l in r.stdout.splitlines() if l.startswith("imported:")][-1]
+    return set(line.split()[1:])
+
+
+def test_help_and_argument_errors_do_not_import_torch() -> None:
+    assert _modules_after(["--help"]) == set()
+    assert _modules_after(["train", "--outptu", "x"]) == set()
+
+
+@pytest.mark.parametrize("args", [["check", "quickstart"], ["list"]])
+def test_check_and_list_import_no_heavy_library(args: list[str]) -> None:
+    assert not _modules_after(args) & set(HEAVY)

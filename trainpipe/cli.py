@@ -14,6 +14,7 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from trainpipe.errors import ConfigError
 
@@ -21,14 +22,32 @@ EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG] [KEY=VALUE ...]`: the first argument is the config unless it has '='."""
+    """`[CONFIG] [KEY=VALUE ...]`: the first argument is the config unless it has '='.
+
+    A first argument that names no file and looks like a dotted key (`train.epochs`) is an
+    override that lost its value, not a config file that does not exist.
+    """
     if args and "=" not in args[0]:
-        return args[0], args[1:]
+        first = args[0]
+        if _looks_like_key(first):
+            from trainpipe.config import resolve_config_path
+
+            if not resolve_config_path(first).is_file():
+                raise ConfigError(f"{first!r} is neither a config file nor an override: an override needs "
+                                  f"key=value, e.g. {first}=VALUE (a config is a .yaml path or a packaged "
+                                  f"name, see `trainpipe list configs`).")
+        return first, args[1:]
     return None, args
 
 
+def _looks_like_key(arg: str) -> bool:
+    parts = arg.split(".")
+    return (len(parts) > 1 and Path(arg).suffix.lower() not in (".yaml", ".yml", ".json")
+            and "/" not in arg and all(p.isidentifier() for p in parts))
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    from trainpipe.run.train import train
+    from trainpipe.run.train import claim_output, train
 
     config, overrides = _split_config_and_overrides(a.args)
     if getattr(a, "nproc", None):
@@ -36,10 +55,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         from trainpipe.loop.distributed import check, launch
 
         check(load(config, overrides), a.nproc)  # a bad config fails here, once, not in every process
+        claim_output(a.output, overwrite=a.overwrite)
         flags = (["--output", a.output] if a.output else []) + (["--quiet"] if a.quiet else [])
         return launch(a.nproc, (["--debug"] if a.debug else []) + ["train", *a.args, *flags])
     command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "trainpipe train"
-    result = train(config, overrides, a.output, quiet=a.quiet, command=command)
+    result = train(config, overrides, a.output, quiet=a.quiet, command=command, overwrite=a.overwrite)
     return EXIT_OK if result.status == "completed" else EXIT_CRASH
 
 
@@ -62,7 +82,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
     result = evaluate_checkpoint(a.target, split=a.split, tta=a.tta, device=a.device)
     if not a.quiet:
         print_report(result)
+        _note_unfinished(result.json_path.parent)
     return EXIT_OK
+
+
+def _note_unfinished(run_dir: Path) -> None:
+    """A line on stderr when the run evaluated stopped before its end (killed, interrupted)."""
+    from trainpipe.run import rundir
+
+    if rundir.holds_run(run_dir) and rundir.status(run_dir) == "interrupted":
+        print(f"note: {run_dir} was {rundir.describe_status(run_dir)}.", file=sys.stderr)
 
 
 def cmd_check(a: argparse.Namespace) -> int:
@@ -85,6 +114,8 @@ def cmd_list(a: argparse.Namespace) -> int:
     from trainpipe.registry import FAMILIES
 
     console = Console(highlight=False)
+    if a.family in ("runs", "run"):
+        return _list_runs(console, Path(a.folder or "runs"))
     families = dict(FAMILIES)
     wanted = a.family
     aliases = {f"{k}s": k for k in families} | {"configs": "config", "schedulers": "scheduler",
@@ -93,7 +124,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     if wanted is not None and wanted not in families and wanted != "config":
         from trainpipe.errors import did_you_mean
 
-        names = sorted(families) + ["config"]
+        names = sorted(families) + ["config", "runs"]
         raise ConfigError(
             f"trainpipe list: unknown family {a.family!r}{did_you_mean(wanted, names) or '.'} "
             f"Valid families: {', '.join(names)}."
@@ -111,6 +142,30 @@ def cmd_list(a: argparse.Namespace) -> int:
         for name, desc in reg.describe():
             table.add_row(name, desc)
         console.print(table)
+    return EXIT_OK
+
+
+def _list_runs(console: object, folder: Path) -> int:
+    """The run directories in `folder`: status (a killed run reads as interrupted, with the
+    command that resumes it), epochs, the best monitored value."""
+    from rich.table import Table
+
+    from trainpipe.run import rundir
+
+    runs = sorted(p for p in folder.iterdir() if rundir.holds_run(p)) if folder.is_dir() else []
+    if not runs:
+        raise ConfigError(f"trainpipe list runs: {str(folder)!r} holds no run directories; pass the folder "
+                          f"that holds them (default ./runs), e.g. `trainpipe list runs sweeps/lr/trials`.")
+    table = Table(title=f"runs in {folder}")
+    for col in ("run", "status", "epochs", "best"):
+        table.add_column(col)
+    for p in runs:
+        s = rundir.read_summary(p)
+        best = next(((k[5:], v) for k, v in s.items() if k.startswith("best/") and isinstance(v, (int, float))), None)
+        epochs = s.get("epochs_run") or len(rundir.read_metrics(p))
+        table.add_row(p.name, rundir.describe_status(p, s), str(epochs),
+                      f"{best[0]} {best[1]:.4f}" if best else "-")
+    console.print(table)  # type: ignore[attr-defined]
     return EXIT_OK
 
 
@@ -136,8 +191,8 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
     from trainpipe.run.lr_find import lr_find
 
     config, overrides = _split_config_and_overrides(a.args)
-    lr_find(config, overrides, a.output, steps=a.steps, min_lr=a.min_lr, max_lr=a.max_lr, smoothing=a.smoothing,
-            quiet=a.quiet, command="trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None)
+    given = {k: v for k, v in (("steps", a.steps), ("min_lr", a.min_lr), ("max_lr", a.max_lr)) if v is not None}
+    lr_find(config, overrides, a.output, **given, smoothing=a.smoothing, quiet=a.quiet, command="trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None)
     return EXIT_OK
 
 
@@ -165,54 +220,57 @@ def build_parser() -> argparse.ArgumentParser:
         """),
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command takes --debug and --quiet too, before or after its other arguments.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    common.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
-    t = sub.add_parser("train", help="train one run from a config plus KEY=VALUE overrides")
+    t = sub.add_parser("train", parents=[common], help="train one run from a config plus KEY=VALUE overrides")
     t.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     t.add_argument("--output", "-o", help="the run directory (default runs/<name>-<time>)")
-    t.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    t.add_argument("--overwrite", action="store_true",
+                   help="when --output already holds a run, delete it and start over (default: refuse)")
     t.add_argument("--nproc", type=int, default=None, help="train on N processes with DDP (torchrun)")
     t.set_defaults(func=cmd_train)
 
-    rs = sub.add_parser("resume", help="continue a run from its last checkpoint, optionally with KEY=VALUE overrides")
+    rs = sub.add_parser("resume", parents=[common], help="continue a run from its last checkpoint, optionally with KEY=VALUE overrides")
     rs.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds config.yaml and checkpoints/)")
     rs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=60 to train longer")
-    rs.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     rs.add_argument("--nproc", type=int, default=None, help="continue on N processes with DDP (torchrun)")
     rs.set_defaults(func=cmd_resume)
 
-    ev = sub.add_parser("eval", help="evaluate a run's best checkpoint: metrics, per-class accuracy, confusion matrix")
+    ev = sub.add_parser("eval", parents=[common], help="evaluate a run's best checkpoint: metrics, per-class accuracy, confusion matrix")
     ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a .pt checkpoint")
     ev.add_argument("--split", choices=("test", "val"), default="test", help="which split (default test)")
     ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
     ev.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the run's train.device)")
-    ev.add_argument("--quiet", "-q", action="store_true", help="write the files, print nothing")
     ev.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("check", help="validate a config and print it resolved, without training")
+    c = sub.add_parser("check", parents=[common], help="validate a config and print it resolved, without training")
     c.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     c.set_defaults(func=cmd_check)
 
-    ls = sub.add_parser("list", help="list configs, datasets, augmentations, models, optimizers, schedulers")
-    ls.add_argument("family", nargs="?", help="one family only, e.g. models")
+    ls = sub.add_parser("list", parents=[common], help="list configs, datasets, augmentations, models, optimizers, schedulers")
+    ls.add_argument("family", nargs="?", help="one family only, e.g. models; or runs: the run directories "
+                                              "in FOLDER (default ./runs) and their status")
+    ls.add_argument("folder", nargs="?", metavar="FOLDER", help="with `runs`: the folder holding them")
     ls.set_defaults(func=cmd_list)
 
-    from trainpipe.run.lr_find import DEFAULT_MAX_LR, DEFAULT_MIN_LR, DEFAULT_STEPS
-
-    lf = sub.add_parser("lr-find", help="the learning-rate range test: loss vs lr (png + csv), a suggested lr "
-                                        "and a range to sweep")
+    lf = sub.add_parser("lr-find", parents=[common], help="the learning-rate range test: loss vs lr (png + csv), a "
+                                                         "suggested lr and a range to sweep")
     lf.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
-    lf.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                    help=f"optimizer steps from --min-lr to --max-lr (default {DEFAULT_STEPS})")
-    lf.add_argument("--min-lr", type=float, default=DEFAULT_MIN_LR, help=f"first lr (default {DEFAULT_MIN_LR:g})")
-    lf.add_argument("--max-lr", type=float, default=DEFAULT_MAX_LR, help=f"last lr (default {DEFAULT_MAX_LR:g})")
+    # Defaults live in trainpipe.run.lr_find (imported only when the command runs, not for --help).
+    lf.add_argument("--steps", type=int, help="optimizer steps from --min-lr to --max-lr (default 100)")
+    lf.add_argument("--min-lr", type=float, help="first lr (default 1e-08)")
+    lf.add_argument("--max-lr", type=float, help="last lr (default 1)")
     lf.add_argument("--smoothing", type=float, default=None,
                     help="EMA weight of the smoothed loss (default: a window of 5%% of the steps, 0.8 at 100)")
     lf.add_argument("--output", "-o", help="folder for lr_find.png/.csv/.json (default runs/lr-find-<name>-<time>)")
-    lf.add_argument("--quiet", "-q", action="store_true", help="write the files, print nothing")
     lf.set_defaults(func=cmd_lr_find)
 
-    sw = sub.add_parser("sweep", help="run a sweep file (W&B format) as an Optuna study; resume; --status")
+    sw = sub.add_parser("sweep", parents=[common], help="run a sweep file (W&B format) as an Optuna study; resume; --status")
     sw.add_argument("sweep", metavar="SWEEP", help="a sweep file, or a sweep directory to resume or inspect")
     sw.add_argument("--output", "-o", help="the sweep directory (default sweeps/<name>)")
     sw.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
@@ -223,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--status", action="store_true", help="print the sweep's progress and results table, run nothing")
     sw.set_defaults(func=cmd_sweep)
 
-    r = sub.add_parser("report", help="write report.md + report.html for one run, several runs, or a sweep")
+    r = sub.add_parser("report", parents=[common], help="write report.md + report.html for one run, several runs, or a sweep")
     r.add_argument("dirs", nargs="+", metavar="DIR", help="run directories, or one sweep directory")
     r.add_argument("--output", "-o", help="folder for the report (default: the run/sweep directory; ./report "
                                           "for several runs)")
@@ -235,9 +293,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Options and KEY=VALUE arguments in any order, within a command and around it.
+
+    argparse alone stops at the first positional after an option (`train CONFIG --output D
+    train.epochs=5` failed with "unrecognized arguments"); each command's own parser reads
+    its arguments intermixed, and --debug / --quiet may also come before the command.
+    """
     parser = build_parser()
-    a = parser.parse_args(argv)
+    argv = list(argv)
+    flags = {"debug": False, "quiet": False}
+    i = 0
+    while i < len(argv) and argv[i] in ("--debug", "--quiet", "-q"):
+        flags["debug" if argv[i] == "--debug" else "quiet"] = True
+        i += 1
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if i >= len(argv) or argv[i] not in commands:
+        return parser.parse_args(argv)  # --help, a missing or unknown command: argparse's own message
+    a = commands[argv[i]].parse_intermixed_args(argv[i + 1:])
+    a.command = argv[i]
+    a.debug, a.quiet = a.debug or flags["debug"], a.quiet or flags["quiet"]
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse(sys.argv[1:] if argv is None else argv)
     try:
         return a.func(a)
     except ConfigError as e:
@@ -247,8 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under DDP every rank meets the same bad input; one says so
             print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: the run directory's summary.json says how far it got.", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, "run_dir", None)
+        if run_dir is not None:
+            from trainpipe.run.rundir import resume_command
+
+            print(f"interrupted: {run_dir} keeps its last checkpoint; `{resume_command(run_dir)}` continues "
+                  f"the run from there.", file=sys.stderr)
+        else:
+            print("interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         if a.debug:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -17,6 +18,16 @@ class ConfigError(Exception):
 
 class DataError(ConfigError):
     """A dataset file is missing, truncated or malformed."""
+
+
+class StorageError(ConfigError):
+    """A file could not be written: the disk is full, over quota or read-only, or the path
+    cannot hold a file. Nothing already on disk was changed by the failed write."""
+
+    def __init__(self, message: str, *, path: Path | None = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -157,21 +157,21 @@ def test_imagefolder_classes_txt_sets_label_order(tmp_path: Path) -> None:
 
 
 def test_imagefolder_rgb_to_grey_by_luminance(tmp_path: Path) -> None:
-    written = write_image_folder(tmp_path, {"a": 2}, splits=("train",))
+    written = write_image_folder(tmp_path, {"a": 2, "b": 1}, splits=("train",))
     src = load_source(cfg(dataset="imagefolder", path=str(tmp_path), channels=1))
     rgb = written["train_x"][0].astype(np.float64)
     expected = rgb[..., 0] * 0.2989 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    assert src.train.x.shape == (2, 1, 12, 10)
+    assert src.train.x.shape == (3, 1, 12, 10)
     assert np.abs(src.train.x[0, 0].numpy().astype(np.float64) - expected).max() <= 1.0
 
 
 def test_imagefolder_mixed_sizes_need_image_size(tmp_path: Path) -> None:
-    write_image_folder(tmp_path / "d", {"a": 2}, splits=("train",))
+    write_image_folder(tmp_path / "d", {"a": 2, "b": 1}, splits=("train",))
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "d" / "train" / "a" / "big.png")
     with pytest.raises(DataError, match="different sizes.*data.image_size"):
         load_source(cfg(dataset="imagefolder", path=str(tmp_path / "d")))
     src = load_source(cfg(dataset="imagefolder", path=str(tmp_path / "d"), image_size=16))
-    assert src.train.x.shape == (3, 3, 16, 16)
+    assert src.train.x.shape == (4, 3, 16, 16)
 
 
 def test_arrays_npz_images_and_folder_of_npy(tmp_path: Path) -> None:
@@ -240,6 +240,36 @@ def test_truncated_cifar_pickle_is_named(tmp_path: Path) -> None:
     bad.write_bytes(bad.read_bytes()[:500])
     with pytest.raises(DataError, match=r"data_batch_3 is truncated or corrupt"):
         load_source(cfg(dataset="cifar10", root=str(tmp_path)))
+
+
+class _RunsCode:
+    """A pickle payload that runs a shell command when unpickled with pickle.load."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_a_planted_cifar_pickle_runs_nothing_and_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    from trainpipe.cli import main
+
+    write_cifar10(tmp_path)
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    planted.write_bytes(pickle.dumps({"data": _RunsCode(f"touch {marker}"), "labels": []}, protocol=2))
+    with pytest.raises(DataError, match=r"data_batch_2 is not a plain dataset file.*system.*Nothing was run"):
+        load_source(cfg(dataset="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+    run = tmp_path / "run"
+    assert main(["train", "data.dataset=cifar10", f"data.root={tmp_path}", "train.epochs=1",
+                 "--output", str(run), "--quiet"]) == 2
+    assert "data_batch_2" in capsys.readouterr().err and not marker.exists()
 
 
 def test_truncated_idx_file_is_named(tmp_path: Path) -> None:
@@ -381,3 +411,46 @@ def test_real_cifar10_image_folder(cifar10_folder: Path) -> None:
     assert src.test.x.float().mean().item() / 255 == pytest.approx(0.475, abs=0.02)
     again = load_source(cfg(dataset="imagefolder", path=str(cifar10_folder)))
     assert again.extra["cache"] == "hit" and torch.equal(again.test.x, src.test.x)
+
+
+# -------------------------------------------------------- refused before any training
+def test_non_finite_features_are_refused_at_load_naming_file_array_and_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainpipe.cli import main
+
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    x[3, 1] = np.nan
+    x[7, 2] = np.inf
+    np.savez(tmp_path / "f.npz", train_x=x, train_y=np.arange(40) % 2)
+    with pytest.raises(DataError, match=r"f\.npz: array train_x holds 2 non-finite values"):
+        load_source(cfg(dataset="arrays", path=str(tmp_path / "f.npz")))
+    assert main(["train", "data.dataset=arrays", f"data.path={tmp_path / 'f.npz'}", "model.name=mlp",
+                 "--output", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "non-finite" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    # a clean file is checked when it is decoded, then read from the cache without a second pass
+    np.savez(tmp_path / "ok.npz", train_x=np.nan_to_num(x, posinf=0.0), train_y=np.arange(40) % 2)
+    load_source(cfg(dataset="arrays", path=str(tmp_path / "ok.npz")))
+    from trainpipe.data import prepare
+
+    def must_not_run(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("checked again on a cache hit")
+
+    monkeypatch.setattr(prepare, "check_finite", must_not_run)
+    assert load_source(cfg(dataset="arrays", path=str(tmp_path / "ok.npz"))).extra["cache"] == "hit"
+
+
+def test_a_train_split_with_one_class_is_refused(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "imgs", {"cat": 6})
+    with pytest.raises(DataError, match=r"train split holds only class 'cat'.*at least 2 classes"):
+        load_source(cfg(dataset="imagefolder", path=str(tmp_path / "imgs")))
+    np.savez(tmp_path / "one.npz", train_x=np.zeros((8, 3), np.float32), train_y=np.zeros(8, np.int64))
+    with pytest.raises(DataError, match="at least 2 classes"):
+        load_source(cfg(dataset="arrays", path=str(tmp_path / "one.npz")))
+
+
+def test_random_bytes_are_not_a_valid_npz(tmp_path: Path) -> None:
+    bad = tmp_path / "noise.npz"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DataError, match=r"noise\.npz is not a valid \.npz or \.npy file") as e:
+        load_source(cfg(dataset="arrays", path=str(bad)))
+    assert "Python objects" not in str(e.value)

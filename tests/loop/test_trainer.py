@@ -240,3 +240,16 @@ def test_auto_precision_picks_by_device(monkeypatch: pytest.MonkeyPatch) -> None
     assert resolve_precision("auto", gpu) is torch.float16  # older GPUs: fp16 with a scaler
     assert resolve_precision("auto", gpu, fp16_ok=False) is None  # SAM cannot run under the scaler
     assert resolve_precision("fp16", cpu) is torch.float16
+
+
+def test_fp16_on_the_cpu_warns_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainpipe.loop import device as device_mod
+
+    monkeypatch.setattr(device_mod, "_fp16_warned", False)
+    cpu = torch.device("cpu")
+    assert device_mod.resolve_precision("auto", cpu) is None
+    assert "fp16" not in capsys.readouterr().err
+    assert device_mod.resolve_precision("fp16", cpu) is torch.float16  # as asked, with a word
+    assert device_mod.resolve_precision("fp16", cpu) is torch.float16
+    err = capsys.readouterr().err
+    assert err.count("warning: train.precision=fp16 on a CPU") == 1 and "train.precision=auto" in err

@@ -28,7 +28,7 @@ def test_eval_of_a_run_directory(run: trainpipe.RunResult, capsys: pytest.Captur
     assert main(["eval", str(run.run_dir)]) == 0
     printed = capsys.readouterr().out
     assert "test/acc" in printed and "test/top5" in printed and "per-class accuracy" in printed
-    data = json.loads((run.run_dir / "eval-test.json").read_text())
+    data = json.loads((run.run_dir / "eval-best-test.json").read_text())
     # best.pt on the test split: the same numbers the run's summary reports
     assert data["metrics"]["test/acc"] == pytest.approx(run.summary["test/acc"], abs=1e-6)
     assert data["metrics"]["test/loss"] == pytest.approx(run.summary["test/loss"], rel=1e-5)
@@ -37,20 +37,28 @@ def test_eval_of_a_run_directory(run: trainpipe.RunResult, capsys: pytest.Captur
     assert np.trace(cm) / cm.sum() == pytest.approx(data["metrics"]["test/acc"], abs=1e-6)
     per_class = np.array([data["per_class_accuracy"][c] for c in data["classes"]])
     np.testing.assert_allclose(per_class, np.diag(cm) / cm.sum(axis=1))
-    with Image.open(run.run_dir / "confusion-test.png") as im:
+    with Image.open(run.run_dir / "confusion-best-test.png") as im:
         im.verify()
 
 
 def test_eval_val_split_with_tta_and_a_checkpoint_path(run: trainpipe.RunResult) -> None:
     last = run.run_dir / "checkpoints" / "last.pt"
     r = evaluate_checkpoint(last, split="val", tta=True)
-    assert r.json_path == run.run_dir / "eval-val-tta.json" and r.image_path.is_file()
+    assert r.json_path == run.run_dir / "eval-last-val-tta.json" and r.image_path.is_file()
     assert r.metrics.keys() == {"val/loss", "val/acc", "val/top5"}
     # a full checkpoint is evaluated with its EMA weights, as the run evaluated them
     plain = evaluate_checkpoint(last, split="val")
     assert plain.metrics["val/acc"] == pytest.approx(run.metrics[-1]["val/acc"], abs=1e-6)
     assert plain.metrics["val/loss"] == pytest.approx(run.metrics[-1]["val/loss"], rel=1e-5)
     assert r.metrics["val/loss"] != pytest.approx(plain.metrics["val/loss"], rel=1e-4)  # TTA changed the logits
+
+
+def test_eval_of_last_keeps_the_evaluation_of_best(run: trainpipe.RunResult) -> None:
+    best = evaluate_checkpoint(run.run_dir, split="test")
+    last = evaluate_checkpoint(run.run_dir / "checkpoints" / "last.pt", split="test")
+    assert best.json_path != last.json_path and best.image_path != last.image_path
+    assert json.loads(best.json_path.read_text())["checkpoint"].endswith("best.pt")
+    assert json.loads(last.json_path.read_text())["checkpoint"].endswith("last.pt")
 
 
 def test_eval_uses_raw_weights_without_ema(tmp_path: Path) -> None:

@@ -76,3 +76,32 @@ def test_default_run_dir_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     r = trainpipe.train({"name": "mine", "train": {"epochs": 1}, "model": {"width": 8},
                          "tracking": {"plots": False}}, quiet=True)
     assert r.run_dir.parent == Path("runs") and r.run_dir.name.startswith("mine-")
+
+
+def test_one_whole_line_per_epoch_without_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # capsys is not a terminal, like a log file or CI
+    trainpipe.train(None, ["train.epochs=2", "model.width=8", "tracking.plots=false"], output=tmp_path / "r")
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [l for l in lines if l.startswith("epoch ")]
+    assert len(epochs) == 2
+    assert all("train/loss" in l and "val/acc" in l and l.endswith("img/s") for l in epochs), epochs
+
+
+def test_default_run_dir_says_config_and_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", train_x=x, train_y=np.arange(60) % 3)
+    common = ["train.epochs=1", "tracking.plots=false", "model.name=mlp"]
+    r = trainpipe.train("quickstart", common + ["data.dataset=arrays", f"data.path={tmp_path / 'a.npz'}"], quiet=True)
+    assert r.run_dir.name.startswith("quickstart-arrays-")
+    assert trainpipe.train("quickstart", common, quiet=True).run_dir.name.startswith("quickstart-digits-")
+    assert trainpipe.train("quickstart", common + ["name=mine"], quiet=True).run_dir.name.startswith("mine-")
+
+
+def test_pyproject_license_is_an_spdx_string() -> None:
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    assert meta["license"] == "MIT"  # the table form makes setuptools warn on every install

@@ -13,7 +13,8 @@ from PIL import Image
 import trainpipe
 from trainpipe.run.console import ConsoleReport, ProgressBar
 from trainpipe.run.resume import resume
-from trainpipe.track import draw_curves, read_metrics
+from trainpipe.run.rundir import read_jsonl, read_metrics
+from trainpipe.track import draw_curves
 from trainpipe.track.plots import curve_points
 
 TINY = ["model.width=8", "train.device=cpu"]
@@ -27,7 +28,7 @@ def test_curves_png_is_a_valid_image_of_the_run(tmp_path: Path) -> None:
         im.verify()
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 1000 and im.size[1] > 300
-    assert len(read_metrics(tmp_path / "metrics.jsonl")) == len(r.metrics) == 2
+    assert len(read_metrics(tmp_path)) == len(r.metrics) == 2
 
 
 def test_curves_skip_non_finite_values(tmp_path: Path) -> None:
@@ -69,7 +70,7 @@ def test_no_curves_when_plots_are_off(tmp_path: Path) -> None:
 def test_metrics_reader_skips_a_line_cut_by_a_crash(tmp_path: Path) -> None:
     p = tmp_path / "metrics.jsonl"
     p.write_text('{"epoch": 1, "train/loss": 1.0}\n{"epoch": 2, "train/lo')
-    assert read_metrics(p) == [{"epoch": 1, "train/loss": 1.0}]
+    assert read_jsonl(p) == [{"epoch": 1, "train/loss": 1.0}]
 
 
 def test_tensorboard_scalars_and_hparams_read_back(tmp_path: Path) -> None:

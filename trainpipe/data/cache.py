@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from trainpipe import files
+from trainpipe.errors import StorageError
 
 CACHE_ENV = "TRAINPIPE_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/trainpipe"
@@ -112,22 +114,11 @@ def read_entry(path: Path, key: Mapping[str, Any]) -> tuple[Tensors, Meta]:
 
 
 def write_entry(path: Path, key: Mapping[str, Any], tensors: Tensors, meta: Meta) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (`files.atomic_write`), so a killed run never leaves half an entry."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     payload = {"format": FORMAT_VERSION, "key": dict(key), "meta": meta, "tensors": tensors,
                "crc": {k: _crc(v) for k, v in tensors.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    files.atomic_write(path, lambda f: torch.save(payload, f))
 
 
 @contextlib.contextmanager
@@ -188,6 +179,6 @@ def load_or_build(
         tensors, meta = build()
         try:
             write_entry(path, key, tensors, meta)
-        except OSError as e:
+        except (OSError, StorageError) as e:
             warnings.warn(f"could not write the dataset cache {path} ({e}); continuing without it.", stacklevel=2)
         return tensors, meta, "built"

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from trainpipe.errors import DataError
 
@@ -43,6 +42,8 @@ def set_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
     if c == 1 and channels == 3:
         return x.expand(-1, 3, -1, -1).contiguous()
     if c == 3 and channels == 1:
+        from torchvision.transforms.v2 import functional as TF
+
         return torch.cat([TF.rgb_to_grayscale(x[i : i + _CHUNK]) for i in range(0, len(x), _CHUNK)])
     raise DataError(
         f"data.channels: cannot turn {c}-channel images into {channels} channels; "
@@ -54,6 +55,8 @@ def resize_square(x: torch.Tensor, size: int | None) -> torch.Tensor:
     """Resize the shorter side to `size` (antialiased) and centre-crop to size x size."""
     if size is None or (x.shape[-2] == size and x.shape[-1] == size):
         return x
+    from torchvision.transforms.v2 import functional as TF
+
     out = []
     for i in range(0, len(x), _CHUNK):
         chunk = TF.resize(x[i : i + _CHUNK], [size], antialias=True)

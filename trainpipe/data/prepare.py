@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val", "test")
 # Part of every cache key: bump when a source's decoding changes what it stores.
-SOURCES_VERSION = 1
+SOURCES_VERSION = 2  # 2: entries are checked for non-finite inputs before they are cached
 
 
 @dataclass
@@ -80,6 +80,32 @@ def _adapt_stats(
     return None  # RGB turned grey: the published values no longer apply; compute them
 
 
+def check_finite(x: torch.Tensor, where: str, array: str) -> None:
+    """Refuse NaN or inf inputs: one is enough to turn the loss into NaN a few steps in. Run
+    when a source is decoded, before caching, so a cached entry has passed it once."""
+    if not x.is_floating_point():
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise DataError(
+            f"{where}: array {array} holds {bad:,} non-finite values (NaN or inf) out of {x.numel():,}; "
+            f"training on them makes the loss NaN. Drop or repair those samples (e.g. keep "
+            f"x[np.isfinite(x).all(axis=1)] with its labels, or np.nan_to_num) and save the file again."
+        )
+
+
+def check_classes(train_y: torch.Tensor, classes: list[str], where: str) -> None:
+    """A classifier needs at least two classes in its training split; with one, every
+    prediction is right and the run learns nothing."""
+    present = torch.unique(train_y).tolist() if len(train_y) else []
+    if len(present) < 2:
+        only = f"only class {classes[present[0]]!r}" if present and present[0] < len(classes) else "no labels"
+        raise DataError(
+            f"{where}: the train split holds {only}; a classifier needs at least 2 classes. Check the "
+            f"path (an image folder needs one sub-folder per class) or the labels array."
+        )
+
+
 def cached_source(
     cfg: "DataConfig",
     name: str,
@@ -111,6 +137,7 @@ def cached_source(
             if len(x) != len(y):
                 raise DataError(f"data.dataset={name}: the {split} split has {len(x)} inputs but {len(y)} labels.")
             check_labels(y, num_classes, f"data.dataset={name} ({split} labels)")
+            check_finite(x, f"data.dataset={name}: {inputs[0] if inputs else name}", f"{split}_x")
             tensors[f"{split}_x"], tensors[f"{split}_y"] = x.contiguous(), y.contiguous()
         train_x = tensors["train_x"]
         is_image = train_x.dtype == torch.uint8 and train_x.dim() == 4
@@ -121,6 +148,8 @@ def cached_source(
 
     tensors, meta, status = cache.load_or_build(cache.cache_root(cfg.cache_dir), name, key, build)
     splits = {s: Split(tensors[f"{s}_x"], tensors[f"{s}_y"]) for s in SPLITS if f"{s}_x" in tensors}
+    check_classes(splits["train"].y, list(meta["classes"]), f"data.dataset={name}"
+                  + (f" ({inputs[0]})" if inputs else ""))
     extra = {k: v for k, v in meta.items() if k not in ("classes", "mean", "std")}
     extra["cache"] = status
     extra["tensors"] = {k: v for k, v in tensors.items() if not k.endswith(("_x", "_y"))}

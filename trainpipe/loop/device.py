@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +34,24 @@ def resolve_precision(name: str, device: torch.device, *, fp16_ok: bool = True) 
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16 if fp16_ok else None
+    if name == "fp16" and device.type == "cpu":
+        _warn_fp16_on_cpu()
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+_fp16_warned = False
+
+
+def _warn_fp16_on_cpu() -> None:
+    # fp16 autocast on a CPU is emulated: several times slower than fp32 (see the README's
+    # troubleshooting section), and people write it meaning "mixed precision on".
+    global _fp16_warned
+    if _fp16_warned:
+        return
+    _fp16_warned = True
+    print("warning: train.precision=fp16 on a CPU: CPUs have no fast fp16, so this runs many times slower "
+          "than fp32 (see the README, Troubleshooting). Use train.precision=auto, which picks fp32 on the CPU "
+          "and bf16 or fp16 on a GPU.", file=sys.stderr)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

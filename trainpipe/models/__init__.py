@@ -16,7 +16,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from trainpipe.data.base import DataSpec
 from trainpipe.errors import ConfigError
@@ -109,6 +108,8 @@ def model_stats(model: nn.Module, spec: DataSpec) -> dict[str, int]:
     dtype = tensors[0].dtype if tensors and tensors[0].is_floating_point() else torch.float32
     try:
         probe.eval()
+        from torch.utils.flop_counter import FlopCounterMode  # imports triton: only when counting
+
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             probe(torch.zeros(1, *spec.in_shape, dtype=dtype))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from trainpipe.data.base import DataSpec
 from trainpipe.errors import ConfigError
@@ -37,6 +36,9 @@ class CifarResNet(HeadMixin, nn.Module):
     """Post-activation ResNet (He et al. 2015) with torchvision's BasicBlock."""
 
     def __init__(self, in_chans: int, num_classes: int, width: int, blocks: list[int]) -> None:
+        # Imported here: torchvision costs a second to import, which `trainpipe check` need not pay.
+        from torchvision.models.resnet import BasicBlock
+
         super().__init__()
         self.stem = nn.Sequential(_conv3x3(in_chans, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         stages, cin = [], width

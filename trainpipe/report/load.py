@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainpipe.errors import ConfigError
+from trainpipe.run import rundir
 
 MISSING = "—"  # shown where a run has no value for a key
 
@@ -42,7 +41,7 @@ class Run:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "summary.json").is_file()
+    return (path / rundir.SUMMARY).is_file()
 
 
 def load_run(path: str | Path) -> Run:
@@ -54,29 +53,13 @@ def load_run(path: str | Path) -> Run:
             f"`trainpipe train` wrote (runs/<name>-<time>/), or a sweep directory (with trials/)."
         )
     try:
-        summary = json.loads((p / "summary.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"report: {p / 'summary.json'} is not valid JSON ({e}); the run may still be writing it.") from None
-    config: dict[str, Any] = {}
-    if (p / "config.yaml").is_file():
-        config = yaml.safe_load((p / "config.yaml").read_text()) or {}
-    return Run(p, config, summary, read_history(p / "metrics.jsonl"), label=p.name)
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl as a list of dicts; a torn last line (a run killed mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        rows.append({k: as_float(v) if isinstance(v, str) else v for k, v in row.items()})
-    return rows
+        summary = rundir.read_summary(p, strict=True)
+    except ConfigError as e:
+        raise ConfigError(f"report: {e}") from None
+    # A run whose process is gone reads as interrupted, not as running forever.
+    summary["status"] = rundir.status(p, summary)
+    history = [{k: as_float(v) if isinstance(v, str) else v for k, v in row.items()} for row in rundir.read_metrics(p)]
+    return Run(p, rundir.read_config(p), summary, history, label=p.name)
 
 
 def unique_labels(runs: list[Run]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from trainpipe.report import plots
+from trainpipe.run import rundir
 from trainpipe.report.html import Doc
 from trainpipe.report.load import (
     MISSING,
@@ -35,9 +36,7 @@ FULL_TABLE_CLASSES = 20
 
 def command_of(run: Run) -> str | None:
     """The command that started the run (history.jsonl's first train event)."""
-    from trainpipe.track import read_metrics  # reads any JSONL file, skipping cut-off lines
-
-    for event in read_metrics(run.path / "history.jsonl"):
+    for event in rundir.read_history(run.path):
         if event.get("event") == "train" and event.get("command"):
             return str(event["command"])
     return None
@@ -73,6 +72,8 @@ def run_report(run: Run, output: Path, *, evaluate: bool = True) -> Path:
         f"test accuracy {fmt_metric('test/acc', s.get('test/acc'))}."
     )
     doc.para(f"Run directory: `{run.path}`")
+    if s.get("status") == "interrupted":
+        doc.para(f"This run was {rundir.describe_status(run.path, s)}.")
     cmd = command_of(run)
     if cmd:
         doc.para(f"Command: `{cmd}`")

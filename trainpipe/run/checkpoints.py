@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainpipe import files
 from trainpipe.errors import ConfigError
 from trainpipe.loop.callbacks import Callback
 from trainpipe.loop.rng import capture_rng
@@ -32,10 +32,7 @@ RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "state", "rng", "conf
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    tmp = _write_temp(obj, path)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    files.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_keeping_previous(obj: Any, path: str | Path) -> None:
@@ -45,42 +42,7 @@ def save_keeping_previous(obj: Any, path: str | Path) -> None:
     old or new (or, between the two renames, only previous.pt: resume falls back to it).
     """
     path = Path(path)
-    tmp = _write_temp(obj, path)
-    if path.is_file():
-        os.replace(path, path.with_name(PREVIOUS))
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _write_temp(obj: Any, path: Path) -> str:
-    """`obj` serialized, flushed and fsync'ed into a temporary file beside `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with_suppressed_unlink(tmp)
-        raise
-    return tmp
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is durable only once the directory entry is on disk.
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def with_suppressed_unlink(p: str | Path) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
+    files.atomic_write(path, lambda f: torch.save(obj, f), previous=path.with_name(PREVIOUS))
 
 
 def load(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:

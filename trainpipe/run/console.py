@@ -32,7 +32,9 @@ class ConsoleReport(Callback):
         from rich.console import Console
 
         self.quiet = quiet
-        self.console = Console(highlight=False)
+        # Without a terminal (a log file, CI, a pipe) rich would wrap at 80 columns and cut each
+        # epoch's line in two: there, every line is printed whole, one per epoch.
+        self.console = Console(highlight=False, soft_wrap=not console_is_interactive())
 
     def start(self, cfg: "RunConfig", run_dir: Path, summary: dict[str, Any]) -> None:
         if self.quiet:

@@ -4,8 +4,9 @@ Data and model are rebuilt from the config stored in the checkpoint (never from 
 hub or `model.weights`: the checkpoint holds every tensor). A run directory is
 evaluated with checkpoints/best.pt, else its newest good full checkpoint; a full
 checkpoint is evaluated with its EMA weights when it has them, since those are
-the weights the run evaluated. Results go next to the run: eval-SPLIT.json and
-confusion-SPLIT.png (with `-tta` in the names when flip TTA is on).
+the weights the run evaluated. Results go next to the run, one pair of files per
+checkpoint: eval-CHECKPOINT-SPLIT.json and confusion-CHECKPOINT-SPLIT.png (e.g.
+eval-best-test.json; with `-tta` in the names when flip TTA is on).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from trainpipe import files
 from trainpipe.run import checkpoints as ckpt
+from trainpipe.run import rundir
 from trainpipe.errors import ConfigError
 
 
@@ -39,16 +42,16 @@ def locate(target: str | Path) -> tuple[Path, Path]:
     """(checkpoint, directory the results are written to) for a run directory or a checkpoint file."""
     p = Path(target)
     if p.is_dir():
-        best = p / "checkpoints" / ckpt.BEST
+        best = p / rundir.CHECKPOINTS / ckpt.BEST
         if best.is_file():
             return best, p
-        cands = ckpt.resume_candidates(p / "checkpoints")
+        cands = ckpt.resume_candidates(p / rundir.CHECKPOINTS)
         if not cands:
             raise ConfigError(f"eval: {str(p)!r} has no checkpoints/best.pt or last.pt; pass a run directory "
                               f"of `trainpipe train` or the path of a checkpoint file.")
         return cands[0], p
     if p.is_file():
-        return p, p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        return p, p.parent.parent if p.parent.name == rundir.CHECKPOINTS else p.parent
     raise ConfigError(f"eval: {str(p)!r} does not exist; pass a run directory or a checkpoint (.pt) file.")
 
 
@@ -104,9 +107,9 @@ def evaluate_checkpoint(
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
     per_class = {c: float(a) for c, a in zip(classes, recall)}
-    stem = f"{split}-tta" if tta else split
-    json_path, image_path = out_dir / f"eval-{stem}.json", out_dir / f"confusion-{stem}.png"
-    json_path.write_text(json.dumps({
+    json_name, image_name = rundir.eval_names(path, split, tta)
+    json_path, image_path = out_dir / json_name, out_dir / image_name
+    files.write_text(json_path, json.dumps({
         "checkpoint": str(path), "split": split, "tta": tta, "samples": int(len(y_true)), "metrics": metrics,
         "per_class_accuracy": {c: (None if np.isnan(a) else a) for c, a in per_class.items()},
         "classes": classes, "confusion": cm.tolist(),
@@ -128,7 +131,7 @@ def draw_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
         ax=ax, include_values=n <= 20, cmap="Blues", colorbar=n <= 50, xticks_rotation="vertical")
     if title:
         ax.set_title(title)
-    fig.savefig(path, dpi=110)
+    files.atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     return path
 
 

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 
 from trainpipe.errors import ConfigError
-from trainpipe.run.train import ConfigLike, build_parts, resolve, write_config, write_json
+from trainpipe import files
+from trainpipe.run.rundir import write_config
+from trainpipe.run.train import ConfigLike, build_parts, resolve
 
 DEFAULT_MIN_LR, DEFAULT_MAX_LR, DEFAULT_STEPS = 1e-8, 1.0, 100
 # Lightning stops when the smoothed loss exceeds 4x the best seen.
@@ -171,7 +173,7 @@ def lr_find(
     if choice is not None:
         result.suggestion, result.lr_at_min_loss, result.low, result.high = choice
     plot(result, out_dir / PNG_NAME)
-    write_json(out_dir / JSON_NAME, {
+    files.write_json(out_dir / JSON_NAME, {
         "suggestion": None if choice is None else result.suggestion,
         "range": None if choice is None else [result.low, result.high],
         "lr_at_min_loss": None if choice is None else result.lr_at_min_loss,

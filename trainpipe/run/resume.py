@@ -16,7 +16,6 @@ longer horizon (see the README's "Resume" section).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,14 +25,8 @@ from trainpipe.run import checkpoints as ckpt
 from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.errors import ConfigError
-from trainpipe.run.train import RunResult, append_history, execute, write_config
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+from trainpipe.run import rundir
+from trainpipe.run.train import RunResult, execute
 
 
 def resume(
@@ -46,7 +39,7 @@ def resume(
     """Continue the run in `run_dir` from checkpoints/last.pt (falling back to previous.pt
     and epoch snapshots when it is unreadable), with `overrides` applied to its config."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / rundir.CONFIG
     if not cfg_path.is_file():
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
         raise ConfigError(f"resume: {str(run_dir)!r} {what}; pass the directory of a run started with "
@@ -63,15 +56,19 @@ def resume(
     # Under DDP (`--nproc`, torchrun) only rank 0 records and prints; every rank reads
     # the files before rank 0 may rewrite config.yaml.
     main = distributed.is_main()
-    found = ckpt.find_resumable(run_dir / "checkpoints", warn=warn)
-    summary = read_summary(run_dir)
+    summary = rundir.read_summary(run_dir)
+    if main and summary.get("status") == "running" and rundir.process_gone(run_dir) is False \
+            and not rundir.is_this_process(run_dir):
+        raise ConfigError(f"resume: {str(run_dir)!r} is still being trained by another process "
+                          f"({rundir.read_process(run_dir)}); wait for it to end, or stop it first.")
+    found = ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, warn=warn)
     from trainpipe.loop.device import resolve_device
 
     distributed.setup(resolve_device(cfg.train.device))
     distributed.barrier()
     if found is None:
         # Killed before its first checkpoint: nothing to continue, so start over in place.
-        warn(f"{run_dir / 'checkpoints'} holds no checkpoint yet; starting the run over.")
+        warn(f"{run_dir / rundir.CHECKPOINTS} holds no checkpoint yet; starting the run over.")
         _record(run_dir, cfg, old, overrides, command, checkpoint=None, epoch=0)
         return execute(cfg, run_dir, quiet=quiet)
     state, path = found
@@ -87,7 +84,8 @@ def resume(
     # A finished run continues only because the user asked for more: forget the old stop.
     st["should_stop"], st["stop_reason"] = False, None
     if not quiet and main:
-        print(f"resuming {run_dir} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
+        was = " after it was interrupted (its process is gone)" if rundir.status(run_dir, summary) == "interrupted" else ""
+        print(f"resuming {run_dir}{was} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
     return execute(cfg, run_dir, quiet=quiet, resume_state=state, resume_path=path,
                    prior_wall_time=float(summary.get("wall_time_s") or 0.0))
 
@@ -100,5 +98,5 @@ def _record(run_dir: Path, cfg: config_mod.RunConfig, old: config_mod.RunConfig,
                              "checkpoint": checkpoint, "from_epoch": epoch}
     if overrides:
         event["previous_config"] = old.to_dict()
-        write_config(run_dir, cfg, command)
-    append_history(run_dir, event)
+        rundir.write_config(run_dir, cfg, command)
+    rundir.append_history(run_dir, event)

@@ -9,8 +9,7 @@ the run fails or is interrupted.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -19,15 +18,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import yaml
 
+from trainpipe import files
 from trainpipe.run import checkpoints as ckpt
+from trainpipe.run import rundir
 from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.loop.callbacks import BatchSizeSchedule, Callback, EarlyStopping
 from trainpipe.run.checkpoints import Checkpoint
 from trainpipe.config import RunConfig
-from trainpipe.errors import ConfigError
+from trainpipe.errors import ConfigError, StorageError
 from trainpipe.loop.rng import seed_everything
 
 ConfigLike = str | Path | Mapping[str, Any] | RunConfig | None
@@ -54,46 +54,27 @@ def resolve(config: ConfigLike = None, overrides: Sequence[str] | Mapping[str, A
     return config_mod.load(config, overrides)
 
 
-def versions() -> dict[str, str]:
-    from trainpipe import __version__
+def default_run_name(cfg: RunConfig, config: ConfigLike = None,
+                     overrides: Sequence[str] | Mapping[str, Any] = ()) -> str:
+    """What a run directory is called by default: the config file and the dataset
+    (`quickstart-arrays`, `mnist`), or the `name` given as an override."""
+    if "name" in dict(config_mod.parse_overrides(overrides)):
+        return cfg.name
+    stem = Path(str(config)).stem if isinstance(config, (str, Path)) else cfg.name
+    dataset = cfg.data.dataset
+    return stem if dataset.replace("_", "") in stem.replace("_", "").replace("-", "") else f"{stem}-{dataset}"
 
-    return {"trainpipe": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
 
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def new_run_dir(cfg: RunConfig, output: str | Path | None) -> Path:
+def new_run_dir(cfg: RunConfig, output: str | Path | None, name: str | None = None) -> Path:
     if output is not None:
         return Path(output)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{cfg.name}-{stamp}"
+    base = Path("runs") / f"{name or cfg.name}-{stamp}"
     d, i = base, 1
     while d.exists():  # two runs started in the same second
         i += 1
         d = base.with_name(f"{base.name}-{i}")
     return d
-
-
-def write_config(run_dir: Path, cfg: RunConfig, command: str) -> None:
-    v = versions()
-    header = (
-        f"# Resolved config of this run (every default filled in).\n"
-        f"# command: {command}\n"
-        f"# written: {dt.datetime.now().isoformat(timespec='seconds')}\n"
-        f"# versions: trainpipe {v['trainpipe']}, torch {v['torch']}, python {v['python']}\n"
-    )
-    (run_dir / "config.yaml").write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def append_history(run_dir: Path, event: dict[str, Any]) -> None:
-    """history.jsonl: every train/resume of this directory, with its overrides."""
-    event = {"time": dt.datetime.now().isoformat(timespec="seconds"), **event, **versions()}
-    with (run_dir / "history.jsonl").open("a") as f:
-        f.write(json.dumps(event) + "\n")
 
 
 def train(
@@ -104,24 +85,52 @@ def train(
     quiet: bool = False,
     callbacks: Sequence[Callback] = (),
     command: str | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run one training, exactly as `trainpipe train` does; returns the run's results.
 
     `config` is a YAML path, the name of a packaged config, a dict, a `RunConfig`, or
     None for the packaged quickstart (digits). `overrides` are `key.sub=value`
-    strings or a {dotted key: value} dict.
+    strings or a {dotted key: value} dict. An `output` directory that already holds a
+    run is refused (ConfigError) unless `overwrite`, which deletes that run first.
     """
     cfg = resolve(config, overrides)
     from trainpipe.loop.device import resolve_device
 
+    if not distributed.launched():  # under torchrun, the launching command did this once
+        claim_output(output, overwrite=overwrite)
     distributed.setup(resolve_device(cfg.train.device))
-    run_dir = distributed.broadcast_object(new_run_dir(cfg, output))  # rank 0's choice, under DDP
+    # rank 0's choice, under DDP
+    run_dir = distributed.broadcast_object(new_run_dir(cfg, output, default_run_name(cfg, config, overrides)))
     command = command or f"trainpipe.train({config!r}, overrides={list(overrides)!r})"
+    created = not run_dir.exists()
     if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, cfg, command)
-        append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
-    return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
+        files.make_dir(run_dir, what="run directory")
+        rundir.write_config(run_dir, cfg, command)
+        rundir.append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
+    try:
+        return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
+    except ConfigError as e:
+        # Bad input found before the first epoch (a data file, a model that does not fit the
+        # data): the directory holds nothing worth keeping, so it is not left behind.
+        if (created and distributed.is_main() and not isinstance(e, StorageError)
+                and not (run_dir / rundir.METRICS).exists()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def claim_output(output: str | Path | None, *, overwrite: bool) -> None:
+    """Refuse an `--output` that holds a run (its results would be mixed with or replaced by
+    this one's) unless `overwrite`, which deletes it."""
+    if output is None or not rundir.holds_run(output):
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"--output {str(output)!r} already holds a run ({rundir.describe_status(output)}). "
+            f"To continue it: `{rundir.resume_command(output)}`; to replace it and delete its files, add "
+            f"--overwrite (trainpipe.train(..., overwrite=True)); or choose another --output."
+        )
+    shutil.rmtree(output)
 
 
 def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
@@ -155,11 +164,13 @@ def execute(
     # only rank 0 writes and prints.
     device = distributed.setup(resolve_device(cfg.train.device))
     main = distributed.is_main()
-    summary_path = run_dir / "summary.json"
-    save_summary = (lambda: write_json(summary_path, summary)) if main else (lambda: None)  # noqa: E731
+    save_summary = (lambda: rundir.write_summary(run_dir, summary)) if main else (lambda: None)  # noqa: E731
     save_summary()
+    if main:
+        rundir.write_process(run_dir)
     out = console_report(quiet or not main)
     trainer = None
+    failing = False
     try:
         data, model, optimizer, stats = build_parts(cfg, device)
         s = cfg.sched
@@ -176,7 +187,7 @@ def execute(
         progress = out.progress(cfg, data)
         trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
                           progress=progress,
-                          last_good_state=lambda: ckpt.find_resumable(run_dir / "checkpoints", map_location=device),
+                          last_good_state=lambda: ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, map_location=device),
                           on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
         if resume_state is not None:
             load_resume_state(trainer, resume_state, resume_path)
@@ -189,13 +200,21 @@ def execute(
         summary.update(state.final)
         summary["status"] = {"non_finite_loss": "failed", "pruned": "pruned"}.get(state.stop_reason, "completed")
         summary["stop_reason"] = state.stop_reason
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        failing = True
         summary.update({"status": "interrupted", "stop_reason": "interrupted"})
+        e.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names the resume command
         raise
-    except ConfigError:
-        summary.update({"status": "failed", "stop_reason": "config_error"})
+    except StorageError as e:
+        failing = True
+        summary.update({"status": "failed", "stop_reason": "storage", "error": str(e)})
+        raise _resumable(e, run_dir) from None
+    except ConfigError as e:
+        failing = True
+        summary.update({"status": "failed", "stop_reason": "config_error", "error": str(e)})
         raise
     except Exception as e:
+        failing = True
         summary.update({"status": "failed", "stop_reason": "error", "error": f"{type(e).__name__}: {e}"})
         raise
     finally:
@@ -209,7 +228,11 @@ def execute(
             if st.rollbacks:
                 summary.update({"rollbacks": st.rollbacks, "lr_factor": trainer.schedule.factor("rollback")})
         summary["wall_time_s"] = prior_wall + (time.perf_counter() - started)
-        save_summary()
+        try:
+            save_summary()
+        except StorageError as e:
+            if not failing:  # otherwise the error already on its way says the same
+                raise _resumable(e, run_dir) from None
     result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
     out.finish(result)
     return result
@@ -250,6 +273,14 @@ def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
     return Parts(data, model, optimizer, stats)
 
 
+def _resumable(e: StorageError, run_dir: Path) -> StorageError:
+    """The storage error, plus what the user does next: checkpoints are replaced only by a
+    complete new file, so the last one written is intact."""
+    return StorageError(f"{e} The run stopped; its last complete checkpoint in {run_dir / rundir.CHECKPOINTS} "
+                        f"is intact: free some space, then `{rundir.resume_command(run_dir)}` continues the run.",
+                        path=e.path, errno=e.errno)
+
+
 def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) -> None:
     """Load a full checkpoint into `trainer`; a checkpoint that does not fit the config
     (a different model, different parameter groups) is a ConfigError naming the file."""
@@ -266,7 +297,7 @@ def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) ->
 
 
 def _log_event(run_dir: Path, event: dict[str, Any], quiet: bool) -> None:
-    append_history(run_dir, event)
+    rundir.append_history(run_dir, event)
     if not quiet and event.get("event") == "rollback":
         print(f"non-finite values in epoch {event['diverged_epoch']}: rolled back to epoch {event['to_epoch']} "
               f"({event['checkpoint']}), lr x{event['lr_factor']:g} (rollback {event['rollback']})", file=sys.stderr)
@@ -297,7 +328,7 @@ def callbacks_for(cfg: RunConfig, run_dir: Path, *, main: bool, console: Callbac
     cbs += list(extra)
     if main:
         ck = t.checkpoint
-        cbs.append(Checkpoint(run_dir / "checkpoints", every=ck.every, keep=ck.keep, save_best=ck.best,
+        cbs.append(Checkpoint(run_dir / rundir.CHECKPOINTS, every=ck.every, keep=ck.keep, save_best=ck.best,
                               config=cfg.to_dict()))
     return cbs
 
@@ -312,7 +343,7 @@ def final_summary(trainer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]
         out.update({f"final/{k}": v for k, v in last.items() if k.startswith("train/")})
         times = [h["epoch_time_s"] for h in st.history if "epoch_time_s" in h]
         out["epoch_time_s"] = sum(times) / len(times) if times else None
-    best_path = run_dir / "checkpoints" / "best.pt"
+    best_path = run_dir / rundir.CHECKPOINTS / ckpt.BEST
     if trainer.data.test is not None:
         model = trainer.eval_model
         if best_path.is_file():

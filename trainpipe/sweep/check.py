@@ -38,6 +38,7 @@ def check_against_config(spec: SweepSpec) -> RunConfig:
     except ConfigError as e:
         raise ConfigError(f"{where}: the base config {base or 'quickstart'} with `fixed` does not "
                           f"validate: {e}") from None
+    check_metric(spec, where)
     leaves = _leaf_keys(base_cfg.to_dict())
     first = {p.key: p.candidates()[0] for p in spec.varied}
 
@@ -55,6 +56,23 @@ def check_against_config(spec: SweepSpec) -> RunConfig:
         for combo in spec.grid():
             attempt(combo, ", ".join(f"{k} = {v!r}" for k, v in combo.items()))
     return base_cfg
+
+
+# What every trial logs per epoch (the trainer's metrics; val/* when the run has a validation
+# split, val/top5 with more than 5 classes).
+LOGGED_PER_EPOCH = ("val/acc", "val/loss", "val/top5", "train/acc", "train/loss", "lr")
+
+
+def check_metric(spec: SweepSpec, where: str) -> None:
+    """Refuse a sweep metric that no trial logs: otherwise every trial runs to its end and is
+    then marked failed for want of the metric."""
+    if spec.metric in LOGGED_PER_EPOCH:
+        return
+    from trainpipe.errors import did_you_mean
+
+    raise ConfigError(f"{where}: metric.name {spec.metric!r} is not logged by any trial"
+                      f"{did_you_mean(spec.metric, LOGGED_PER_EPOCH) or '.'} A trial logs, per epoch: "
+                      f"{', '.join(LOGGED_PER_EPOCH)}.")
 
 
 def _leaf_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -12,7 +12,6 @@ import datetime as dt
 import io
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from trainpipe import files
 from trainpipe.sweep import study as st
 from trainpipe.sweep.space import sample
 from trainpipe.sweep.spec import SweepSpec
@@ -176,19 +176,13 @@ def best_config(row: TrialRow, spec: SweepSpec) -> dict[str, Any]:
     return config_mod.load(spec.base, {**spec.constant_overrides(), **row.params}).to_dict()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    # Several workers rewrite these files; each write is whole, the last one wins.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
     """Rewrite results.csv, results.md and best.yaml from the study."""
     d = Path(sweep_dir)
     rows = trial_rows(study, spec)
-    write_atomic(d / "results.csv", to_csv(rows, spec))
-    write_atomic(d / "results.md", to_markdown(rows, spec))
+    # Several workers rewrite these files; each write is whole, the last one wins.
+    files.write_text(d / "results.csv", to_csv(rows, spec))
+    files.write_text(d / "results.md", to_markdown(rows, spec))
     best = best_row(rows)
     if best is not None:
         try:
@@ -198,7 +192,7 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
         else:
             header = (f"# Best trial {best.name} of sweep {spec.name}: {spec.metric} {fmt(best.value)} "
                       f"({spec.goal}).\n# Complete resolved config; run it with: trainpipe train {d / 'best.yaml'}\n")
-            write_atomic(d / "best.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
+            files.write_text(d / "best.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
     return rows
 
 

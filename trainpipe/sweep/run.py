@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from trainpipe import files
 from trainpipe.errors import ConfigError
 from trainpipe.sweep import study as st
 from trainpipe.sweep.check import check_against_config
@@ -137,14 +138,14 @@ def run_sweep(
     study = st.open_study(spec, storage_obj, study_name=study_name, epochs=base_cfg.train.epochs)
     (d / "trials").mkdir(parents=True, exist_ok=True)
     if spec.source and Path(spec.source).resolve() != (d / "sweep.yaml").resolve():
-        (d / "sweep.yaml").write_text(Path(spec.source).read_text())
+        files.write_text(d / "sweep.yaml", Path(spec.source).read_text())
     if meta is None:
         meta = {"study_name": study_name, "storage": None if storage is None else st.redact(url),
                 "sweep_file": str(Path(spec.source).resolve()) if spec.source else None, "base": spec.base,
                 "fingerprint": spec.fingerprint(), "created": dt.datetime.now().isoformat(timespec="seconds"),
                 "method": spec.method, "metric": spec.metric, "goal": spec.goal,
                 "params": [p.key for p in spec.varied]}
-        (d / META).write_text(json.dumps(meta, indent=2) + "\n")
+        files.write_json(d / META, meta)
     total = spec.planned_trials()
     if trials is not None:
         total = min(trials, spec.grid_size()) if spec.method == "grid" else trials

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from trainpipe.loop.callbacks import Callback
+from trainpipe.run import rundir
 from trainpipe.sweep import study as st
 from trainpipe.sweep.space import trial_overrides
 from trainpipe.sweep.spec import SweepSpec
@@ -144,7 +145,7 @@ class Objective:
             trial.set_user_attr("result", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
             raise
         except Exception as e:
-            return self.fail(trial, f"{type(e).__name__}: {e}", summary_path=run_dir / "summary.json")
+            return self.fail(trial, f"{type(e).__name__}: {e}", run_dir=run_dir)
         s = result.summary
         best = best_of(result.metrics, spec.metric, spec.goal)
         res = {"status": s.get("status"), "reason": s.get("stop_reason"), "best": best,
@@ -167,12 +168,10 @@ class Objective:
         return best
 
     def fail(self, trial: optuna.Trial, reason: str, *, res: dict[str, Any] | None = None,
-             summary_path: Path | None = None) -> NoReturn:
+             run_dir: Path | None = None) -> NoReturn:
         res = dict(res or {})
-        if summary_path is not None and summary_path.is_file():
-            import json
-
-            s = json.loads(summary_path.read_text())
+        if run_dir is not None and (run_dir / rundir.SUMMARY).is_file():
+            s = rundir.read_summary(run_dir)
             res.update({"epochs": s.get("epochs_run"), "wall_time_s": s.get("wall_time_s")})
         res.update({"status": "failed", "reason": reason[:500]})
         trial.set_user_attr("result", res)

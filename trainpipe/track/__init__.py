@@ -7,7 +7,6 @@ metric keys (`train/loss`, `val/acc`, `lr`, ...) with the epoch as the step, and
 close in `on_fit_end`, which runs in a `finally`.
 """
 
-from trainpipe.track.jsonl import read_metrics
 from trainpipe.track.plots import draw_curves
 
-__all__ = ["draw_curves", "read_metrics"]
+__all__ = ["draw_curves"]

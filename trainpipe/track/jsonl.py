@@ -1,14 +1,15 @@
-"""metrics.jsonl: one JSON object per epoch (and per event), always written; and its reader."""
+"""metrics.jsonl: one JSON object per epoch, always written (read with `rundir.read_metrics`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainpipe import files
 from trainpipe.loop.callbacks import Callback
+from trainpipe.run import rundir
 from trainpipe.registry import TRACKERS
 
 if TYPE_CHECKING:
@@ -22,22 +23,6 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl; a line cut short by a crash is skipped."""
-    rows = []
-    p = Path(path)
-    if not p.is_file():
-        return rows
-    for line in p.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 class JsonlTracker(Callback):
     """Appends one JSON object per epoch to metrics.jsonl.
 
@@ -46,14 +31,12 @@ class JsonlTracker(Callback):
     """
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / rundir.METRICS
         self._last_epoch = 0
 
     def _keep_up_to(self, epoch: int) -> None:
-        keep = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= epoch]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        keep = [r for r in rundir.read_jsonl(self.path) if r.get("epoch", 0) <= epoch]
+        files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         if self.path.exists():
@@ -65,8 +48,7 @@ class JsonlTracker(Callback):
         epoch = int(row.get("epoch", 0))
         if epoch <= self._last_epoch:  # a rollback re-runs epochs
             self._keep_up_to(epoch - 1)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        files.append_text(self.path, json.dumps(row) + "\n")
         self._last_epoch = epoch
 
 

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainpipe import files
 from trainpipe.loop.callbacks import Callback
+from trainpipe.run import rundir
 from trainpipe.registry import TRACKERS
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ def draw_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     if title:
         fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    files.atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     return path
 
 
@@ -59,7 +61,7 @@ class PlotsTracker(Callback):
     """Draws curves.png from the run's history when training ends."""
 
     def __init__(self, run_dir: str | Path, title: str) -> None:
-        self.path = Path(run_dir) / "curves.png"
+        self.path = Path(run_dir) / rundir.CURVES
         self.title = title
 
     def on_fit_end(self, trainer: "Trainer") -> None:

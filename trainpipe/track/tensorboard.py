@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainpipe.errors import ConfigError
 from trainpipe.loop.callbacks import Callback
+from trainpipe.run import rundir
 from trainpipe.registry import TRACKERS
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class TensorBoardTracker(Callback):
     """Scalars (same keys as metrics.jsonl, step = epoch) and the config as hparams, in RUN_DIR/tb."""
 
     def __init__(self, run_dir: str | Path, cfg: "RunConfig") -> None:
-        self.log_dir = Path(run_dir) / "tb"
+        self.log_dir = Path(run_dir) / rundir.TENSORBOARD
         self.cfg = cfg
         self.writer: Any = None
 

@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from trainpipe.config.schema import WandbConfig
 from trainpipe.errors import ConfigError
+from trainpipe import files
 from trainpipe.loop.callbacks import Callback
+from trainpipe.run import rundir
 from trainpipe.registry import TRACKERS
 
 if TYPE_CHECKING:
     from trainpipe.config import RunConfig
     from trainpipe.loop.trainer import Trainer
-
-
-WANDB_ID_FILE = "wandb_id.txt"
 
 
 class WandbTracker(Callback):
@@ -35,13 +34,13 @@ class WandbTracker(Callback):
         self.run: Any = None
 
     def run_id(self) -> str:
-        f = self.run_dir / WANDB_ID_FILE
+        f = self.run_dir / rundir.WANDB_ID
         if f.is_file() and f.read_text().strip():
             return f.read_text().strip()
         # W&B's own id format (8 of [a-z0-9]); its generator moved between releases, and
         # `secrets` leaves the training's random streams untouched.
         rid = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        f.write_text(rid + "\n")
+        files.write_text(f, rid + "\n")
         return rid
 
     def on_fit_start(self, trainer: "Trainer") -> None:

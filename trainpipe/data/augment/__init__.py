@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchvision.transforms import v2
 
 from trainpipe.data.augment.ops import AugmentOp, OptionError
 from trainpipe.errors import did_you_mean
 from trainpipe.registry import AUGMENTS, Entry
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 __all__ = ["AugmentOp", "OptionError", "apply_batch", "build_pipeline", "stream_transform"]
 
@@ -29,6 +31,10 @@ _MIX_CLASSES = {"MixUp", "CutMix"}
 
 
 def _torchvision_class(name: str) -> type[v2.Transform] | None:
+    if not name[:1].isupper():  # v2's classes are CamelCase; other names never need torchvision
+        return None
+    from torchvision.transforms import v2
+
     cls = getattr(v2, name, None)
     if isinstance(cls, type) and issubclass(cls, v2.Transform) and cls is not v2.Transform:
         return cls
@@ -56,6 +62,8 @@ def _torchvision_op(name: str, cls: type[v2.Transform], options: dict[str, Any])
 
 
 def _torchvision_names() -> list[str]:
+    from torchvision.transforms import v2
+
     return [n for n in dir(v2) if _torchvision_class(n) is not None]
 
 
@@ -98,4 +106,6 @@ def apply_batch(ops: Sequence[AugmentOp], x: torch.Tensor, g: torch.Generator) -
 
 def stream_transform(ops: Sequence[AugmentOp]) -> v2.Compose:
     """The per-sample torchvision v2 pipeline equivalent to `ops`."""
+    from torchvision.transforms import v2
+
     return v2.Compose([op.transform() for op in ops] or [v2.Identity()])

@@ -1,4 +1,4 @@
-"""Batched image kernels behind `trainpipe.data.augment`, plus two small v2 transforms.
+"""Batched image kernels behind `trainpipe.data.augment` (the per-sample v2 transforms are in `transforms`).
 
 torchvision's functional ops take one parameter per call (one angle, one sigma, one
 brightness factor), so they cannot give each image of a batch its own draw. These kernels
@@ -9,12 +9,8 @@ per-sample torchvision transform give the same image for the same parameters.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 
 def crop_at(padded: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -228,48 +224,3 @@ def erase_boxes(
         & apply.view(-1, 1, 1)
     )
     return torch.where(inside.unsqueeze(1), fill.to(x.dtype), x)
-
-
-# ---------------------------------------------------------------- per-sample transforms
-
-
-class Cutout(v2.Transform):
-    """Erase a size x size square at a uniformly random centre, clipped at the border.
-
-    torchvision has no cutout: RandomErasing draws an area fraction and an aspect ratio,
-    which cannot express a fixed side length that is clipped at the image border.
-    """
-
-    def __init__(self, *, size: int, p: float = 1.0, value: float = 0.0) -> None:
-        super().__init__()
-        self.size, self.p, self.value = size, p, value
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = v2.query_size(flat_inputs)
-        cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
-        top, left = max(cy - self.size // 2, 0), max(cx - self.size // 2, 0)
-        bottom, right = min(cy - self.size // 2 + self.size, h), min(cx - self.size // 2 + self.size, w)
-        apply = bool(torch.rand(()) < self.p)
-        return dict(apply=apply, i=top, j=left, h=bottom - top, w=right - left)
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not params["apply"]:
-            return inpt
-        v = torch.tensor([self.value]).view(-1, 1, 1)
-        box = {k: params[k] for k in ("i", "j", "h", "w")}
-        return self._call_kernel(TF.erase, inpt, **box, v=v)
-
-
-class PadRandomCrop(v2.RandomCrop):
-    """v2.RandomCrop that crops back to the input's own size after padding.
-
-    v2.RandomCrop needs the output size up front, but `random_crop` defaults to "the size
-    of whatever image comes in", so the size is read from each input.
-    """
-
-    def __init__(self, *, padding: int, padding_mode: str) -> None:
-        super().__init__(size=1, padding=padding or None, padding_mode=padding_mode)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        self.size = tuple(v2.query_size(flat_inputs))
-        return super().make_params(flat_inputs)

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator
-from torchvision.transforms import v2
 
 from trainpipe.data.augment.kernels import (
-    Cutout,
-    PadRandomCrop,
     adjust_colors,
     crop_at,
     erase_boxes,
@@ -39,7 +36,20 @@ Range = tuple[float, float]
 Interpolation = Literal["bilinear", "nearest"]
 BatchFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
-_INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "nearest": v2.InterpolationMode.NEAREST}
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+
+def _v2():  # noqa: ANN202
+    # torchvision is imported when a per-sample transform is built (StreamLoader), not when
+    # the ops are registered: importing it costs about a second (it imports torch._dynamo).
+    from torchvision.transforms import v2
+
+    return v2
+
+
+def _interpolation(name: str):  # noqa: ANN202
+    return _v2().InterpolationMode.BILINEAR if name == "bilinear" else _v2().InterpolationMode.NEAREST
 
 
 class OptionError(ConfigError):
@@ -215,8 +225,10 @@ def random_crop(
 
     def transform() -> v2.Transform:
         if out is None:
+            from trainpipe.data.stream_transforms import PadRandomCrop
+
             return PadRandomCrop(padding=padding, padding_mode=tv_mode)
-        return v2.RandomCrop(out, padding=padding or None, padding_mode=tv_mode)
+        return _v2().RandomCrop(out, padding=padding or None, padding_mode=tv_mode)
 
     return AugmentOp("random_crop", batch, transform)
 
@@ -239,7 +251,7 @@ def translate(*, fraction: Annotated[float | tuple[float, float], AfterValidator
         return crop_at(padded, py - ty, px - tx, h, w)
 
     return AugmentOp(
-        "translate", batch, lambda: v2.RandomAffine(degrees=0.0, translate=(fx, fy), fill=fill)
+        "translate", batch, lambda: _v2().RandomAffine(degrees=0.0, translate=(fx, fy), fill=fill)
     )
 
 
@@ -247,7 +259,7 @@ def translate(*, fraction: Annotated[float | tuple[float, float], AfterValidator
 def hflip(*, p: Probability = 0.5) -> AugmentOp:
     """Mirror left-right with probability p."""
     return AugmentOp(
-        "hflip", lambda x, g: _where(_coin(x, g, p), x.flip(-1), x), lambda: v2.RandomHorizontalFlip(p)
+        "hflip", lambda x, g: _where(_coin(x, g, p), x.flip(-1), x), lambda: _v2().RandomHorizontalFlip(p)
     )
 
 
@@ -255,7 +267,7 @@ def hflip(*, p: Probability = 0.5) -> AugmentOp:
 def vflip(*, p: Probability = 0.5) -> AugmentOp:
     """Mirror top-bottom with probability p."""
     return AugmentOp(
-        "vflip", lambda x, g: _where(_coin(x, g, p), x.flip(-2), x), lambda: v2.RandomVerticalFlip(p)
+        "vflip", lambda x, g: _where(_coin(x, g, p), x.flip(-2), x), lambda: _v2().RandomVerticalFlip(p)
     )
 
 
@@ -276,7 +288,7 @@ def rotation(
     return AugmentOp(
         "rotation",
         batch,
-        lambda: v2.RandomRotation((lo, hi), interpolation=_INTERPOLATION[interpolation], fill=fill),
+        lambda: _v2().RandomRotation((lo, hi), interpolation=_interpolation(interpolation), fill=fill),
     )
 
 
@@ -306,8 +318,8 @@ def perspective(
     return AugmentOp(
         "perspective",
         batch,
-        lambda: v2.RandomPerspective(
-            distortion_scale, p, interpolation=_INTERPOLATION[interpolation], fill=fill
+        lambda: _v2().RandomPerspective(
+            distortion_scale, p, interpolation=_interpolation(interpolation), fill=fill
         ),
     )
 
@@ -339,7 +351,7 @@ def color_jitter(
         return adjust_colors(x, **factors, order=order)
 
     return AugmentOp(
-        "color_jitter", batch, lambda: v2.ColorJitter(**{k: active.get(k) for k in spans})
+        "color_jitter", batch, lambda: _v2().ColorJitter(**{k: active.get(k) for k in spans})
     )
 
 
@@ -360,8 +372,8 @@ def gaussian_blur_op(
         return _where(apply, gaussian_blur(x, sigmas, kx, ky), x)
 
     def transform() -> v2.Transform:
-        blur = v2.GaussianBlur((kx, ky), sigma=(lo, hi))
-        return blur if p == 1.0 else v2.RandomApply([blur], p=p)
+        blur = _v2().GaussianBlur((kx, ky), sigma=(lo, hi))
+        return blur if p == 1.0 else _v2().RandomApply([blur], p=p)
 
     return AugmentOp("gaussian_blur", batch, transform)
 
@@ -409,7 +421,7 @@ def random_erasing(
     return AugmentOp(
         "random_erasing",
         batch,
-        lambda: v2.RandomErasing(p=p, scale=tuple(scale), ratio=tuple(ratio), value=value),
+        lambda: _v2().RandomErasing(p=p, scale=tuple(scale), ratio=tuple(ratio), value=value),
     )
 
 
@@ -426,4 +438,9 @@ def cutout(*, size: PositiveInt = 8, p: Probability = 1.0, value: float = 0.0) -
         fill = _constants(value, x)
         return erase_boxes(x, top, left, bottom - top, right - left, _coin(x, g, p), fill)
 
-    return AugmentOp("cutout", batch, lambda: Cutout(size=size, p=p, value=value))
+    def transform() -> v2.Transform:
+        from trainpipe.data.stream_transforms import Cutout
+
+        return Cutout(size=size, p=p, value=value)
+
+    return AugmentOp("cutout", batch, transform)

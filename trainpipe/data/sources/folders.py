@@ -96,8 +96,27 @@ def imagefolder(cfg: "DataConfig", /, *, path: str | None = None) -> SourceData:
 ARRAY_SPLITS = ("train", "val", "test")
 
 
+NUMPY_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")  # a zip (.npz, also empty) or an .npy
+
+
+def check_numpy_file(path: Path, what: str) -> None:
+    """Refuse a file that is neither an .npz nor an .npy before numpy reads it: numpy takes any
+    other bytes for a pickle, and would then report "pickled data" for a file of random bytes."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not head.startswith(NUMPY_MAGIC):
+            raise DataError(
+                f"{what}: {path} is not a valid .npz or .npy file (it starts with neither a zip nor an .npy "
+                f"header: it may be damaged or another format). Write it with numpy.savez(path, train_x=..., "
+                f"train_y=...)."
+            )
+
+
 def open_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
     """{name: array} from an .npz file or a folder of NAME.npy files (no pickled objects)."""
+    for f in sorted(path.glob("*.npy")) if path.is_dir() else [path]:
+        check_numpy_file(f, what)
     try:
         if path.is_dir():
             return {f.stem: np.load(f, allow_pickle=False) for f in sorted(path.glob("*.npy"))}

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from trainpipe.data.base import SourceData, Split
-from trainpipe.data.sources.folders import labels_of, read_class_names
+from trainpipe.data.sources.folders import check_numpy_file, labels_of, read_class_names
 from trainpipe.data.prepare import Decoded, cached_source
 from trainpipe.errors import DataError
 from trainpipe.registry import DATASETS
@@ -100,6 +100,8 @@ class FrameSplit(Split):
 
 
 def _read(p: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
+    for f in sorted(p.glob("*.npy")) if p.is_dir() else [p]:
+        check_numpy_file(f, "data.path")
     try:
         if p.is_dir():
             found = {f.stem: np.load(f, allow_pickle=allow_pickle) for f in sorted(p.glob("*.npy"))}

@@ -14,18 +14,19 @@ against torchvision's checksums.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from torchvision import datasets as tvd
 
 from trainpipe.data.base import SourceData
-from trainpipe.data.images import decode_files, hwc_to_chw
+from trainpipe.data.images import decode_files
 from trainpipe.data.prepare import Decoded, cached_source
 from trainpipe.errors import DataError
 from trainpipe.registry import DATASETS
@@ -96,9 +97,47 @@ def _first_bad(paths: Sequence[Path], read: Callable[[Path], Any]) -> tuple[Path
     return None
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: the CIFAR files hold dicts, lists, strings, bytes, numbers and
+    numpy arrays. Any other global (a function, a class) is refused before it is looked up, so a
+    file planted in data.root cannot run code when a run opens it."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+        ("__builtin__", "object"), ("builtins", "object"),
+        # Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1").
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a dataset file never holds")
+
+
 def _unpickle(path: Path) -> Any:
+    """A dataset pickle read as data (see `_DataUnpickler`); DataError naming the file if it holds code."""
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+        try:
+            return _DataUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            if "never holds" not in str(e):
+                raise
+            raise DataError(
+                f"{path} is not a plain dataset file: {e}, and loading it could run code. Nothing was run. "
+                f"Replace it with the original file (delete it and set data.download=true to fetch it again)."
+            ) from None
+
+
+def _tvd() -> Any:
+    # torchvision's dataset classes download and read MNIST, SVHN and Pets; importing
+    # torchvision costs about a second, so only a run that opens one of them pays for it.
+    from torchvision import datasets
+
+    return datasets
 
 
 def _tv_key(cfg: "DataConfig") -> str:
@@ -106,22 +145,22 @@ def _tv_key(cfg: "DataConfig") -> str:
 
 
 # --------------------------------------------------------------------- MNIST family
-def _mnist_family(cfg: "DataConfig", name: str, cls: type, title: str, stats: Any) -> SourceData:
+def _mnist_family(cfg: "DataConfig", name: str, tv_class: str, title: str, stats: Any) -> SourceData:
     root = Path(cfg.root).expanduser()
-    raw = root / cls.__name__ / "raw"
+    raw = root / tv_class / "raw"
     files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     ensure_files(
         cfg, name, raw, files,
         obtain=f"Alternatively, copy the four {title} .gz files ({', '.join(f + '.gz' for f in files)}) into {raw.resolve()} "
                "and set data.download=true to unpack them.",
-        download=lambda: cls(_tv_key(cfg), train=True, download=True),
+        download=lambda: getattr(_tvd(), tv_class)(_tv_key(cfg), train=True, download=True),
     )
 
     def decode() -> Decoded:
         splits = {}
         for split, train in (("train", True), ("test", False)):
             try:
-                ds = cls(_tv_key(cfg), train=train, download=False)
+                ds = getattr(_tvd(), tv_class)(_tv_key(cfg), train=train, download=False)
             except Exception as e:
                 from torchvision.datasets.mnist import read_image_file, read_label_file
 
@@ -133,7 +172,7 @@ def _mnist_family(cfg: "DataConfig", name: str, cls: type, title: str, stats: An
                 raise DataError(f"data.dataset={name}: the {split} images ({len(ds.data)}) and labels "
                                 f"({len(ds.targets)}) in {raw} differ in number; one file is truncated.")
             splits[split] = (ds.data.unsqueeze(1).contiguous(), ds.targets.long())
-        return Decoded(splits, [str(c) for c in cls.classes], stats)
+        return Decoded(splits, [str(c) for c in getattr(_tvd(), tv_class).classes], stats)
 
     return cached_source(cfg, name, {}, [raw / f for f in files], decode)
 
@@ -141,76 +180,97 @@ def _mnist_family(cfg: "DataConfig", name: str, cls: type, title: str, stats: An
 @DATASETS.register("mnist")
 def mnist(cfg: "DataConfig", /) -> SourceData:
     """MNIST digits, 60,000 + 10,000 grey 28x28 images (data.root/MNIST/raw/*-ubyte)."""
-    return _mnist_family(cfg, "mnist", tvd.MNIST, "MNIST", MNIST_STATS)
+    return _mnist_family(cfg, "mnist", "MNIST", "MNIST", MNIST_STATS)
 
 
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(cfg: "DataConfig", /) -> SourceData:
     """Fashion-MNIST, 60,000 + 10,000 grey 28x28 images (data.root/FashionMNIST/raw/*-ubyte)."""
-    return _mnist_family(cfg, "fashion_mnist", tvd.FashionMNIST, "Fashion-MNIST", FASHION_MNIST_STATS)
+    return _mnist_family(cfg, "fashion_mnist", "FashionMNIST", "Fashion-MNIST", FASHION_MNIST_STATS)
 
 
 # ---------------------------------------------------------------------------- CIFAR
-class _FilesExist:
-    """Mixin for torchvision's CIFAR classes: existence instead of MD5 (see module docstring)."""
+@dataclass(frozen=True)
+class _CifarFiles:
+    """The python-format CIFAR files: pickled dicts of a uint8 array and label lists."""
 
-    base_folder: str
-    train_list: list
-    test_list: list
-    meta: dict
-    root: str
+    tv_class: str  # the torchvision class that downloads them (with its checksums)
+    folder: str
+    archive: str
+    url: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    labels: str
+    names: str
 
-    def _check_integrity(self) -> bool:
-        folder = os.path.join(self.root, self.base_folder)
-        names = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
-        return all(os.path.isfile(os.path.join(folder, f)) for f in names)
-
-    def _load_meta(self) -> None:
-        data = _unpickle(Path(self.root) / self.base_folder / self.meta["filename"])
-        self.classes = data[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-
-class _CIFAR10(_FilesExist, tvd.CIFAR10):
-    pass
+    @property
+    def files(self) -> list[str]:
+        return [*self.train, *self.test, self.meta]
 
 
-class _CIFAR100(_FilesExist, tvd.CIFAR100):
-    pass
+_CIFAR10 = _CifarFiles("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz",
+                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                       tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+                       "labels", "label_names")
+_CIFAR100 = _CifarFiles("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz",
+                        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                        ("train",), ("test",), "meta", "fine_labels", "fine_label_names")
 
 
-def _cifar(cfg: "DataConfig", name: str, cls: type, stats: Any, label_mode: str = "fine") -> SourceData:
+def _download(tv_class: str, root: str, **kw: Any) -> None:
+    """torchvision's download (checksummed archive, unpacked into `root`), without its reader."""
+    ds = object.__new__(getattr(_tvd(), tv_class))
+    ds.root = root
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    ds.download()
+
+
+def _cifar(cfg: "DataConfig", name: str, spec: _CifarFiles, stats: Any, label_mode: str = "fine") -> SourceData:
     root = Path(cfg.root).expanduser()
-    folder = root / cls.base_folder
-    names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    folder = root / spec.folder
     ensure_files(
-        cfg, name, folder, names,
-        obtain=f"Alternatively, copy {cls.filename} (from {cls.url}) into {root.resolve()} and set data.download=true "
-               f"to unpack it, or unpack it there yourself (tar -xzf {cls.filename}).",
-        download=lambda: cls(_tv_key(cfg), train=True, download=True),
+        cfg, name, folder, spec.files,
+        obtain=f"Alternatively, copy {spec.archive} (from {spec.url}) into {root.resolve()} and set data.download=true "
+               f"to unpack it, or unpack it there yourself (tar -xzf {spec.archive}).",
+        download=lambda: _download(spec.tv_class, _tv_key(cfg)),
     )
+
+    def read(f: Path) -> dict[str, Any]:
+        try:
+            d = _unpickle(f)
+        except DataError:
+            raise
+        except Exception as e:
+            raise _read_error(name, f, e) from None
+        if not isinstance(d, dict):
+            raise _read_error(name, f, ValueError(f"holds a {type(d).__name__}, not a dict"))
+        return d
 
     def decode() -> Decoded:
         splits = {}
-        classes: list[str] = []
-        for split, train in (("train", True), ("test", False)):
-            files = [folder / f for f, _ in (cls.train_list if train else cls.test_list)]
-            try:
-                ds = cls(_tv_key(cfg), train=train, download=False)
-            except Exception as e:
-                bad = _first_bad(files + [folder / cls.meta["filename"]], _unpickle)
-                raise _read_error(name, *(bad or (folder, e))) from None
-            y = torch.tensor(ds.targets, dtype=torch.int64)
-            classes = list(ds.classes)
-            if label_mode == "coarse":
-                # torchvision keeps only the fine labels; the coarse ones sit in the same pickles.
-                y = torch.tensor([c for f in files for c in _unpickle(f)["coarse_labels"]], dtype=torch.int64)
-                classes = list(_unpickle(folder / cls.meta["filename"])["coarse_label_names"])
-            splits[split] = (hwc_to_chw(ds.data), y)
-        return Decoded(splits, classes, stats)
+        meta = read(folder / spec.meta)
+        labels, names = (("coarse_labels", "coarse_label_names") if label_mode == "coarse"
+                         else (spec.labels, spec.names))
+        for split, parts in (("train", spec.train), ("test", spec.test)):
+            xs, ys = [], []
+            for f in parts:
+                d = read(folder / f)
+                try:
+                    x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                    y = np.asarray(d[labels], dtype=np.int64)
+                except (KeyError, ValueError, TypeError) as e:
+                    raise _read_error(name, folder / f, e) from None
+                if len(x) != len(y):
+                    raise _read_error(name, folder / f, ValueError(f"{len(x)} images but {len(y)} labels"))
+                xs.append(x)
+                ys.append(y)
+            splits[split] = (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+        return Decoded(splits, [str(c) for c in meta[names]], stats)
 
-    options = {"label_mode": label_mode} if cls is _CIFAR100 else {}
-    return cached_source(cfg, name, options, [folder / f for f in names], decode)
+    options = {"label_mode": label_mode} if spec is _CIFAR100 else {}
+    return cached_source(cfg, name, options, [folder / f for f in spec.files], decode)
 
 
 @DATASETS.register("cifar10")
@@ -226,9 +286,20 @@ def cifar100(cfg: "DataConfig", /, *, label_mode: Literal["fine", "coarse"] = "f
 
 
 # ----------------------------------------------------------------------------- SVHN
-class _SVHN(tvd.SVHN):
-    def _check_integrity(self) -> bool:
-        return os.path.isfile(os.path.join(self.root, self.filename))
+@functools.cache
+def _svhn_class() -> type:
+    class _SVHN(_tvd().SVHN):
+        def _check_integrity(self) -> bool:
+            return os.path.isfile(os.path.join(self.root, self.filename))
+
+    return _SVHN
+
+
+_SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+
+
+def _svhn_file(split: str) -> str:
+    return f"{split}_32x32.mat"
 
 
 @DATASETS.register("svhn")
@@ -236,15 +307,15 @@ def svhn(cfg: "DataConfig", /, *, extra: bool = False) -> SourceData:
     """Street View House Numbers, 73,257 + 26,032 32x32 digits (data.root/{train,test}_32x32.mat)."""
     root = Path(cfg.root).expanduser()
     parts = ["train", "test"] + (["extra"] if extra else [])
-    files = [_SVHN.split_list[p][1] for p in parts]
+    files = [_svhn_file(p) for p in parts]
 
     def download() -> None:
         for p in parts:
-            _SVHN(_tv_key(cfg), split=p, download=True)
+            _svhn_class()(_tv_key(cfg), split=p, download=True)
 
     ensure_files(
         cfg, "svhn", root, files,
-        obtain=f"Alternatively, download {', '.join(_SVHN.split_list[p][0] for p in parts)} into {root.resolve()}.",
+        obtain=f"Alternatively, download {', '.join(_SVHN_URL + _svhn_file(p) for p in parts)} into {root.resolve()}.",
         download=download,
     )
 
@@ -252,9 +323,9 @@ def svhn(cfg: "DataConfig", /, *, extra: bool = False) -> SourceData:
         loaded = {}
         for p in parts:
             try:
-                ds = _SVHN(_tv_key(cfg), split=p, download=False)
+                ds = _svhn_class()(_tv_key(cfg), split=p, download=False)
             except Exception as e:
-                raise _read_error("svhn", root / _SVHN.split_list[p][1], e) from None
+                raise _read_error("svhn", root / _svhn_file(p), e) from None
             loaded[p] = (torch.from_numpy(np.ascontiguousarray(ds.data)), torch.from_numpy(ds.labels).long())
         if extra:  # the 531,131 "extra" images are easier samples meant to be added to train
             loaded["train"] = tuple(torch.cat([a, b]) for a, b in zip(loaded["train"], loaded.pop("extra")))
@@ -274,7 +345,7 @@ def oxford_pets(cfg: "DataConfig", /) -> SourceData:
         cfg, "oxford_pets", base, needed,
         obtain="Alternatively, download images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ "
                f"and unpack both into {base.resolve()}.",
-        download=lambda: tvd.OxfordIIITPet(_tv_key(cfg), split="trainval", download=True),
+        download=lambda: _tvd().OxfordIIITPet(_tv_key(cfg), split="trainval", download=True),
     )
     size = cfg.image_size or PETS_DEFAULT_SIZE
 
@@ -282,7 +353,7 @@ def oxford_pets(cfg: "DataConfig", /) -> SourceData:
         splits, classes, skipped = {}, [], 0
         for split in ("trainval", "test"):
             try:
-                ds = tvd.OxfordIIITPet(_tv_key(cfg), split=split, download=False)
+                ds = _tvd().OxfordIIITPet(_tv_key(cfg), split=split, download=False)
             except Exception as e:
                 raise _read_error("oxford_pets", base / "annotations" / f"{split}.txt", e) from None
             if split == "trainval":
