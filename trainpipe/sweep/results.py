@@ -45,6 +45,7 @@ class TrialRow:
     host: str = ""
     run_dir: str = ""
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> metric, as reported
+    shown: dict[str, Any] = field(default_factory=dict)  # the sweep file's names -> values, labels for lists/dicts
 
     @property
     def name(self) -> str:
@@ -56,7 +57,12 @@ def trial_params(trial: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {p.key: sample(fixed, p) for p in spec.varied if p.key in trial.params}
+        return {p.key: sample(fixed, p) for p in spec.varied if p.display in trial.params}
+
+
+def shown_params(params: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
+    """{the sweep file's name: value}, with labels for list and dict values."""
+    return {p.display: p.label_of(params[p.key]) for p in spec.varied if p.key in params}
 
 
 def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
@@ -76,10 +82,11 @@ def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
         why = "was interrupted" if res.get("status") == "interrupted" else "lost its worker"
         reason, value = f"queued again: trial {trial.system_attrs['failed_trial']:04d} {why}", None
     worker = trial.user_attrs.get("worker") or {}
-    return TrialRow(trial.number, state, trial_params(trial, spec), value, res.get("train_acc"), res.get("test_acc"),
+    params = trial_params(trial, spec)
+    return TrialRow(trial.number, state, params, value, res.get("train_acc"), res.get("test_acc"),
                     res.get("epochs") if trial.state != TrialState.RUNNING else len(curve),
                     res.get("epoch_time_s"), res.get("wall_time_s"), str(reason), worker.get("host", ""),
-                    trial.user_attrs.get("run_dir", ""), curve)
+                    trial.user_attrs.get("run_dir", ""), curve, shown_params(params, spec))
 
 
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
@@ -114,12 +121,12 @@ def fmt(v: Any) -> str:
 
 # ------------------------------------------------------------------- writing
 def columns(spec: SweepSpec) -> list[str]:
-    return (["trial", "state"] + [p.key for p in spec.varied]
-            + [f"best {spec.metric}", "train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir"])
+    return (["trial", "state"] + [p.display for p in spec.varied]
+            + [f"best {spec.metric_label}", "train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir"])
 
 
 def as_record(r: TrialRow, spec: SweepSpec) -> list[Any]:
-    return ([r.name, r.state] + [r.params.get(p.key) for p in spec.varied]
+    return ([r.name, r.state] + [r.shown.get(p.display) for p in spec.varied]
             + [r.value, r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir])
 
 
@@ -147,7 +154,7 @@ def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
     lines = [f"# Sweep {spec.name}", "", summary_line(rows, spec), "", *table_lines(rows, spec)]
     best = best_row(rows)
     if best is not None:
-        lines += ["", f"Best: trial {best.name} ({spec.metric} {fmt(best.value)}); its complete config is "
+        lines += ["", f"Best: trial {best.name} ({spec.metric_label} {fmt(best.value)}); its complete config is "
                       f"best.yaml: `trainpipe train best.yaml`."]
     return "\n".join(lines) + "\n"
 
@@ -165,7 +172,7 @@ def summary_line(rows: list[TrialRow], spec: SweepSpec) -> str:
     done = c["completed"] + c["pruned"] + c["failed"]
     of = f" of {planned}" if planned is not None else ""
     parts = ", ".join(f"{n} {k}" for k, n in c.items() if n)
-    return (f"{spec.method} search, {spec.metric} ({spec.goal}): {done}{of} trials finished"
+    return (f"{spec.method} search, {spec.metric_label} ({spec.goal}): {done}{of} trials finished"
             f"{' (' + parts + ')' if parts else ''}; updated {dt.datetime.now():%Y-%m-%d %H:%M:%S}.")
 
 
@@ -196,7 +203,7 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
         except Exception as e:  # the base config changed or vanished since: keep the table anyway
             print(f"best.yaml not written: {e}")
         else:
-            header = (f"# Best trial {best.name} of sweep {spec.name}: {spec.metric} {fmt(best.value)} "
+            header = (f"# Best trial {best.name} of sweep {spec.name}: {spec.metric_label} {fmt(best.value)} "
                       f"({spec.goal}).\n# Complete resolved config; run it with: trainpipe train {d / 'best.yaml'}\n")
             write_atomic(d / "best.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
     return rows
@@ -207,13 +214,13 @@ def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) ->
     lines = [f"sweep {spec.name} ({sweep_dir})", summary_line(rows, spec)]
     best = best_row(rows)
     if best is not None:
-        params = " ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
-        lines.append(f"best so far: trial {best.name}, {spec.metric} {fmt(best.value)}, test/acc "
+        params = " ".join(f"{k}={fmt(v)}" for k, v in best.shown.items())
+        lines.append(f"best so far: trial {best.name}, {spec.metric_label} {fmt(best.value)}, test/acc "
                      f"{fmt(best.test_acc)}  {params}")
     else:
         lines.append("best so far: none (no trial has completed yet)")
     running = [r for r in rows if r.state == "running"]
     for r in running:
-        lines.append(f"running: trial {r.name} on {r.host or '?'}, {r.reason}, {spec.metric} so far {fmt(r.value)}")
+        lines.append(f"running: trial {r.name} on {r.host or '?'}, {r.reason}, {spec.metric_label} so far {fmt(r.value)}")
     lines += ["", *table_lines(rows, spec)]
     return "\n".join(lines) + "\n"

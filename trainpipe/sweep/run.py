@@ -143,16 +143,19 @@ def run_sweep(
                 "sweep_file": str(Path(spec.source).resolve()) if spec.source else None, "base": spec.base,
                 "fingerprint": spec.fingerprint(), "created": dt.datetime.now().isoformat(timespec="seconds"),
                 "method": spec.method, "metric": spec.metric, "goal": spec.goal,
-                "params": [p.key for p in spec.varied]}
+                "params": [p.display for p in spec.varied]}
         (d / META).write_text(json.dumps(meta, indent=2) + "\n")
     total = spec.planned_trials()
     if trials is not None:
         total = min(trials, spec.grid_size()) if spec.method == "grid" else trials
     planned = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
-    print(f"sweep {study_name}: {spec.method} over {', '.join(p.key for p in spec.varied) or 'nothing'}, "
+    print(f"sweep {study_name}: {spec.method} over {', '.join(p.display for p in spec.varied) or 'nothing'}, "
           f"{spec.metric} ({spec.goal}), {planned}, {workers} worker{'s' if workers > 1 else ''} -> {d}"
           f"{'' if storage is None else ' (study in ' + st.redact(url) + ')'}", flush=True)
 
+    if spec.ignored:
+        print(f"ignored: {', '.join(spec.ignored)} (read only by `wandb agent`; trainpipe runs the trials itself)",
+              flush=True)
     command = "trainpipe sweep " + shlex.join([str(sweep)] + ([f"--output={output}"] if output else []))
     common = dict(spec=spec, sweep_dir=str(d), storage_url=url, study_name=study_name, total=total,
                   epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,

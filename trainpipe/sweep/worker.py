@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from trainpipe.callbacks import Callback
 from trainpipe.sweep import study as st
+from trainpipe.sweep.results import shown_params
 from trainpipe.sweep.space import trial_overrides
 from trainpipe.sweep.spec import SweepSpec
 
@@ -132,7 +133,7 @@ class Objective:
             return self.fail(trial, f"{run_dir} already exists (from another study?); move it away")
         retry = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         again = f" (again: trial {retry:04d} lost its worker or was interrupted)" if retry is not None else ""
-        wc.say(f"trial {trial.number:04d} started{again}: {describe(overrides)}")
+        wc.say(f"trial {trial.number:04d} started{again}: {describe(shown_params(overrides, spec))}")
         from trainpipe.runner import train
 
         all_overrides = {**spec.constant_overrides(), **overrides, **device_overrides(wc.device, wc.spawned)}
@@ -193,7 +194,7 @@ class Objective:
         me = next(t for t in trials if t._trial_id == trial._trial_id)
         earlier = [t for t in led.visible if t.number < me.number]
         if spec.method == "grid":
-            keys = [p.key for p in spec.varied]
+            keys = [p.display for p in spec.varied]
             mine = st.point_of(me, keys)
             for t in earlier:
                 if st.point_of(t, keys) == mine:
@@ -215,7 +216,7 @@ def next_action(spec: SweepSpec, led: st.Ledger, total: int | None) -> str:
         return "run"
     room = total is None or len(led.visible) < total
     if spec.method == "grid":
-        keys = [p.key for p in spec.varied]
+        keys = [p.display for p in spec.varied]
         covered = {st.point_of(t, keys) for t in led.visible} - {None}
         room = room and len(covered) < spec.grid_size()
     if room:
