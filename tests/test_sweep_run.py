@@ -53,7 +53,12 @@ def test_grid_2x2_runs_each_combination_once_and_writes_a_correct_table(
         assert cfg.train.epochs == 2 and cfg.data.val_split == 0.2
         assert float(r["best val/acc"]) == pytest.approx(best_val(run_dir))
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert float(r["test/acc"]) == pytest.approx(summary["test/acc"])
+        # test: best (the default): only the winner is evaluated on the test split, after the sweep.
+        if r is rows[0]:
+            assert float(r["test/acc"]) == pytest.approx(summary["test/acc"])
+            assert summary["test_evaluated"] == "after the sweep (test: best)"
+        else:
+            assert r["test/acc"] == "" and "test/acc" not in summary
         assert r["state"] == "completed" and r["epochs"] == "2" and r["reason"] == "max_epochs"
     md = (d / "results.md").read_text()
     assert md.count("| completed |") == 4 and "4 of 4 trials finished" in md

@@ -32,6 +32,7 @@ from typing import Any
 from trainpipe.errors import ConfigError
 from trainpipe.sweep import study as st
 from trainpipe.sweep.check import check_against_config
+from trainpipe.sweep.final_test import evaluate_best
 from trainpipe.sweep.results import TrialRow, status_text, trial_rows, write_results
 from trainpipe.sweep.spec import SweepSpec, load_spec
 from trainpipe.sweep.worker import WorkerConfig, check_stop, install_signal_handlers, run_worker, worker_main
@@ -143,7 +144,8 @@ def run_sweep(
                 "sweep_file": str(Path(spec.source).resolve()) if spec.source else None, "base": spec.base,
                 "fingerprint": spec.fingerprint(), "created": dt.datetime.now().isoformat(timespec="seconds"),
                 "method": spec.method, "metric": spec.metric, "goal": spec.goal,
-                "params": [p.display for p in spec.varied]}
+                "params": [p.display for p in spec.varied], "metric_name": spec.metric_label,
+                "keys": {p.display: p.key for p in spec.varied}}
         (d / META).write_text(json.dumps(meta, indent=2) + "\n")
     total = spec.planned_trials()
     if trials is not None:
@@ -165,10 +167,14 @@ def run_sweep(
                             env=dict(os.environ) if workers > 1 else None, **common) for i in range(workers)]
     interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
     rows = write_results(d, study, spec)
+    if spec.test == "best" and not interrupted and evaluate_best(study, spec, rows):
+        rows = write_results(d, study, spec)
     print(status_text(rows, spec, d).rstrip(), flush=True)
     if interrupted:
         print(f"interrupted: running trials were marked and queued again; resume with: trainpipe sweep {d}"
-              f"{'' if storage is None else ' --storage URL'}", file=sys.stderr)
+              f"{'' if storage is None else ' --storage URL'}"
+              f"{' (the best configuration is evaluated on the test split when the sweep ends)' if spec.test == 'best' else ''}",
+              file=sys.stderr)
     return SweepOutcome(d, study_name, st.redact(url), rows, interrupted)
 
 

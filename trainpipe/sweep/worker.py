@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from trainpipe.callbacks import Callback
 from trainpipe.sweep import study as st
+from trainpipe.sweep.final_test import SkipTestSplit
 from trainpipe.sweep.results import shown_params
 from trainpipe.sweep.space import trial_overrides
 from trainpipe.sweep.spec import SweepSpec
@@ -137,9 +138,11 @@ class Objective:
         from trainpipe.runner import train
 
         all_overrides = {**spec.constant_overrides(), **overrides, **device_overrides(wc.device, wc.spawned)}
-        callback = ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)
+        callbacks: list[Callback] = [ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)]
+        if spec.test != "all":
+            callbacks.append(SkipTestSplit())
         try:
-            result = train(spec.base, all_overrides, run_dir, quiet=wc.workers > 1, callbacks=[callback],
+            result = train(spec.base, all_overrides, run_dir, quiet=wc.workers > 1, callbacks=callbacks,
                            command=f"{wc.command} (trial {trial.number:04d})")
         except KeyboardInterrupt:
             trial.set_user_attr("result", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
@@ -163,8 +166,9 @@ class Objective:
             return self.fail(trial, f"the run logged no {spec.metric} (metric.name of the sweep); "
                                     f"val/* metrics need a validation split (data.val_split > 0)", res=res)
         trial.set_user_attr("result", res)
-        wc.say(f"trial {trial.number:04d} completed: {spec.metric} {_num(best)}, test/acc "
-               f"{_num(s.get('test/acc'))}, {s.get('wall_time_s', 0):.1f}s")
+        test = f", test/acc {_num(s.get('test/acc'))}" if s.get("test/acc") is not None else ""
+        wc.say(f"trial {trial.number:04d} completed: {spec.metric_label} {_num(best)}{test}, "
+               f"{s.get('wall_time_s', 0):.1f}s")
         return best
 
     def fail(self, trial: optuna.Trial, reason: str, *, res: dict[str, Any] | None = None,
