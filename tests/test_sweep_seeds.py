@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -93,3 +95,39 @@ def test_test_all_and_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode
         summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
         assert ("test/acc" in summary) == (mode == "all")
         assert (r["test/acc"] != "") == (mode == "all")
+
+
+# ------------------------------------------------------------------------ report
+def section(md: str, title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", md, flags=re.S | re.M)
+    assert m, f"no section {title!r} in:\n{md}"
+    return m.group(1)
+
+
+def test_report_of_a_seeded_grid(seeded: Path, tmp_path: Path) -> None:
+    from trainpipe.report import report
+
+    copy = tmp_path / "sw"
+    shutil.copytree(seeded, copy)
+    rows = read_csv(copy / "results.csv")
+    # An interrupted trial: its directory stays, its re-queued copy ran under another number.
+    gone = next(r for r in rows if r["data.augment"] != "none")
+    shutil.copytree(copy / "trials" / gone["trial"], copy / "trials" / "0099")
+    summary = json.loads((copy / "trials" / "0099" / "summary.json").read_text())
+    (copy / "trials" / "0099" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+
+    md = report([copy], evaluate=False).read_text()
+    configs = section(md, "Configurations (mean ± std over seeds)")
+    for name in ("#1", "#2"):
+        rs = [r for r in rows if r["config"] == name]
+        values = [float(r["best val/acc"]) for r in rs]
+        mean, sd = 100 * statistics.fmean(values), 100 * statistics.stdev(values)
+        assert f"| {name} | {rs[0]['data.augment']} | {mean:.2f} ± {sd:.2f}% | 2 |" in configs, configs
+    results = section(md, "Results")
+    assert "[" not in results and "{" not in results  # labels, not JSON
+    line = next(l for l in results.splitlines() if l.startswith("| 0099 |"))
+    assert line.startswith(f"| 0099 | interrupted | {gone['data.augment']} | {gone['seed']} |"), line
+    assert "Test split**: evaluated once, after the sweep, for the best configuration only" in md
+    assert "](report_files/configuration_curves.png)" in section(md, "Loss, accuracy and learning rate per configuration")
+    # Two configurations: too few for importance to mean anything, and the report says so.
+    assert "Not computed: importance needs at least 4 completed configurations" in section(md, "Parameter importance")

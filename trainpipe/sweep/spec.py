@@ -434,6 +434,15 @@ def _parse_params(block: Mapping[str, Any], *, prefix: str, where: str, problems
     return out
 
 
+def file_params(raw: Mapping[str, Any]) -> list[Param]:
+    """The parameters of a sweep file's contents, read without its base config (reports use
+    them to name and label a copied sweep's trials); parameters that do not parse are left out."""
+    block = raw.get("parameters") if isinstance(raw, Mapping) else None
+    if not isinstance(block, Mapping):
+        return []
+    return _parse_params(block, prefix="", where="sweep", problems=_Problems("sweep"))
+
+
 def _number(key: str, field_name: str, v: Any, where: str) -> float:
     # PyYAML reads 1e-3 (no dot) as a string; W&B files are full of those.
     if isinstance(v, bool):
