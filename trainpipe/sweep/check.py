@@ -8,12 +8,32 @@ value the config rejects names the parameter, before anything is written.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError
 from trainpipe.sweep.names import TOP_LEVEL_KEYS, full_key_hint
-from trainpipe.sweep.spec import SweepSpec
+from trainpipe.sweep.spec import SweepSpec, parse_with_problems
+
+
+def load_checked_spec(path: str | Path, *, base: str | None = None,
+                      overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """`load_spec`, with the problems of the file's structure and those the config finds
+    (unknown keys, rejected values) in one message, so that a file is fixed in one go."""
+    from trainpipe.config import read_yaml
+
+    p = Path(path)
+    spec, problems, base_ok = parse_with_problems(read_yaml(p, what="sweep file"), source=p, base=base,
+                                                  overrides=overrides)
+    if problems.items and base_ok:
+        usable = replace(spec, params=tuple(q for q in spec.params if q.grid_values() is not None
+                                            or spec.method != "grid"))
+        for msg in config_problems(usable, problems.where):
+            problems.add(msg)
+    problems.raise_if_any()
+    return spec
 
 
 def check_against_config(spec: SweepSpec) -> RunConfig:

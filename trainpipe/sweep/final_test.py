@@ -64,7 +64,6 @@ def evaluate_best(study: optuna.Study, spec: SweepSpec, rows: list[Any],
     machine is left to that machine's sweep command.
     """
     from trainpipe.evaluate import evaluate_checkpoint
-    from trainpipe.sweep.results import write_atomic
 
     done = recorded(study)
     evaluated = []

@@ -34,10 +34,10 @@ from typing import Any
 
 from trainpipe.errors import ConfigError
 from trainpipe.sweep import study as st
-from trainpipe.sweep.check import check_against_config
+from trainpipe.sweep.check import check_against_config, load_checked_spec
 from trainpipe.sweep.final_test import evaluate_best
 from trainpipe.sweep.results import TrialRow, status_text, trial_rows, write_results
-from trainpipe.sweep.spec import SweepSpec, load_spec
+from trainpipe.sweep.spec import SweepSpec
 from trainpipe.sweep.worker import WorkerConfig, check_stop, install_signal_handlers, run_worker, worker_main
 
 META = "study.json"
@@ -97,9 +97,9 @@ def locate(sweep: str | Path, output: str | Path | None = None,
             raise ConfigError(f"the sweep in {p} was started with the overrides {shown}; resume it without "
                               f"key=value arguments (its own are applied again), or start the sweep file with "
                               f"the new ones (another directory).")
-        spec = load_spec(p / "sweep.yaml", base=meta.get("base"), overrides=stored)
+        spec = load_checked_spec(p / "sweep.yaml", base=meta.get("base"), overrides=stored)
         return replace(spec, name=meta["study_name"]), p, meta
-    spec = load_spec(p, overrides=extra)
+    spec = load_checked_spec(p, overrides=extra)
     if extra:
         spec = replace(spec, name=f"{spec.name}-{overrides_suffix(spec.overrides)}")
     d = Path(output) if output is not None else Path("sweeps") / spec.name

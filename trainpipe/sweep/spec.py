@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -268,10 +268,17 @@ def parse_spec(data: Mapping[str, Any], *, source: str | Path | None = None, bas
                overrides: Mapping[str, Any] | None = None) -> SweepSpec:
     """Check the structure of a sweep file's contents and build a `SweepSpec`.
 
-    All problems are collected and raised as one ConfigError; when the file's structure
-    has problems, the parameters that did parse are also checked against the config, so
-    that the one message covers those too.
+    All problems are raised together as one ConfigError. (`check.load_checked_spec` adds
+    the problems the config finds in the same message.)
     """
+    spec, problems, _ = parse_with_problems(data, source=source, base=base, overrides=overrides)
+    problems.raise_if_any()
+    return spec
+
+
+def parse_with_problems(data: Mapping[str, Any], *, source: str | Path | None = None, base: str | None = None,
+                        overrides: Mapping[str, Any] | None = None) -> tuple[SweepSpec, _Problems, bool]:
+    """The spec (the parts that parsed), every problem found, and whether the base config was found."""
     where = f"sweep file {str(source)!r}" if source else "sweep"
     data = dict(data)
     problems = _Problems(where)
@@ -345,14 +352,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str | Path | None = None, bas
     if method == "grid" and all(p.grid_values() is not None for p in params) and spec.grid_size() > GRID_LIMIT:
         problems.add(f"the grid has {spec.grid_size():,} combinations (more than "
                      f"{GRID_LIMIT:,}); use method random or bayes with a run_cap.")
-    if problems.items and base_ok:
-        from trainpipe.sweep.check import config_problems
-
-        usable = replace(spec, params=tuple(p for p in params if p.grid_values() is not None or method != "grid"))
-        for msg in config_problems(usable, where):
-            problems.add(msg)
-    problems.raise_if_any()
-    return spec
+    return spec, problems, base_ok
 
 
 def _parse_metric(metric: Any, where: str, base: str | None) -> tuple[str, str]:
