@@ -171,11 +171,16 @@ def _list_runs(console: object, folder: Path) -> int:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     from trainpipe.sweep import run_sweep, sweep_status
+    from trainpipe.sweep.run import dry_run
 
     if a.status:
-        sys.stdout.write(sweep_status(a.sweep, a.output, a.storage))
+        sys.stdout.write(sweep_status(a.sweep, a.output, a.storage, a.overrides))
         return EXIT_OK
-    outcome = run_sweep(a.sweep, a.output, workers=a.workers, devices=a.devices, storage=a.storage, trials=a.trials)
+    if a.dry_run:
+        dry_run(a.sweep, a.output, workers=a.workers, trials=a.trials, overrides=a.overrides)
+        return EXIT_OK
+    outcome = run_sweep(a.sweep, a.output, workers=a.workers, devices=a.devices, storage=a.storage, trials=a.trials,
+                        overrides=a.overrides)
     return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
 
 
@@ -216,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
               trainpipe list models
               trainpipe lr-find configs/mnist.yaml              # loss vs lr: a suggested lr and a range to sweep
               trainpipe sweep lr.yaml --workers 2               # a W&B-format sweep file, run by Optuna
+              trainpipe sweep lr.yaml train.epochs=1 --dry-run  # what would run, and how long it takes
               trainpipe sweep sweeps/lr --status                # its progress and results table
         """),
     )
@@ -272,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", parents=[common], help="run a sweep file (W&B format) as an Optuna study; resume; --status")
     sw.add_argument("sweep", metavar="SWEEP", help="a sweep file, or a sweep directory to resume or inspect")
+    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides for every trial, e.g. train.epochs=1 data.fraction=0.05 for a smoke test "
+                         "(its own directory: sweeps/<name>-<overrides>)")
     sw.add_argument("--output", "-o", help="the sweep directory (default sweeps/<name>)")
     sw.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     sw.add_argument("--devices", help="GPUs for the workers, round-robin, e.g. 0,1 (several workers may share one)")
@@ -279,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: SQLite in the sweep directory)")
     sw.add_argument("--trials", type=int, help="total number of trials (overrides the file's run_cap)")
     sw.add_argument("--status", action="store_true", help="print the sweep's progress and results table, run nothing")
+    sw.add_argument("--dry-run", action="store_true", help="list the trials that would run and estimate the wall "
+                                                          "time from a few timed steps; write nothing")
     sw.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", parents=[common], help="write report.md + report.html for one run, several runs, or a sweep")

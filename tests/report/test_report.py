@@ -166,20 +166,32 @@ def test_sweep_report(runs: dict[str, trainpipe.RunResult], tmp_path: Path) -> N
     assert vals == sorted(vals, reverse=True)  # best first
     assert lines[-1].startswith("| 0003 | failed | 0.02 | 1 |") and "ValueError: boom" in lines[-1]
     best = lines[0][2:6]
-    assert f"Best: **trial {best}**" in md
-    for title in ("Curves of all trials", "Metric against each parameter", "Parallel coordinates"):
+    assert f"Best single trial: **trial {best}**" in md
+    # The seed is varied: trials 0001 and 0002 (lr 0.05, seeds 0 and 1) are one configuration.
+    a, b, c = (runs[k].summary["best/val/acc"] for k in "abc")
+    configs = section(md, "Configurations (mean ± std over seeds)")
+    first = "#1" if np.mean([a, b]) >= c else "#2"
+    assert (f"| {first} | 0.05 | {100 * np.mean([a, b]):.2f} ± {100 * np.std([a, b], ddof=1):.2f}% | 2 |"
+            in configs), configs
+    assert f"| 0.02 | {pct(c)} | 1 |" in configs and "0000, 0003" in configs
+    assert "**Test split**: evaluated at the end of every trial" in md
+    for title in ("Curves of all trials", "Loss, accuracy and learning rate per configuration",
+                  "Metric against each parameter", "Parallel coordinates"):
         assert "](report_files/" in section(md, title)
     # No Optuna study in this directory: importance is skipped with the reason.
     assert "Not computed: no Optuna study" in section(md, "Parameter importance")
-    assert_self_contained((d / "report.html").read_text(), 3)
+    assert_self_contained((d / "report.html").read_text(), 4)
 
 
 def test_sweep_report_without_results_csv_infers_varied_keys(runs: dict[str, trainpipe.RunResult], tmp_path: Path) -> None:
     d = make_sweep_dir(tmp_path, runs)
     (d / "results.csv").unlink()
     md = report([d]).read_text()
-    assert "varied: `optim.lr`." in md  # the seed differs too, but says where a trial ran, not what was searched
+    assert "varied: `optim.lr`, `seed`." in md  # the parameters of sweep.yaml
     assert len(re.findall(r"^\| \d{4} \| completed \|", section(md, "Results"), flags=re.M)) == 3
+    (d / "sweep.yaml").unlink()
+    md = report([d]).read_text()
+    assert "varied: `optim.lr`." in md  # the seed differs too, but says where a trial ran, not what was searched
 
 
 @pytest.mark.slow
@@ -202,6 +214,43 @@ def test_real_sweep_reports_parameter_importance(tmp_path: Path) -> None:
     assert set(values) == {"optim.lr", "model.width"}
     assert sum(map(float, values.values())) == pytest.approx(1.0, abs=0.01)
     assert len(re.findall(r"^\| 000\d \| completed \|", section(md, "Results"), flags=re.M)) == 4
+
+
+def test_trials_of_one_epoch_are_drawn_as_points() -> None:
+    import io
+
+    from PIL import Image
+
+    from trainpipe.report import plots
+
+    def colourful_pixels(histories: dict) -> int:
+        img = np.asarray(Image.open(io.BytesIO(plots.overlay(histories, "val/acc"))).convert("RGB")).astype(int)
+        return int(((img.max(axis=2) - img.min(axis=2)) > 60).sum())  # axes, text and grid are grey
+
+    assert colourful_pixels({"a": [], "b": []}) == 0
+    assert colourful_pixels({"a": [{"epoch": 1, "val/acc": 0.5}], "b": [{"epoch": 1, "val/acc": 0.7}]}) > 20
+
+
+def test_importance_over_configurations_and_only_what_varied_among_completed_trials(tmp_path: Path) -> None:
+    from trainpipe.sweep import run_sweep
+
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(textwrap.dedent("""\
+        method: grid
+        metric: {name: val/acc, goal: maximize}
+        parameters:
+          optim.lr: {values: [0.01, 0.03, 0.1, 0.3]}
+          model.dropout: {values: [0.0, 1.5]}   # 1.5: torch refuses it, so those trials fail
+        fixed: {train.epochs: 1, model.width: 8, tracking.plots: false, data.val_split: 0.2}
+    """))
+    run_sweep(sweep_file, tmp_path / "sw")
+    md = report([tmp_path / "sw"], evaluate=False).read_text()
+    assert len(re.findall(r"^\| \d{4} \| failed \|", section(md, "Results"), flags=re.M)) == 4
+    imp = section(md, "Parameter importance")
+    values = dict(re.findall(r"^\| `([\w.]+)` \| ([\d.]+) \|$", imp, flags=re.M))
+    assert values == {"optim.lr": "1.000"}  # model.dropout never varied among the completed trials
+    assert "Left out, the same in every completed trial: `model.dropout`" in imp
+    assert "From 4 configurations only" in imp
 
 
 # -------------------------------------------------------------------- bad input

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,12 @@ def test_grid_2x2_runs_each_combination_once_and_writes_a_correct_table(
         assert cfg.train.epochs == 2 and cfg.data.val_split == 0.2
         assert float(r["best val/acc"]) == pytest.approx(best_val(run_dir))
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert float(r["test/acc"]) == pytest.approx(summary["test/acc"])
+        # test: best (the default): only the winner is evaluated on the test split, after the sweep.
+        if r is rows[0]:
+            assert float(r["test/acc"]) == pytest.approx(summary["test/acc"])
+            assert summary["test_evaluated"] == "after the sweep (test: best)"
+        else:
+            assert r["test/acc"] == "" and "test/acc" not in summary
         assert r["state"] == "completed" and r["epochs"] == "2" and r["reason"] == "max_epochs"
     md = (d / "results.md").read_text()
     assert md.count("| completed |") == 4 and "4 of 4 trials finished" in md
@@ -143,3 +149,52 @@ def test_a_changed_sweep_file_does_not_mix_into_an_existing_sweep(tmp_path: Path
     assert "different sweep file" in capsys.readouterr().err
     _, study = open_sweep(tmp_path / "sweeps" / "s")
     assert len(study.get_trials()) == 1
+
+
+def test_overrides_apply_to_every_trial_in_a_directory_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.05, 0.2]}})
+    assert main(["sweep", str(s), "train.epochs=1", "data.fraction=0.5"]) == 0
+    d = tmp_path / "sweeps" / "s-train.epochs=1-data.fraction=0.5"  # never mixed into the real sweep's
+    rows = read_csv(d / "results.csv")
+    assert len(rows) == 2
+    for r in rows:
+        cfg = config_mod.load(d / "trials" / r["trial"] / "config.yaml")
+        assert (cfg.train.epochs, cfg.data.fraction, cfg.optim.lr) == (1, 0.5, float(r["optim.lr"]))
+        assert r["epochs"] == "1"
+    assert main(["sweep", str(d)]) == 0  # resuming from the directory keeps its overrides: nothing re-runs
+    _, study = open_sweep(d)
+    assert len(study.trials) == 2
+    capsys.readouterr()
+    assert main(["sweep", str(d), "train.epochs=3"]) == 2  # other overrides: another sweep
+    assert "was started with the overrides train.epochs=1 data.fraction=0.5" in capsys.readouterr().err
+    assert main(["sweep", str(s), "optim.lr=0.1"]) == 2  # a varied parameter cannot be overridden
+    assert "optim.lr is a parameter the sweep varies" in " ".join(capsys.readouterr().err.split())
+    assert main(["sweep", str(s), "train.epoch=1"]) == 2
+    assert "did you mean train.epochs" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps" / "s").exists()
+
+
+def test_dry_run_lists_the_trials_and_estimates_the_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.05, 0.2]}, "model.width": {"values": [4, 8]}})
+    assert main(["sweep", str(s), "train.epochs=1", "--dry-run", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "grid search" in out and "4 trials" in out and "2 workers" in out
+    assert "train.epochs=1" in out.splitlines()[1]  # what every trial sets, the override included
+    for i, (lr, w) in enumerate([(0.05, 4), (0.05, 8), (0.2, 4), (0.2, 8)]):
+        assert f"trial {i:04d}: optim.lr={lr} model.width={w}" in out
+    assert "x 1 epochs" in out  # timed with the override applied
+    per_trial, total = re.search(r"estimate: ~([\d.]+ m?s) per trial, ~([\d.]+ m?s) for 4 trials on 2 workers",
+                                 out).groups()
+    seconds = {"ms": 1e-3, "s": 1.0}
+    to_s = lambda t: float(t.split()[0]) * seconds[t.split()[1]]  # noqa: E731
+    assert to_s(total) >= 2 * to_s(per_trial) * 0.9  # 4 trials, 2 at a time
+    assert not (tmp_path / "sweeps").exists()  # nothing written
+    random = sweep_file(tmp_path, {"optim.lr": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.3}},
+                        method="random")
+    assert main(["sweep", str(random), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "RandomSampler" in out and "until stopped" in out and "per trial" in out

@@ -70,10 +70,10 @@ def test_trial_to_overrides_with_fixed_trial() -> None:
             "train.grad_clip": {"distribution": "log_uniform", "min": -2, "max": 1},
         }})
     fixed = optuna.trial.FixedTrial({
-        "optim": 1, "optim.weight_decay": 3e-4, "model.width": 16, "train.epochs": 3,
+        "optim": "adamw(lr=0.001)", "optim.weight_decay": 3e-4, "model.width": 16, "train.epochs": 3,
         "data.batch_size": 70.0, "train.label_smoothing": 0.975, "train.grad_clip": math.exp(0.5)})
     out = trial_overrides(fixed, spec)
-    assert out["optim"] == {"name": "adamw", "lr": 0.001}  # lists/dicts are chosen by index
+    assert out["optim"] == {"name": "adamw", "lr": 0.001}  # lists/dicts are chosen by their label
     assert out["optim.weight_decay"] == 3e-4
     assert out["model.width"] == 16 and out["train.epochs"] == 3
     assert out["data.batch_size"] == 64 and isinstance(out["data.batch_size"], int)  # round(70/16)*16
@@ -114,12 +114,14 @@ BAD = [
     ({"method": "hyperopt"}, "method", "grid, random, bayes"),
     ({"parameters": {"optim.lr": {"distribution": "log_uniformm", "min": 0.1, "max": 1}}}, "log_uniform", "Valid"),
     ({"parameters": {"model.widht": {"values": [8, 16]}}}, "model.widht", "model.width"),
-    ({"parameters": {"lr": {"values": [0.1, 0.2]}}}, "lr", "optim.lr"),
+    ({"parameters": {"learnin_rate": {"values": [0.1, 0.2]}}}, "learnin_rate", "optim.lr"),
     ({"parameters": {"optim.lr": {"min": 0.5, "max": 0.1}}}, "optim.lr", "greater than max"),
     ({"parameters": {"optim.lr": {"values": []}}}, "optim.lr", "non-empty"),
     ({"parameters": {"optim.lr": {"values": [0.1, -1.0]}}}, "optim.lr", "greater than 0"),
     ({"parameters": {"optim.lr": {"distribution": "uniform", "min": 0.1, "max": 0.2}}}, "optim.lr", "grid"),
-    ({"metric": {"name": "val_acc", "goal": "maximize"}}, "val_acc", "val/acc"),
+    ({"metric": {"name": "val_acuracy", "goal": "maximize"}}, "val_acuracy", "val/acc"),
+    ({"metric": {"name": "test_accuracy", "goal": "maximize"}}, "test_accuracy", "val/acc"),
+    ({"test": "some"}, "test", "best"),
     ({"metric": {"name": "test/acc", "goal": "maximize"}}, "test/acc", "val/acc"),
     ({"metric": {"name": "val/acc"}}, "goal", "maximize"),
     ({"early_terminate": {"type": "median"}}, "early_terminate", "hyperband"),

@@ -80,7 +80,9 @@ def overlay(histories: dict[str, Sequence[dict[str, Any]]], key: str, *, highlig
         v = (values or {}).get(label)
         colour = cmap((v - lo) / (hi - lo) if v is not None and hi > lo else 0.5)
         best = label == highlight
+        # Markers as well as lines: a trial of one epoch is a single point, which a line alone does not draw.
         ax.plot(xs, ys, color="crimson" if best else colour, linewidth=2.5 if best else 1.0,
+                marker="o" if len(xs) < 30 else None, markersize=5 if best else 3,
                 alpha=1.0 if best else 0.75, zorder=3 if best else 2, label=f"best: {label}" if best else None)
     if vals and hi > lo:
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
@@ -91,6 +93,59 @@ def overlay(histories: dict[str, Sequence[dict[str, Any]]], key: str, *, highlig
     ax.grid(alpha=0.3)
     if highlight is not None:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+CONFIG_PANELS = (("train/loss", "train loss"), ("val/loss", "val loss"), ("lr", "learning rate (end of epoch)"),
+                 ("train/acc", "train accuracy"), ("val/acc", "val accuracy"))
+
+
+def _mean_series(histories: Sequence[Sequence[dict[str, Any]]], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Per epoch: the mean over runs and the standard deviation (0 for a single run)."""
+    by_epoch: dict[float, list[float]] = {}
+    for hist in histories:
+        for x, y in zip(*_series(hist, key)):
+            by_epoch.setdefault(x, []).append(y)
+    xs = sorted(by_epoch)
+    means = [float(np.mean(by_epoch[x])) for x in xs]
+    sds = [float(np.std(by_epoch[x], ddof=1)) if len(by_epoch[x]) > 1 else 0.0 for x in xs]
+    return xs, means, sds
+
+
+def config_curves(groups: dict[str, Sequence[Sequence[dict[str, Any]]]], *, highlight: str | None = None) -> bytes:
+    """Train/val loss and accuracy and the lr per epoch, one line per configuration (the mean over
+    its runs, with a ± one standard deviation band when it has several), the highlighted one thick."""
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    flat = list(axes.flat)
+    n = len(groups)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "viridis")
+    for i, (label, hists) in enumerate(groups.items()):
+        c = cmap(i if n <= 10 else i / max(n - 1, 1))
+        thick = label == highlight
+        for ax, (key, _) in zip(flat, CONFIG_PANELS):
+            xs, ys, sd = _mean_series(hists, key)
+            if not xs:
+                continue
+            ax.plot(xs, ys, color=c, linewidth=2.6 if thick else 1.2, marker="o" if len(xs) < 30 else None,
+                    markersize=4 if thick else 3, zorder=3 if thick else 2, label=label)
+            if any(sd):
+                lo, hi = np.array(ys) - np.array(sd), np.array(ys) + np.array(sd)
+                ax.fill_between(xs, lo, hi, color=c, alpha=0.15, linewidth=0)
+    for ax, (_, title) in zip(flat, CONFIG_PANELS):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    legend = flat[-1]
+    legend.axis("off")
+    handles, labels = flat[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = next((a.get_legend_handles_labels() for a in flat if a.get_legend_handles_labels()[0]),
+                               ([], []))
+    if handles:
+        legend.legend(handles[:20], labels[:20], loc="upper left", fontsize=8, frameon=False,
+                      title="configuration" + (" (first 20)" if len(handles) > 20 else ""))
     fig.tight_layout()
     return _png(fig)
 

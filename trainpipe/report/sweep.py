@@ -13,6 +13,7 @@ import contextlib
 import csv
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ from trainpipe.report.load import (
     fmt_value,
     is_run_dir,
     load_run,
+    same,
 )
+from trainpipe.sweep.names import derive_label, metric_key
+from trainpipe.sweep.spec import TEST_MODES, Param, file_params
 
 # Keys that differ between trials without being searched: where each trial ran.
 NOT_PARAMS = ("name", "seed", "train.monitor", "train.monitor_mode", "train.device")
@@ -45,7 +49,7 @@ def is_sweep_dir(path: Path) -> bool:
 class Trial:
     name: str  # NNNN
     state: str
-    params: dict[str, Any]
+    params: dict[str, Any]  # the sweep file's names -> values (labels for lists and dicts)
     value: float | None  # best value of the sweep metric
     run: Run | None = None
     csv: dict[str, str] = field(default_factory=dict)
@@ -55,16 +59,68 @@ class Trial:
             return self.run.summary[key]
         return None
 
+    @property
+    def test_acc(self) -> float | None:
+        return as_float(self.get("test/acc") if self.run is not None else _cell(self.csv.get("test/acc")))
+
+
+@dataclass
+class Group:
+    """A configuration: the trials that differ only in their seed."""
+
+    params: dict[str, Any]
+    trials: list[Trial] = field(default_factory=list)
+    rank: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"#{self.rank}" if self.rank is not None else "-"
+
+    @property
+    def values(self) -> list[float]:
+        return [t.value for t in self.trials if t.state == "completed" and _finite(t.value)]
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def histories(self) -> list[list[dict[str, Any]]]:
+        return [t.run.history for t in self.trials if t.run is not None and t.run.history]
+
 
 @dataclass
 class Sweep:
     path: Path
-    metric: str
+    metric: str  # trainpipe's key (val/acc)
     goal: str
-    params: list[str]
+    params: list[str]  # the sweep file's names of the varied parameters
     trials: list[Trial]
     method: str = ""
     name: str = ""
+    metric_label: str = ""  # the sweep file's name for the metric (val_accuracy)
+    seed: str | None = None  # the parameter that sets the seed, when the sweep varies it
+    test: str = ""  # the sweep file's test: key ("" when it has none)
+
+    @property
+    def config_params(self) -> list[str]:
+        return [p for p in self.params if p != self.seed]
+
+    def groups(self) -> list[Group]:
+        """Configurations, best mean first (one per trial when no seed is varied)."""
+        by: dict[tuple, Group] = {}
+        for t in self.trials:
+            key = tuple(repr(t.params.get(p)) for p in self.config_params) if self.seed else (t.name,)
+            by.setdefault(key, Group({p: t.params.get(p) for p in self.config_params})).trials.append(t)
+        sign = -1.0 if self.goal == "maximize" else 1.0
+        scored = sorted((g for g in by.values() if g.mean is not None), key=lambda g: (sign * g.mean, g.trials[0].name))
+        for i, g in enumerate(scored):
+            g.rank = i + 1
+        return scored + [g for g in by.values() if g.mean is None]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -85,12 +141,56 @@ def _cell(v: str | None) -> Any:
         return v
 
 
+MISSING_VALUE = object()
+
+
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING_VALUE
+        node = node[part]
+    return node
+
+
+def _matches(given: Any, resolved: Any) -> bool:
+    """A swept value as the resolved config holds it (a dict value gets the component's defaults added)."""
+    if isinstance(given, dict) and isinstance(resolved, dict):
+        return all(k in resolved and _matches(v, resolved[k]) for k, v in given.items())
+    return same(given, resolved) if not isinstance(given, (list, dict)) else given == resolved
+
+
+def _resolved_form(key: str, value: Any) -> Any:
+    """A sweep value as a resolved config.yaml holds it (data.augment entries completed with
+    every option), so that a trial's config is matched to the label of its value."""
+    if key == "data.augment" and isinstance(value, list):
+        from trainpipe.config import augment_specs
+
+        try:
+            return augment_specs(value)
+        except Exception:  # a value the config refuses never ran
+            return value
+    return value
+
+
+def value_from_config(p: Param, config: dict[str, Any]) -> Any:
+    """What a trial ran with, read from its resolved config, shown as the results show it."""
+    value = _lookup(config, p.key)
+    if value is MISSING_VALUE:
+        return None
+    for v, lab in zip(p.values, p.labels):
+        if _matches(v, value) or _matches(_resolved_form(p.key, v), value):
+            return lab
+    return derive_label(value) if isinstance(value, (list, dict)) else value
+
+
 def load_sweep(path: Path) -> Sweep:
-    """Trials from trials/NNNN/ and results.csv, with the sweep metric, goal and varied keys."""
+    """Trials from trials/NNNN/ and results.csv, with the sweep metric, goal and varied parameters."""
     cols, csv_rows = read_csv(path / "results.csv")
     spec: dict[str, Any] = {}
     if (path / "sweep.yaml").is_file():
         spec = yaml.safe_load((path / "sweep.yaml").read_text()) or {}
+    declared = {p.display: p for p in file_params(spec)}
     runs: dict[str, Run] = {}
     trial_root = path / "trials"
     if trial_root.is_dir():
@@ -107,23 +207,33 @@ def load_sweep(path: Path) -> Sweep:
                           f"(no trials/NNNN/ run directories and no rows in results.csv).")
 
     metric_col = next((c for c in cols if c.startswith("best ")), None)
-    metric = (metric_col[5:] if metric_col else None) or _spec_metric(spec) or _common(runs, "train", "monitor") or "val/acc"
+    label = (metric_col[5:] if metric_col else None) or _spec_metric(spec) or _common(runs, "train", "monitor") \
+        or "val/acc"
+    metric = metric_key(label)
     goal = _spec_goal(spec) or ("minimize" if _common(runs, "train", "monitor_mode") == "min" else "maximize")
     if metric_col and "state" in cols:
-        params = cols[cols.index("state") + 1: cols.index(metric_col)]
+        params = [c for c in cols[cols.index("state") + 1: cols.index(metric_col)] if c != "config"]
+    elif declared:
+        params = [n for n, p in declared.items() if p.varied]
     else:
         params = [k for k in differing_keys([r.config for r in runs.values()]) if k not in NOT_PARAMS]
 
     trials = []
     for name in sorted(set(runs) | set(by_name)):
-        run, row = runs.get(name), by_name.get(name, {})
-        flat = flatten(run.config) if run is not None else {}
-        values = {p: flat[p] if p in flat else _cell(row.get(p)) for p in params}
-        value = as_float(row.get(metric_col)) if metric_col else None
+        run, row = runs.get(name), by_name.get(name)
+        values = {}
+        for p in params:
+            if row is not None:  # what results.csv shows: the sweep's own names and labels
+                values[p] = _cell(row.get(p))
+            elif run is not None and p in declared:  # e.g. an interrupted trial, re-queued under another number
+                values[p] = value_from_config(declared[p], run.config)
+            else:
+                values[p] = flatten(run.config).get(p) if run is not None else None
+        value = as_float((row or {}).get(metric_col)) if metric_col else None
         if value is None and run is not None:
             value = as_float(run.summary.get(f"best/{metric}"))
-        state = row.get("state") or (str(run.summary.get("status")) if run is not None else "unknown")
-        trials.append(Trial(name, state, values, value, run, row))
+        state = (row or {}).get("state") or (str(run.summary.get("status")) if run is not None else "unknown")
+        trials.append(Trial(name, state, values, value, run, row or {}))
     for t in trials:
         if t.run is not None:
             t.run.label = f"trial {t.name}"
@@ -134,7 +244,11 @@ def load_sweep(path: Path) -> Sweep:
     if (path / "study.json").is_file():  # the study name the sweep ran under
         with contextlib.suppress(ValueError, AttributeError):
             name = str(json.loads((path / "study.json").read_text()).get("study_name") or name)
-    return Sweep(path, metric, goal, params, trials, str(spec.get("method", "")), name)
+    seed = next((n for n, p in declared.items() if p.key == "seed" and p.varied and n in params), None)
+    if seed is None and "seed" in params:
+        seed = "seed"
+    test = spec.get("test") if spec.get("test") in TEST_MODES else ""
+    return Sweep(path, metric, goal, params, trials, str(spec.get("method", "")), name, label, seed, str(test))
 
 
 def _trial_name(row: dict[str, str]) -> str | None:
@@ -162,32 +276,60 @@ def _common(runs: dict[str, Run], section: str, key: str) -> Any:
 
 
 # ---------------------------------------------------------------------- report
+# Fewer completed configurations than this and parameter importance is not computed:
+# splitting the variance of two or three points among parameters says nothing.
+MIN_CONFIGS_FOR_IMPORTANCE = 4
+# Below this many, importance is shown with a warning that it is a rough hint.
+FEW_CONFIGS = 10
+
+
 def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Path:
     sw = load_sweep(path)
+    m, ml = sw.metric, sw.metric_label
     doc = Doc(f"Sweep report: {sw.name}")
     states: dict[str, int] = {}
     for t in sw.trials:
         states[t.state] = states.get(t.state, 0) + 1
     scored = [t for t in sw.trials if t.value is not None and math.isfinite(t.value)]
-    doc.para(f"{sw.method + ' search, ' if sw.method else ''}metric `{sw.metric}` ({sw.goal}); "
+    groups = sw.groups()
+    doc.para(f"{sw.method + ' search, ' if sw.method else ''}metric `{ml}` ({sw.goal}); "
              f"{len(sw.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".")
     doc.para(f"Sweep directory: `{path}`; varied: " + (", ".join(f"`{p}`" for p in sw.params) or "nothing") + ".")
+    best_group = groups[0] if groups and groups[0].rank == 1 else None
+    if sw.seed and best_group is not None:
+        doc.para(f"Best configuration by mean over seeds: **{best_group.label}**, {ml} "
+                 f"{_mean_n(m, best_group.values)}"
+                 + (f", test accuracy {_mean_n('test/acc', _tests(best_group))}" if _tests(best_group) else "")
+                 + "; " + (", ".join(f"`{k}`={fmt_value(v)}" for k, v in best_group.params.items()) or "-")
+                 + (". Its complete config: `best.yaml`." if (path / "best.yaml").is_file() else "."))
     if scored:
         best = scored[0]
-        doc.para(f"Best: **trial {best.name}**, {sw.metric} {fmt_metric(sw.metric, best.value)}"
-                 + (f", test accuracy {fmt_metric('test/acc', best.get('test/acc'))}" if best.get("test/acc") is not None else "")
+        doc.para(f"Best{' single trial' if sw.seed else ''}: **trial {best.name}**, {ml} {fmt_metric(m, best.value)}"
+                 + (f", test accuracy {fmt_metric('test/acc', best.test_acc)}" if best.test_acc is not None else "")
                  + "; " + ", ".join(f"`{k}`={fmt_value(v)}" for k, v in best.params.items())
-                 + (". Its complete config: `best.yaml`." if (path / "best.yaml").is_file() else "."))
+                 + (". Its complete config: `best.yaml`." if (path / "best.yaml").is_file() and not sw.seed else "."))
+    doc.para(test_protocol(sw))
+
+    if sw.seed:
+        doc.heading("Configurations (mean ± std over seeds)")
+        doc.table(["config"] + [f"`{p}`" for p in sw.config_params] + [f"{ml} mean ± std", "n", "test/acc", "trials"],
+                  [[g.label] + [fmt_value(g.params.get(p)) for p in sw.config_params]
+                   + [mean_spread(m, g.values), str(len(g.values)), mean_spread("test/acc", _tests(g)),
+                      ", ".join(t.name for t in sorted(g.trials, key=lambda t: t.name))] for g in groups])
+        doc.note(f"Ranked by the mean of each configuration's completed trials (one per `{sw.seed}`); ± is the "
+                 f"sample standard deviation, n the number of seeds completed.")
 
     doc.heading("Results")
-    cols = ["trial", "state"] + [f"`{p}`" for p in sw.params] + [f"best {sw.metric}", "test/acc", "train/acc",
-                                                                   "epochs", "s/epoch", "reason"]
+    config_of = {t.name: g.label for g in groups for t in g.trials} if sw.seed else {}
+    cols = (["trial", "state"] + [f"`{p}`" for p in sw.params] + (["config"] if sw.seed else [])
+            + [f"best {ml}", "test/acc", "train/acc", "epochs", "s/epoch", "reason"])
     rows = []
     for t in sw.trials:
         reason = t.csv.get("reason") or (t.run.summary.get("error") or t.run.summary.get("stop_reason") if t.run else "")
-        rows.append([t.name, t.state] + [fmt_value(t.params.get(p)) for p in sw.params] + [
-            fmt_metric(sw.metric, t.value),
-            fmt_metric("test/acc", t.get("test/acc") if t.run else _cell(t.csv.get("test/acc"))),
+        rows.append([t.name, t.state] + [fmt_value(t.params.get(p)) for p in sw.params]
+                    + ([config_of.get(t.name, "-")] if sw.seed else []) + [
+            fmt_metric(m, t.value),
+            fmt_metric("test/acc", t.test_acc),
             fmt_metric("train/acc", t.get("final/train/acc") if t.run else _cell(t.csv.get("train/acc"))),
             fmt_value(t.get("epochs_run") if t.run else _cell(t.csv.get("epochs"))),
             fmt_metric("epoch_time_s", t.get("epoch_time_s") if t.run else _cell(t.csv.get("s/epoch"))),
@@ -200,42 +342,92 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
         doc.heading("Curves of all trials")
         finals = {t.run.label: t.value for t in sw.trials if t.run is not None}
         best_label = scored[0].run.label if scored and scored[0].run is not None else None
-        keys = ["val/acc"] + ([sw.metric] if sw.metric != "val/acc" else [])
+        keys = ["val/acc"] + ([m] if m != "val/acc" else [])
         for key in keys:
             if any(key in h for hist in with_history.values() for h in hist):
                 doc.image(f"sweep_{key.replace('/', '_')}.png",
                           plots.overlay(with_history, key, highlight=best_label, values=finals),
-                          f"`{key}` per epoch of every trial, coloured by its best {sw.metric}; the best trial in red.")
+                          f"`{key}` per epoch of every trial, coloured by its best {ml}; the best trial in red.")
+        per_config = {f"{g.label} " + _short(g.params): g.histories for g in groups if g.histories}
+        if per_config:
+            doc.heading("Loss, accuracy and learning rate per configuration")
+            doc.image("configuration_curves.png", plots.config_curves(per_config, highlight=next(iter(per_config))),
+                      "Train and val loss and accuracy and the learning rate per epoch, one colour per configuration"
+                      + (" (the mean over its seeds; the band spans ± one standard deviation)" if sw.seed else "")
+                      + "; the best configuration drawn thick.")
 
-    rows_for_plots = [{**t.params, sw.metric: t.value} for t in scored]
+    rows_for_plots = [{**t.params, m: t.value} for t in scored]
     plotted = [p for p in sw.params if len({str(r.get(p)) for r in rows_for_plots}) > 1]
+    config_rows = [{**g.params, m: g.mean} for g in groups if g.mean is not None]
+    config_plotted = [p for p in sw.config_params if len({str(r.get(p)) for r in config_rows}) > 1]
     if plotted and len(rows_for_plots) >= 2:
         doc.heading("Metric against each parameter")
-        doc.image("metric_vs_params.png", plots.metric_vs_params(rows_for_plots, plotted, sw.metric),
-                  f"Best {sw.metric} of each trial against each varied parameter (categorical: red bar = mean).")
+        doc.image("metric_vs_params.png", plots.metric_vs_params(rows_for_plots, plotted, m),
+                  f"Best {ml} of each trial against each varied parameter (categorical: red bar = mean).")
+    if config_plotted and len(config_rows) >= 2:
         doc.heading("Parallel coordinates")
         doc.image("parallel_coordinates.png",
-                  plots.parallel_coordinates(rows_for_plots, plotted, sw.metric, goal=sw.goal),
-                  f"One line per trial through its parameter values and {sw.metric}; colour = {sw.metric}.")
+                  plots.parallel_coordinates(config_rows, config_plotted, m, goal=sw.goal),
+                  f"One line per {'configuration through its parameter values and its mean ' if sw.seed else 'trial through its parameter values and '}"
+                  f"{ml}; colour = {ml}.")
 
     doc.heading("Parameter importance")
     importance_section(doc, path, storage)
     return doc.write(output)
 
 
+def _tests(g: Group) -> list[float]:
+    return [t.test_acc for t in g.trials if t.test_acc is not None]
+
+
+def _mean_n(key: str, values: list[float]) -> str:
+    return f"{mean_spread(key, values)} (n={len(values)})"
+
+
+def _short(params: dict[str, Any], width: int = 48) -> str:
+    text = " ".join(f"{k.rsplit('.', 1)[-1]}={fmt_value(v)}" for k, v in params.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def test_protocol(sw: Sweep) -> str:
+    """Which trials were evaluated on the test split, read from the trials themselves."""
+    done = [t for t in sw.trials if t.test_acc is not None]
+    after = [t for t in done if t.run is not None and t.run.summary.get("test_evaluated")]
+    completed = [t for t in sw.trials if t.state == "completed"]
+    if not done:
+        return ("**Test split**: not evaluated" + (" (`test: none`)." if sw.test == "none" else
+                                                   " yet (`test: best` evaluates the best configuration once the "
+                                                   "sweep has ended)." if sw.test in ("", "best") else "."))
+    if after or (sw.test == "best" and len(done) < len(completed)):
+        names = ", ".join(t.name for t in sorted(done, key=lambda t: t.name))
+        return (f"**Test split**: evaluated once, after the sweep, for the best configuration only (`test: best`: "
+                f"chosen on {sw.metric_label}, tested once): trial{'s' if len(done) > 1 else ''} {names}.")
+    return (f"**Test split**: evaluated at the end of every trial (`test: all`), {len(done)} trials; the choice "
+            f"is still made on {sw.metric_label}.")
+
+
+def mean_spread(key: str, values: list[Any]) -> str:
+    from trainpipe.report.run import mean_spread as spread
+
+    return spread(key, values)
+
+
 def importance_section(doc: Doc, path: Path, storage: str | None) -> None:
     try:
-        values = param_importance(path, storage)
+        values, notes = param_importance(path, storage)
     except Exception as e:  # no study, an unreachable database, too few trials: the report goes on
         doc.note(f"Not computed: {' '.join(str(e).split()) or type(e).__name__}")
         return
     doc.table(["parameter", "importance"], [[f"`{k}`", f"{v:.3f}"] for k, v in values.items()])
     doc.image("importance.png", plots.importance(values),
               "Optuna's fANOVA importance: the share of the metric's variance each parameter explains.")
+    for n in notes:
+        doc.note(n)
 
 
-def param_importance(path: Path, storage: str | None = None) -> dict[str, float]:
-    """Optuna's parameter importance for the sweep's study (completed trials only)."""
+def param_importance(path: Path, storage: str | None = None) -> tuple[dict[str, float], list[str]]:
+    """Optuna's parameter importance over the completed configurations (means over seeds),
+    for the parameters that varied among them; plus notes on what was left out or is uncertain."""
     import optuna
 
     from trainpipe.sweep.run import open_sweep
@@ -243,9 +435,35 @@ def param_importance(path: Path, storage: str | None = None) -> dict[str, float]
     if not (path / "study.json").is_file():
         raise FileNotFoundError(f"no Optuna study recorded in {path} (study.json, written by `trainpipe sweep`, "
                                 f"is missing).")
-    _, study = open_sweep(path, storage)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2:
-        raise ValueError(f"importance needs at least 2 completed trials; the study has {len(complete)}.")
-    return dict(optuna.importance.get_param_importances(study))
-
+    spec, study = open_sweep(path, storage)
+    names = [p.display for p in spec.config_params]
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if all(n in t.params for n in names)]
+    groups: dict[tuple, list[Any]] = {}
+    for t in complete:
+        groups.setdefault(tuple(repr(t.params[n]) for n in names), []).append(t)
+    if len(groups) < MIN_CONFIGS_FOR_IMPORTANCE:
+        raise ValueError(f"importance needs at least {MIN_CONFIGS_FOR_IMPORTANCE} completed configurations; the "
+                         f"sweep has {len(groups)}, too few for a share of the variance to mean anything.")
+    varied = [n for n in names if len({repr(t.params[n]) for t in complete}) > 1]
+    same_everywhere = [n for n in names if n not in varied]
+    if not varied:
+        raise ValueError("no parameter took more than one value among the completed trials.")
+    proxy = optuna.create_study(direction=study.direction)
+    for trials in groups.values():
+        first = trials[0]
+        proxy.add_trial(optuna.trial.create_trial(
+            params={n: first.params[n] for n in varied}, distributions={n: first.distributions[n] for n in varied},
+            value=statistics.fmean(t.value for t in trials)))
+    values = dict(optuna.importance.get_param_importances(proxy, params=varied))
+    notes = [f"Over {len(groups)} completed configurations"
+             + (f" (each the mean over its `{spec.seed_param.display}` values)" if spec.seed_param else "")
+             + ", for the parameters that varied among them."]
+    if same_everywhere:
+        notes.append("Left out, the same in every completed trial: " + ", ".join(f"`{n}`" for n in same_everywhere)
+                     + ".")
+    if len(varied) == 1:
+        notes.append(f"Only `{varied[0]}` varied: it explains all the variance by construction.")
+    if len(groups) < FEW_CONFIGS:
+        notes.append(f"From {len(groups)} configurations only: read these numbers as a rough hint.")
+    return values, notes

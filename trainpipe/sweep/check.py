@@ -7,54 +7,122 @@ value the config rejects names the parameter, before anything is written.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError
-from trainpipe.sweep.spec import SweepSpec
+from trainpipe.sweep.names import TOP_LEVEL_KEYS, full_key_hint
+from trainpipe.sweep.spec import SweepSpec, parse_with_problems
+
+
+def load_checked_spec(path: str | Path, *, base: str | None = None,
+                      overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """`load_spec`, with the problems of the file's structure and those the config finds
+    (unknown keys, rejected values) in one message, so that a file is fixed in one go."""
+    from trainpipe.config import read_yaml
+
+    p = Path(path)
+    spec, problems, base_ok = parse_with_problems(read_yaml(p, what="sweep file"), source=p, base=base,
+                                                  overrides=overrides)
+    if problems.items and base_ok:
+        usable = replace(spec, params=tuple(q for q in spec.params if q.grid_values() is not None
+                                            or spec.method != "grid"))
+        for msg in config_problems(usable, problems.where):
+            problems.add(msg)
+    problems.raise_if_any()
+    return spec
 
 
 def check_against_config(spec: SweepSpec) -> RunConfig:
-    """Resolve the config of every candidate value; raise ConfigError on the first that fails.
+    """Resolve the config of every candidate value; raise one ConfigError naming every problem.
 
     Each value is tried with every other parameter at its first candidate, and a grid
     is tried whole (every combination), so a trial can only fail at run time, never
     on its config. Returns the base config with `fixed` applied.
     """
+    where = f"sweep file {spec.source!r}" if spec.source else "sweep"
+    problems: list[str] = []
+    base_cfg = _check(spec, where, problems)
+    try:
+        check_metric(spec, where)
+    except ConfigError as e:
+        problems.append(str(e).removeprefix(f"{where}: "))
+    if problems:
+        if len(problems) == 1:
+            raise ConfigError(f"{where}: {problems[0]}")
+        raise ConfigError(f"{where}: {len(problems)} problems: "
+                          + " ".join(f"({i + 1}) {m}" for i, m in enumerate(problems)))
+    assert base_cfg is not None
+    return base_cfg
+
+
+def config_problems(spec: SweepSpec, where: str) -> list[str]:
+    """What `check_against_config` would report, as a list (used while parsing a file that
+    has other problems too, so that one message names them all)."""
+    problems: list[str] = []
+    _check(spec, where, problems)
+    return problems
+
+
+def _check(spec: SweepSpec, where: str, problems: list[str]) -> RunConfig | None:
     from trainpipe import config as config_mod
 
-    where = f"sweep file {spec.source!r}" if spec.source else "sweep"
     base = spec.base
     try:
         base_data = config_mod.read_yaml(config_mod.resolve_config_path(base), what="base config") \
             if base is not None else config_mod.read_yaml(config_mod.PACKAGED_CONFIGS / "quickstart.yaml")
     except ConfigError as e:
-        raise ConfigError(f"{where}: base: {e}") from None
+        problems.append(f"base: {e}")
+        return None
     common = spec.constant_overrides()
     try:
-        base_cfg = config_mod.load(base=base_data, overrides=common)
+        leaves = _leaf_keys(config_mod.load(base=base_data).to_dict())
+    except ConfigError:
+        leaves = []  # the base itself is reported below
+    unknown = {k for k in common if _is_unknown_flat(k)}
+    for k in sorted(unknown):
+        problems.append(f"{_origin(spec, k)}: {k!r} is not a config key{full_key_hint(k, leaves) or '.'} "
+                        f"Use a dotted config key (optim.lr, data.batch_size, train.epochs) or a W&B-style "
+                        f"name trainpipe knows (lr, batch_size, epochs, ...).")
+    try:
+        base_cfg = config_mod.load(base=base_data, overrides={k: v for k, v in common.items() if k not in unknown})
     except ConfigError as e:
-        raise ConfigError(f"{where}: the base config {base or 'quickstart'} with `fixed` does not "
-                          f"validate: {e}") from None
-    check_metric(spec, where)
-    leaves = _leaf_keys(base_cfg.to_dict())
+        problems.append(f"the base config {base or 'quickstart'} with `fixed` and the command line's overrides "
+                        f"does not validate: {e}")
+        return None
     first = {p.key: p.candidates()[0] for p in spec.varied}
+    bad: set[str] = set()
 
-    def attempt(values: dict[str, Any], blame: str) -> None:
+    def attempt(values: dict[str, Any], blame: str) -> bool:
         try:
             config_mod.load(base=base_data, overrides={**common, **values})
         except ConfigError as e:
-            key = blame.split(" = ", 1)[0]
-            raise ConfigError(f"{where}: parameters.{blame}: {e}{_dotted_hint(key, leaves)}") from None
+            problems.append(f"parameters.{blame}: {e}")
+            return False
+        return True
 
     for p in spec.varied:
+        if _is_unknown_flat(p.key):
+            problems.append(f"parameters.{p.display}: {p.key!r} is not a config key"
+                            f"{full_key_hint(p.key, leaves) or '.'} Parameters are dotted config keys "
+                            f"(optim.lr, data.batch_size, train.epochs) or W&B-style names trainpipe knows "
+                            f"(lr, learning_rate, batch_size, epochs, optimizer, ...).")
+            bad.add(p.key)
+            continue
         for v in p.candidates():
-            attempt({**first, p.key: v}, f"{p.key} = {v!r}")
-    if spec.method == "grid" and spec.grid_size() > 1:
+            others = {k: v0 for k, v0 in first.items() if k not in bad and not _is_unknown_flat(k)}
+            if not attempt({**others, p.key: v}, f"{p.display} = {p.label_of(v)!r}"):
+                bad.add(p.key)
+                break
+    if not bad and spec.method == "grid" and spec.grid_size() > 1:
+        by_key = {p.key: p for p in spec.varied}
         for combo in spec.grid():
-            attempt(combo, ", ".join(f"{k} = {v!r}" for k, v in combo.items()))
+            if not attempt(combo, ", ".join(f"{by_key[k].display} = {by_key[k].label_of(v)!r}"
+                                            for k, v in combo.items())):
+                break
     return base_cfg
 
 
@@ -75,6 +143,14 @@ def check_metric(spec: SweepSpec, where: str) -> None:
                       f"{', '.join(LOGGED_PER_EPOCH)}.")
 
 
+def _is_unknown_flat(key: str) -> bool:
+    return "." not in key and key not in TOP_LEVEL_KEYS
+
+
+def _origin(spec: SweepSpec, key: str) -> str:
+    return "command line" if key in spec.overrides else "fixed"
+
+
 def _leaf_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
@@ -83,15 +159,3 @@ def _leaf_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
         out.append(f"{prefix}{k}")
     return out
 
-
-def _dotted_hint(key: str, leaves: list[str]) -> str:
-    # W&B sweep files often use flat names (lr, batch_size) that their own script maps;
-    # here a parameter is a dotted config key.
-    if "." in key:
-        return ""
-    last = {k: k.rsplit(".", 1)[-1] for k in leaves}
-    close = difflib.get_close_matches(key, set(last.values()), n=1, cutoff=0.75)
-    same = [k for k, tail in last.items() if close and tail == close[0]]
-    if same:
-        return f" Sweep parameters are dotted config keys: did you mean {' or '.join(same[:3])}?"
-    return ""

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainpipe import files
 from trainpipe.sweep import study as st
+from trainpipe.sweep.groups import ConfigGroup, config_groups, mean_std
 from trainpipe.sweep.space import sample
 from trainpipe.sweep.spec import SweepSpec
 
@@ -45,6 +46,7 @@ class TrialRow:
     host: str = ""
     run_dir: str = ""
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> metric, as reported
+    shown: dict[str, Any] = field(default_factory=dict)  # the sweep file's names -> values, labels for lists/dicts
 
     @property
     def name(self) -> str:
@@ -56,7 +58,12 @@ def trial_params(trial: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {p.key: sample(fixed, p) for p in spec.varied if p.key in trial.params}
+        return {p.key: sample(fixed, p) for p in spec.varied if p.display in trial.params}
+
+
+def shown_params(params: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
+    """{the sweep file's name: value}, with labels for list and dict values."""
+    return {p.display: p.label_of(params[p.key]) for p in spec.varied if p.key in params}
 
 
 def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
@@ -76,16 +83,23 @@ def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
         why = "was interrupted" if res.get("status") == "interrupted" else "lost its worker"
         reason, value = f"queued again: trial {trial.system_attrs['failed_trial']:04d} {why}", None
     worker = trial.user_attrs.get("worker") or {}
-    return TrialRow(trial.number, state, trial_params(trial, spec), value, res.get("train_acc"), res.get("test_acc"),
+    params = trial_params(trial, spec)
+    return TrialRow(trial.number, state, params, value, res.get("train_acc"), res.get("test_acc"),
                     res.get("epochs") if trial.state != TrialState.RUNNING else len(curve),
                     res.get("epoch_time_s"), res.get("wall_time_s"), str(reason), worker.get("host", ""),
-                    trial.user_attrs.get("run_dir", ""), curve)
+                    trial.user_attrs.get("run_dir", ""), curve, shown_params(params, spec))
 
 
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
     """Every trial that counts (not re-queued or discarded ones), best first; failed ones last."""
+    from trainpipe.sweep.final_test import recorded
+
     led = st.ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
     rows = [row_of(t, spec) for t in led.visible]
+    tested = recorded(study)  # test: best evaluates the winner after the sweep
+    for r in rows:
+        if r.number in tested:
+            r.test_acc = tested[r.number].get("test/acc")
     sign = -1.0 if spec.goal == "maximize" else 1.0
     # A failed trial may have logged the metric before it failed; it is shown, not ranked.
     ranked = [r for r in rows if _finite(r.value) and r.state != "failed"]
@@ -114,40 +128,85 @@ def fmt(v: Any) -> str:
 
 # ------------------------------------------------------------------- writing
 def columns(spec: SweepSpec) -> list[str]:
-    return (["trial", "state"] + [p.key for p in spec.varied]
-            + [f"best {spec.metric}", "train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir"])
+    m = spec.metric_label
+    seeded = ["config"] if spec.seed_param is not None else []
+    stats = [f"mean {m}", f"std {m}", "n"] if spec.seed_param is not None else []
+    return (["trial", *seeded, "state"] + [p.display for p in spec.varied] + [f"best {m}", *stats]
+            + ["train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir"])
 
 
-def as_record(r: TrialRow, spec: SweepSpec) -> list[Any]:
-    return ([r.name, r.state] + [r.params.get(p.key) for p in spec.varied]
-            + [r.value, r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir])
+def as_record(r: TrialRow, spec: SweepSpec, group: ConfigGroup | None = None) -> list[Any]:
+    seeded = [group.label if group else "-"] if spec.seed_param is not None else []
+    stats = [group.mean, group.std, group.n] if spec.seed_param is not None and group else \
+        ([None, None, 0] if spec.seed_param is not None else [])
+    return ([r.name, *seeded, r.state] + [r.shown.get(p.display) for p in spec.varied] + [r.value, *stats]
+            + [r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir])
+
+
+def records(rows: list[TrialRow], spec: SweepSpec) -> list[list[Any]]:
+    """One record per trial; with a seed parameter, grouped by configuration, best mean first."""
+    if spec.seed_param is None:
+        return [as_record(r, spec) for r in rows]
+    return [as_record(r, spec, g) for g in config_groups(rows, spec) for r in g.rows]
 
 
 def to_csv(rows: list[TrialRow], spec: SweepSpec) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(columns(spec))
-    for r in rows:
-        w.writerow([json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v)
-                    for v in as_record(r, spec)])
+    for rec in records(rows, spec):
+        w.writerow([json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v) for v in rec])
     return buf.getvalue()
 
 
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
 def table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
-    cols = columns(spec)[:-2]  # host and run_dir are in the CSV; the table stays readable
+    # host and run_dir are in the CSV, and a configuration's mean in its own table: this one stays readable.
+    m = spec.metric_label
+    all_cols = columns(spec)
+    keep = [i for i, c in enumerate(all_cols) if c not in ("host", "run_dir", f"mean {m}", f"std {m}", "n")]
+    cols = [all_cols[i] for i in keep]
     lines = ["| " + " | ".join(cols) + " |",
              "|" + "|".join("---" if c in ("state", "reason") else "---:" for c in cols) + "|"]
-    for r in rows:
-        cells = [fmt(v) for v in as_record(r, spec)[: len(cols)]]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    for rec in records(rows, spec):
+        lines.append(_md_row([fmt(rec[i]) for i in keep]))
     return lines
 
 
+def config_table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
+    """One line per configuration: its parameters, mean ± std (n) of the metric and of test/acc."""
+    cols = ["config"] + [p.display for p in spec.config_params] + [f"{spec.metric_label} mean ± std (n)",
+                                                                    "test/acc mean ± std (n)", "trials"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c == "trials" else "---:" for c in cols) + "|"]
+    for g in config_groups(rows, spec):
+        lines.append(_md_row([g.label] + [fmt(g.shown.get(p.display)) for p in spec.config_params]
+                             + [mean_std(g.values), mean_std(g.test_values()), g.trials]))
+    return lines
+
+
+def best_group(rows: list[TrialRow], spec: SweepSpec) -> ConfigGroup | None:
+    groups = config_groups(rows, spec)
+    return groups[0] if groups and groups[0].rank == 1 else None
+
+
 def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
-    lines = [f"# Sweep {spec.name}", "", summary_line(rows, spec), "", *table_lines(rows, spec)]
+    from trainpipe.sweep.final_test import WHEN
+
+    lines = [f"# Sweep {spec.name}", "", summary_line(rows, spec), "", f"Test split: {WHEN[spec.test]}.", ""]
+    if spec.seed_param is not None:
+        lines += [f"## Configurations, best mean {spec.metric_label} first", "", *config_table_lines(rows, spec), "",
+                  f"## Trials (each {spec.seed_param.display})", ""]
+    lines += table_lines(rows, spec)
     best = best_row(rows)
-    if best is not None:
-        lines += ["", f"Best: trial {best.name} ({spec.metric} {fmt(best.value)}); its complete config is "
+    g = best_group(rows, spec) if spec.seed_param is not None else None
+    if g is not None:
+        lines += ["", f"Best configuration: {g.label} ({spec.metric_label} {mean_std(g.values)}, trials {g.trials}); "
+                      f"its complete config is best.yaml: `trainpipe train best.yaml`."]
+    elif best is not None:
+        lines += ["", f"Best: trial {best.name} ({spec.metric_label} {fmt(best.value)}); its complete config is "
                       f"best.yaml: `trainpipe train best.yaml`."]
     return "\n".join(lines) + "\n"
 
@@ -165,7 +224,7 @@ def summary_line(rows: list[TrialRow], spec: SweepSpec) -> str:
     done = c["completed"] + c["pruned"] + c["failed"]
     of = f" of {planned}" if planned is not None else ""
     parts = ", ".join(f"{n} {k}" for k, n in c.items() if n)
-    return (f"{spec.method} search, {spec.metric} ({spec.goal}): {done}{of} trials finished"
+    return (f"{spec.method} search, {spec.metric_label} ({spec.goal}): {done}{of} trials finished"
             f"{' (' + parts + ')' if parts else ''}; updated {dt.datetime.now():%Y-%m-%d %H:%M:%S}.")
 
 
@@ -180,18 +239,26 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
     """Rewrite results.csv, results.md and best.yaml from the study."""
     d = Path(sweep_dir)
     rows = trial_rows(study, spec)
-    # Several workers rewrite these files; each write is whole, the last one wins.
     files.write_text(d / "results.csv", to_csv(rows, spec))
     files.write_text(d / "results.md", to_markdown(rows, spec))
-    best = best_row(rows)
+    best, header = best_row(rows), ""
+    g = best_group(rows, spec) if spec.seed_param is not None else None
+    if g is not None:
+        # The best configuration by mean; the config is its first trial's, seed included.
+        best = min((r for r in g.rows if r.state == "completed"), key=lambda r: r.number)
+        header = (f"# Best configuration of sweep {spec.name} by mean {spec.metric_label} over seeds: "
+                  f"{mean_std(g.values)} ({spec.goal}), trials {g.trials}.\n# This is trial {best.name}'s "
+                  f"config ({spec.seed_param.display} {best.shown.get(spec.seed_param.display)}); "
+                  f"run it with: trainpipe train {d / 'best.yaml'}\n")
+    elif best is not None:
+        header = (f"# Best trial {best.name} of sweep {spec.name}: {spec.metric_label} {fmt(best.value)} "
+                  f"({spec.goal}).\n# Complete resolved config; run it with: trainpipe train {d / 'best.yaml'}\n")
     if best is not None:
         try:
             cfg = best_config(best, spec)
         except Exception as e:  # the base config changed or vanished since: keep the table anyway
             print(f"best.yaml not written: {e}")
         else:
-            header = (f"# Best trial {best.name} of sweep {spec.name}: {spec.metric} {fmt(best.value)} "
-                      f"({spec.goal}).\n# Complete resolved config; run it with: trainpipe train {d / 'best.yaml'}\n")
             files.write_text(d / "best.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
     return rows
 
@@ -200,14 +267,21 @@ def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) ->
     """What `trainpipe sweep DIR --status` prints."""
     lines = [f"sweep {spec.name} ({sweep_dir})", summary_line(rows, spec)]
     best = best_row(rows)
-    if best is not None:
-        params = " ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
-        lines.append(f"best so far: trial {best.name}, {spec.metric} {fmt(best.value)}, test/acc "
+    g = best_group(rows, spec) if spec.seed_param is not None else None
+    if g is not None:
+        params = " ".join(f"{k}={fmt(v)}" for k, v in g.shown.items())
+        lines.append(f"best configuration so far: {g.label}, {spec.metric_label} {mean_std(g.values)}, test/acc "
+                     f"{mean_std(g.test_values())}  {params}")
+    elif best is not None:
+        params = " ".join(f"{k}={fmt(v)}" for k, v in best.shown.items())
+        lines.append(f"best so far: trial {best.name}, {spec.metric_label} {fmt(best.value)}, test/acc "
                      f"{fmt(best.test_acc)}  {params}")
     else:
         lines.append("best so far: none (no trial has completed yet)")
     running = [r for r in rows if r.state == "running"]
     for r in running:
-        lines.append(f"running: trial {r.name} on {r.host or '?'}, {r.reason}, {spec.metric} so far {fmt(r.value)}")
+        lines.append(f"running: trial {r.name} on {r.host or '?'}, {r.reason}, {spec.metric_label} so far {fmt(r.value)}")
+    if spec.seed_param is not None:
+        lines += ["", *config_table_lines(rows, spec)]
     lines += ["", *table_lines(rows, spec)]
     return "\n".join(lines) + "\n"

@@ -19,12 +19,15 @@ finished ones are never re-run and queued ones (lost or interrupted) run first.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shlex
 import signal
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,10 @@ from typing import Any
 from trainpipe import files
 from trainpipe.errors import ConfigError
 from trainpipe.sweep import study as st
-from trainpipe.sweep.check import check_against_config
+from trainpipe.sweep.check import check_against_config, load_checked_spec
+from trainpipe.sweep.final_test import evaluate_best
 from trainpipe.sweep.results import TrialRow, status_text, trial_rows, write_results
-from trainpipe.sweep.spec import SweepSpec, load_spec
+from trainpipe.sweep.spec import SweepSpec
 from trainpipe.sweep.worker import WorkerConfig, check_stop, install_signal_handlers, run_worker, worker_main
 
 META = "study.json"
@@ -54,12 +58,33 @@ def read_meta(d: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def locate(sweep: str | Path, output: str | Path | None = None) -> tuple[SweepSpec, Path, dict[str, Any] | None]:
+def parse_cli_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`key=value` strings (values read as YAML, as `trainpipe train` reads them) as a dict."""
+    from trainpipe.config import parse_overrides
+
+    return dict(parse_overrides(overrides or ()))
+
+
+def overrides_suffix(overrides: Mapping[str, Any]) -> str:
+    """`train.epochs=1-data.fraction=0.05`: names a sweep run with command-line overrides, so that
+    a smoke test never mixes into the real sweep's directory or study."""
+    text = "-".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in overrides.items())
+    text = re.sub(r"[^A-Za-z0-9._=+-]+", "_", text)
+    if len(text) > 60:
+        text = f"{text[:50]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return text
+
+
+def locate(sweep: str | Path, output: str | Path | None = None,
+           overrides: Sequence[str] | Mapping[str, Any] | None = None) -> tuple[SweepSpec, Path, dict[str, Any] | None]:
     """The spec, the sweep directory and its metadata (None for a new sweep).
 
-    `sweep` is a sweep file, or a sweep directory to resume (its stored copy is used).
+    `sweep` is a sweep file, or a sweep directory to resume (its stored copy is used,
+    with the command-line overrides it was started with). A sweep file with
+    `overrides` gets a directory and study of its own: sweeps/<name>-<overrides>.
     """
     p = Path(sweep)
+    extra = parse_cli_overrides(overrides)
     if p.is_dir():
         meta = read_meta(p)
         if meta is None:
@@ -67,9 +92,17 @@ def locate(sweep: str | Path, output: str | Path | None = None) -> tuple[SweepSp
                               f"sweep file, or the directory a sweep wrote.")
         if output is not None and Path(output).resolve() != p.resolve():
             raise ConfigError(f"--output {output} differs from the sweep directory {p}; leave --output out.")
-        spec = load_spec(p / "sweep.yaml", base=meta.get("base"))
+        stored = meta.get("overrides") or {}
+        if extra and extra != stored:
+            shown = " ".join(f"{k}={v}" for k, v in stored.items()) or "none"
+            raise ConfigError(f"the sweep in {p} was started with the overrides {shown}; resume it without "
+                              f"key=value arguments (its own are applied again), or start the sweep file with "
+                              f"the new ones (another directory).")
+        spec = load_checked_spec(p / "sweep.yaml", base=meta.get("base"), overrides=stored)
         return replace(spec, name=meta["study_name"]), p, meta
-    spec = load_spec(p)
+    spec = load_checked_spec(p, overrides=extra)
+    if extra:
+        spec = replace(spec, name=f"{spec.name}-{overrides_suffix(spec.overrides)}")
     d = Path(output) if output is not None else Path("sweeps") / spec.name
     return spec, d, read_meta(d)
 
@@ -112,14 +145,16 @@ def run_sweep(
     devices: str | list[str] | None = None,
     storage: str | None = None,
     trials: int | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
     heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S,
     grace_period: int = st.GRACE_PERIOD_S,
 ) -> SweepOutcome:
     """Run (or resume, or join) a sweep; returns when it is complete or interrupted.
 
     `trials` caps the sweep's total number of trials (it overrides run_cap).
+    `overrides` (`key=value` strings or a dict) apply to every trial, after `fixed`.
     """
-    spec, d, meta = locate(sweep, output)
+    spec, d, meta = locate(sweep, output, overrides)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {workers}.")
     if trials is not None and trials < 1:
@@ -144,17 +179,21 @@ def run_sweep(
                 "sweep_file": str(Path(spec.source).resolve()) if spec.source else None, "base": spec.base,
                 "fingerprint": spec.fingerprint(), "created": dt.datetime.now().isoformat(timespec="seconds"),
                 "method": spec.method, "metric": spec.metric, "goal": spec.goal,
-                "params": [p.key for p in spec.varied]}
+                "params": [p.display for p in spec.varied], "metric_name": spec.metric_label,
+                "overrides": spec.overrides,
+                "keys": {p.display: p.key for p in spec.varied}}
         files.write_json(d / META, meta)
-    total = spec.planned_trials()
-    if trials is not None:
-        total = min(trials, spec.grid_size()) if spec.method == "grid" else trials
+    total = planned_total(spec, trials)
     planned = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
-    print(f"sweep {study_name}: {spec.method} over {', '.join(p.key for p in spec.varied) or 'nothing'}, "
+    print(f"sweep {study_name}: {spec.method} over {', '.join(p.display for p in spec.varied) or 'nothing'}, "
           f"{spec.metric} ({spec.goal}), {planned}, {workers} worker{'s' if workers > 1 else ''} -> {d}"
           f"{'' if storage is None else ' (study in ' + st.redact(url) + ')'}", flush=True)
 
-    command = "trainpipe sweep " + shlex.join([str(sweep)] + ([f"--output={output}"] if output else []))
+    if spec.ignored:
+        print(f"ignored: {', '.join(spec.ignored)} (read only by `wandb agent`; trainpipe runs the trials itself)",
+              flush=True)
+    command = "trainpipe sweep " + shlex.join([str(sweep)] + [f"{k}={v}" for k, v in parse_cli_overrides(overrides).items()]
+                                              + ([f"--output={output}"] if output else []))
     common = dict(spec=spec, sweep_dir=str(d), storage_url=url, study_name=study_name, total=total,
                   epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,
                   grace_period=grace_period, command=command)
@@ -163,11 +202,46 @@ def run_sweep(
                             env=dict(os.environ) if workers > 1 else None, **common) for i in range(workers)]
     interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
     rows = write_results(d, study, spec)
+    if spec.test == "best" and not interrupted and evaluate_best(study, spec, rows):
+        rows = write_results(d, study, spec)
     print(status_text(rows, spec, d).rstrip(), flush=True)
     if interrupted:
         print(f"interrupted: running trials were marked and queued again; resume with: trainpipe sweep {d}"
-              f"{'' if storage is None else ' --storage URL'}", file=sys.stderr)
+              f"{'' if storage is None else ' --storage URL'}"
+              f"{' (the best configuration is evaluated on the test split when the sweep ends)' if spec.test == 'best' else ''}",
+              file=sys.stderr)
     return SweepOutcome(d, study_name, st.redact(url), rows, interrupted)
+
+
+def planned_total(spec: SweepSpec, trials: int | None) -> int | None:
+    if trials is None:
+        return spec.planned_trials()
+    return min(trials, spec.grid_size()) if spec.method == "grid" else trials
+
+
+def dry_run(sweep: str | Path, output: str | Path | None = None, *, workers: int = 1, trials: int | None = None,
+            overrides: Sequence[str] | Mapping[str, Any] | None = None, timed: bool = True) -> list[str]:
+    """`trainpipe sweep FILE --dry-run`: print what would run and, after timing a few steps of
+    the first configuration, the estimated wall time; writes nothing. Returns the printed lines."""
+    from trainpipe.sweep.plan import estimate_lines, plan_lines, time_first_configuration
+
+    spec, d, meta = locate(sweep, output, overrides)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1; got {workers}.")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials must be at least 1; got {trials}.")
+    check_against_config(spec)
+    total = planned_total(spec, trials)
+    lines = plan_lines(spec, total, workers)
+    lines.append(f"directory: {d}" + (" (exists: running the sweep resumes it; finished trials are not run again)"
+                                      if meta is not None else ""))
+    print("\n".join(lines), flush=True)
+    if timed:
+        print("timing a few steps of the first configuration ...", flush=True)
+        more = estimate_lines(spec, time_first_configuration(spec), total, workers)
+        print("\n".join(more), flush=True)
+        lines += more
+    return lines
 
 
 def run_in_process(wc: WorkerConfig) -> bool:
@@ -272,10 +346,11 @@ def open_sweep(sweep_dir: str | Path, storage: str | None = None) -> tuple[Sweep
     return spec, study
 
 
-def sweep_status(sweep: str | Path, output: str | Path | None = None, storage: str | None = None) -> str:
-    """The text of `trainpipe sweep DIR --status`."""
+def sweep_status(sweep: str | Path, output: str | Path | None = None, storage: str | None = None,
+                 overrides: Sequence[str] | Mapping[str, Any] | None = None) -> str:
+    """The text of `trainpipe sweep DIR --status` (or of `trainpipe sweep FILE [key=value ...] --status`)."""
     p = Path(sweep)
-    d = p if p.is_dir() else (Path(output) if output is not None else Path("sweeps") / load_spec(p).name)
+    d = p if p.is_dir() else locate(p, output, overrides)[1]
     if read_meta(d) is None:
         raise ConfigError(f"no sweep in {d} (no {META}); pass the sweep directory, e.g. sweeps/NAME.")
     spec, study = open_sweep(d, storage)

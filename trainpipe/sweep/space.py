@@ -4,7 +4,10 @@ Optuna has no normal or quantised-log distributions and stores only plain values
 (None, bool, int, float, str) as choices, so some parameters are sampled in another
 form and transformed here: the value the config receives is always the W&B one, and
 `trial_overrides` is the single place that knows the mapping (results tables replay
-it with `optuna.trial.FixedTrial` to show a trial's values).
+it with `optuna.trial.FixedTrial` to show a trial's values). List and dict values are
+stored under their labels (`hflip+random_crop`), so that optuna-dashboard and
+`best_params` show the same words as the results. Optuna's parameter names are the
+sweep file's own (`learning_rate`, `optim.lr`).
 """
 
 from __future__ import annotations
@@ -20,24 +23,23 @@ from trainpipe.sweep.spec import Param, SweepSpec
 EPS = 1e-6
 
 
-def is_plain(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
 def choices(p: Param) -> list[Any]:
-    """What Optuna stores for a categorical: the values, or their indices for lists/dicts."""
-    return list(p.values) if all(is_plain(v) for v in p.values) else list(range(len(p.values)))
+    """What Optuna stores for a categorical: the values, or their labels for lists/dicts."""
+    return list(p.labels) if p.labels else list(p.values)
+
+
+def from_stored(p: Param, stored: Any) -> Any:
+    """The value behind a stored categorical choice (its label, for lists and dicts)."""
+    return p.values[p.labels.index(stored)] if p.labels else stored
 
 
 def sample(trial: Any, p: Param) -> Any:
     """The value of parameter `p` in `trial` (an Optuna Trial or FixedTrial)."""
-    d, k = p.distribution, p.key
+    d, k = p.distribution, p.display
     if d == "constant":
         return p.values[0]
     if d == "categorical":
-        c = choices(p)
-        picked = trial.suggest_categorical(k, c)
-        return picked if c == list(p.values) else p.values[int(picked)]
+        return from_stored(p, trial.suggest_categorical(k, choices(p)))
     if d == "int_uniform":
         return trial.suggest_int(k, int(p.low), int(p.high))
     if d in ("uniform", "q_uniform"):
@@ -59,9 +61,9 @@ def trial_overrides(trial: Any, spec: SweepSpec) -> dict[str, Any]:
 
 
 def grid_search_space(spec: SweepSpec) -> dict[str, list[Any]]:
-    """GridSampler's search space in the form `sample` suggests it (indices for lists/dicts)."""
+    """GridSampler's search space in the form `sample` suggests it (labels for lists/dicts)."""
     space = {}
     for p in spec.varied:
         values = p.grid_values() or []
-        space[p.key] = choices(p) if p.distribution == "categorical" else values
+        space[p.display] = choices(p) if p.distribution == "categorical" else values
     return space

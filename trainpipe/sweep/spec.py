@@ -9,6 +9,7 @@ before any trial starts. Nothing here imports Optuna.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainpipe.errors import ConfigError, did_you_mean
+from trainpipe.sweep.names import METRIC_ALIASES, make_labels, metric_key, needs_labels, param_key
 
 METHODS = ("grid", "random", "bayes")
 # W&B's distributions (https://docs.wandb.ai/guides/sweeps/sweep-config-keys), same names and meanings.
@@ -34,7 +36,13 @@ PARAM_KEYS = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma
 # Keys of a W&B sweep file that only make sense for `wandb agent`; accepted so that
 # existing files work unchanged.
 IGNORED_KEYS = ("program", "command", "project", "entity", "description", "controller")
-TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "base", "fixed", *IGNORED_KEYS)
+TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "base", "fixed", "test",
+            *IGNORED_KEYS)
+# `test: best` by default: the configuration is chosen on val and the test split is
+# evaluated once, for the winner only (reporting every trial's test accuracy invites
+# choosing on it); it also spares a test pass per trial.
+TEST_MODES = ("best", "all", "none")
+DEFAULT_TEST = "best"
 EPOCH_METRICS = ("val/acc", "val/loss", "val/top5", "train/acc", "train/loss")
 GRID_LIMIT = 100_000
 
@@ -51,10 +59,25 @@ class Param:
     q: float | None = None
     mu: float = 0.0
     sigma: float = 1.0
+    name: str = ""  # as the sweep file writes it (learning_rate); "" = the key
+    labels: tuple[str, ...] = ()  # categorical lists/dicts: one label per value, Optuna's choices
 
     @property
     def varied(self) -> bool:
         return self.distribution != "constant"
+
+    @property
+    def display(self) -> str:
+        """The name results, reports and the Optuna study use: the sweep file's own."""
+        return self.name or self.key
+
+    def label_of(self, value: Any) -> Any:
+        """The label of one of this parameter's values, or the value itself when it has none."""
+        if self.labels:
+            for v, lab in zip(self.values, self.labels):
+                if v == value:
+                    return lab
+        return value
 
     def quantize(self, x: float) -> float | int:
         """W&B's q_* distributions: round(x / q) * q; integral when q is an integer."""
@@ -93,6 +116,10 @@ class Param:
         d: dict[str, Any] = {"distribution": self.distribution}
         if self.values:
             d["values"] = list(self.values)
+        if self.labels:
+            d["labels"] = list(self.labels)
+        if self.name and self.name != self.key:
+            d["name"] = self.name
         for k in ("low", "high", "q"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
@@ -123,10 +150,28 @@ class SweepSpec:
     hyperband: Hyperband | None = None
     source: str | None = None  # the sweep file it came from
     raw: dict[str, Any] = field(default_factory=dict)
+    metric_name: str = ""  # as the sweep file writes it (val_accuracy); "" = metric
+    test: str = DEFAULT_TEST  # all | best | none: which trials are evaluated on the test split
+    overrides: dict[str, Any] = field(default_factory=dict)  # command-line key=value, applied to every trial
+    ignored: tuple[str, ...] = ()  # keys only `wandb agent` reads (program, command, ...)
 
     @property
     def varied(self) -> list[Param]:
         return [p for p in self.params if p.varied]
+
+    @property
+    def metric_label(self) -> str:
+        return self.metric_name or self.metric
+
+    @property
+    def seed_param(self) -> Param | None:
+        """The varied parameter that sets the seed: trials differing only in it are one configuration."""
+        return next((p for p in self.varied if p.key == "seed"), None)
+
+    @property
+    def config_params(self) -> list[Param]:
+        """The varied parameters that make a configuration (all but the seed)."""
+        return [p for p in self.varied if p.key != "seed"]
 
     @property
     def direction(self) -> str:
@@ -143,6 +188,7 @@ class SweepSpec:
                                "train.monitor_mode": "max" if self.goal == "maximize" else "min"}
         out.update(self.fixed)
         out.update({p.key: p.values[0] for p in self.params if not p.varied})
+        out.update(self.overrides)
         return out
 
     def grid(self) -> list[dict[str, Any]]:
@@ -165,6 +211,8 @@ class SweepSpec:
                  "params": {p.key: p.to_dict() for p in self.params}, "fixed": self.fixed,
                  "hyperband": None if self.hyperband is None else vars(self.hyperband),
                  "base": _base_identity(self.base)}
+        if self.overrides:  # a smoke test with train.epochs=1 is not the real sweep
+            ident["overrides"] = self.overrides
         blob = json.dumps(ident, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -181,59 +229,130 @@ def _base_identity(base: str | None) -> Any:
 
 
 # ----------------------------------------------------------------------- parsing
-def load_spec(path: str | Path, *, base: str | None = None) -> SweepSpec:
-    """Read a sweep file. `base` replaces the file's own `base` (used when resuming)."""
+def load_spec(path: str | Path, *, base: str | None = None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Read a sweep file. `base` replaces the file's own `base` (used when resuming);
+    `overrides` ({dotted key: value}) are applied to every trial after `fixed`."""
     from trainpipe.config import read_yaml
 
     p = Path(path)
     data = read_yaml(p, what="sweep file")
-    return parse_spec(data, source=p, base=base)
+    return parse_spec(data, source=p, base=base, overrides=overrides)
 
 
-def parse_spec(data: Mapping[str, Any], *, source: str | Path | None = None, base: str | None = None) -> SweepSpec:
-    """Check the structure of a sweep file's contents and build a `SweepSpec`."""
+class _Problems:
+    """Every problem of a sweep file, reported together in one message."""
+
+    def __init__(self, where: str) -> None:
+        self.where, self.items = where, []  # type: ignore[var-annotated]
+
+    def add(self, msg: str) -> None:
+        prefix = f"{self.where}: "
+        self.items.append(msg[len(prefix):] if msg.startswith(prefix) else msg)
+
+    def attempt(self, fn: Any, *args: Any, default: Any = None) -> Any:
+        try:
+            return fn(*args)
+        except ConfigError as e:
+            self.add(str(e))
+            return default
+
+    def raise_if_any(self) -> None:
+        if len(self.items) == 1:
+            raise ConfigError(f"{self.where}: {self.items[0]}")
+        if self.items:
+            raise ConfigError(f"{self.where}: {len(self.items)} problems: "
+                              + " ".join(f"({i + 1}) {m}" for i, m in enumerate(self.items)))
+
+
+def parse_spec(data: Mapping[str, Any], *, source: str | Path | None = None, base: str | None = None,
+               overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Check the structure of a sweep file's contents and build a `SweepSpec`.
+
+    All problems are raised together as one ConfigError. (`check.load_checked_spec` adds
+    the problems the config finds in the same message.)
+    """
+    spec, problems, _ = parse_with_problems(data, source=source, base=base, overrides=overrides)
+    problems.raise_if_any()
+    return spec
+
+
+def parse_with_problems(data: Mapping[str, Any], *, source: str | Path | None = None, base: str | None = None,
+                        overrides: Mapping[str, Any] | None = None) -> tuple[SweepSpec, _Problems, bool]:
+    """The spec (the parts that parsed), every problem found, and whether the base config was found."""
     where = f"sweep file {str(source)!r}" if source else "sweep"
     data = dict(data)
+    problems = _Problems(where)
     for k in data:
         if k not in TOP_KEYS:
-            raise ConfigError(f"{where}: unknown top-level key {k!r}{did_you_mean(k, TOP_KEYS) or '.'} "
-                              f"Valid keys: {', '.join(TOP_KEYS)}.")
+            problems.add(f"unknown top-level key {k!r}{did_you_mean(k, TOP_KEYS) or '.'} "
+                         f"Valid keys: {', '.join(TOP_KEYS)}.")
     method = data.get("method")
     if method not in METHODS:
         got = "missing" if method is None else f"{method!r}"
-        raise ConfigError(f"{where}: method is {got}{did_you_mean(str(method), METHODS) or '.'} "
-                          f"Set method to one of: {', '.join(METHODS)}.")
-    resolved_base = base if base is not None else _resolve_base(data.get("base"), source, where)
-    metric, goal = _parse_metric(data.get("metric"), where, resolved_base)
+        problems.add(f"method is {got}{did_you_mean(str(method), METHODS) or '.'} "
+                     f"Set method to one of: {', '.join(METHODS)}.")
+    base_ok = True
+    if base is not None:
+        resolved_base = base
+    else:
+        resolved_base = problems.attempt(_resolve_base, data.get("base"), source, where, default=False)
+        base_ok = resolved_base is not False
+        resolved_base = resolved_base or None
+    raw_metric = data.get("metric")
+    metric_name = str(raw_metric["name"]) if isinstance(raw_metric, Mapping) and "name" in raw_metric else ""
+    metric, goal = (problems.attempt(_parse_metric, data.get("metric"), where, resolved_base)
+                    if base_ok or data.get("metric") is not None else None) or ("val/acc", "maximize")
     raw_params = data.get("parameters")
+    params: list[Param] = []
     if not isinstance(raw_params, Mapping) or not raw_params:
-        raise ConfigError(f"{where}: parameters must be a non-empty mapping of config keys to "
-                          f"{{values: [...]}}, {{value: x}} or {{min, max, distribution}}.")
-    params = tuple(_parse_params(raw_params, prefix="", where=where))
+        problems.add("parameters must be a non-empty mapping of config keys to "
+                     "{values: [...]}, {value: x} or {min, max, distribution}.")
+    else:
+        params = _parse_params(raw_params, prefix="", where=where, problems=problems)
+    by_key: dict[str, str] = {}
+    for prm in params:
+        if prm.key in by_key:
+            problems.add(f"parameters {by_key[prm.key]} and {prm.display} both set {prm.key}; keep one of them.")
+        by_key.setdefault(prm.key, prm.display)
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, Mapping):
-        raise ConfigError(f"{where}: fixed must be a mapping of dotted config keys to values, e.g. "
-                          f"{{train.epochs: 10}}; got {type(fixed).__name__}.")
-    fixed = dict(_flatten(fixed))
+        problems.add(f"fixed must be a mapping of dotted config keys to values, e.g. "
+                     f"{{train.epochs: 10}}; got {type(fixed).__name__}.")
+        fixed = {}
+    fixed = {param_key(k, [v]): v for k, v in _flatten(fixed)}
+    extra = {param_key(str(k), [v]): v for k, v in (overrides or {}).items()}
+    for k in extra:
+        if any(p.key == k and p.varied for p in params):
+            problems.add(f"override {k}=...: {k} is a parameter the sweep varies ({by_key[k]}); leave it out "
+                         f"of the command line, or change its values in the sweep file.")
     run_cap = data.get("run_cap")
     if run_cap is not None and (isinstance(run_cap, bool) or not isinstance(run_cap, int) or run_cap < 1):
-        raise ConfigError(f"{where}: run_cap must be a positive whole number; got {run_cap!r}.")
-    hyperband = _parse_early_terminate(data.get("early_terminate"), where)
+        problems.add(f"run_cap must be a positive whole number; got {run_cap!r}.")
+        run_cap = None
+    hyperband = problems.attempt(_parse_early_terminate, data.get("early_terminate"), where)
+    test = data.get("test", DEFAULT_TEST)
+    if test not in TEST_MODES:
+        problems.add(f"test is {test!r}{did_you_mean(str(test), TEST_MODES) or '.'} Set test to all (every trial "
+                     f"ends with a test pass), best (only the best configuration, once the sweep has ended) or "
+                     f"none.")
+        test = DEFAULT_TEST
     if method == "grid":
         for prm in params:
             if prm.grid_values() is None:
-                raise ConfigError(
-                    f"{where}: parameters.{prm.key}: method grid needs a finite set of values, but "
+                problems.add(
+                    f"parameters.{prm.display}: method grid needs a finite set of values, but "
                     f"distribution {prm.distribution} is continuous. Give it values: [...], or use "
                     f"int_uniform / q_uniform, or switch to method random or bayes.")
     name = data.get("name") or (Path(source).stem if source else "sweep")
-    spec = SweepSpec(name=str(name), method=method, metric=metric, goal=goal, params=params,
-                     base=resolved_base, fixed=fixed, run_cap=run_cap, hyperband=hyperband,
-                     source=str(source) if source else None, raw=dict(data))
-    if method == "grid" and spec.grid_size() > GRID_LIMIT:
-        raise ConfigError(f"{where}: the grid has {spec.grid_size():,} combinations (more than "
-                          f"{GRID_LIMIT:,}); use method random or bayes with a run_cap.")
-    return spec
+    spec = SweepSpec(name=str(name), method=method if method in METHODS else "grid", metric=metric, goal=goal,
+                     params=tuple(params), base=resolved_base, fixed=fixed, run_cap=run_cap, hyperband=hyperband,
+                     source=str(source) if source else None, raw=dict(data),
+                     metric_name=metric_name, test=test,
+                     overrides=extra, ignored=tuple(k for k in data if k in IGNORED_KEYS))
+    if method == "grid" and all(p.grid_values() is not None for p in params) and spec.grid_size() > GRID_LIMIT:
+        problems.add(f"the grid has {spec.grid_size():,} combinations (more than "
+                     f"{GRID_LIMIT:,}); use method random or bayes with a run_cap.")
+    return spec, problems, base_ok
 
 
 def _parse_metric(metric: Any, where: str, base: str | None) -> tuple[str, str]:
@@ -251,15 +370,23 @@ def _parse_metric(metric: Any, where: str, base: str | None) -> tuple[str, str]:
     unknown = [k for k in metric if k not in ("name", "goal", "target")]
     if unknown:
         raise ConfigError(f"{where}: metric.{unknown[0]} is not a metric key; valid keys: name, goal.")
-    name = str(metric["name"])
+    given = str(metric["name"])
+    name = metric_key(given)
+    shown = given if name == given else f"{given} (trainpipe's {name})"
     if name.startswith("test/"):
-        raise ConfigError(f"{where}: metric.name is {name!r}: a sweep selects on a validation metric, "
+        raise ConfigError(f"{where}: metric.name is {shown}: a sweep selects on a validation metric, "
                           f"never on the test set (that would leak it into the choice). Use e.g. "
-                          f"{name.replace('test/', 'val/', 1)}; test accuracy is still reported for every trial.")
+                          f"{name.replace('test/', 'val/', 1)}; the test split is evaluated as the sweep's "
+                          f"test: key says.")
     if name not in EPOCH_METRICS and not name.startswith(("val/", "train/")):
-        raise ConfigError(f"{where}: metric.name {name!r} is not a metric trainpipe logs per epoch"
-                          f"{did_you_mean(name.replace('_', '/'), EPOCH_METRICS) or '.'} "
-                          f"Valid names: {', '.join(EPOCH_METRICS)}.")
+        known = [*EPOCH_METRICS, *(a for a, k in METRIC_ALIASES.items() if not k.startswith("test/"))]
+        close = difflib.get_close_matches(given, known, n=1, cutoff=0.75) or \
+            difflib.get_close_matches(given.replace("_", "/"), known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}{'' if metric_key(close[0]) == close[0] else f' ({metric_key(close[0])})'}?" \
+            if close else "."
+        raise ConfigError(f"{where}: metric.name {given!r} is not a metric trainpipe logs per epoch{hint} "
+                          f"Valid names: {', '.join(EPOCH_METRICS)}, or W&B-style names such as val_accuracy, "
+                          f"val_loss, train_loss, train_accuracy.")
     goal = metric.get("goal")
     if goal is None:
         # W&B minimises by default, which silently picks the worst run for an accuracy.
@@ -285,22 +412,35 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _parse_params(block: Mapping[str, Any], *, prefix: str, where: str) -> list[Param]:
+def _parse_params(block: Mapping[str, Any], *, prefix: str, where: str, problems: Any) -> list[Param]:
     out: list[Param] = []
     for name, body in block.items():
         key = f"{prefix}{name}"
         if not isinstance(body, Mapping):
-            raise ConfigError(
-                f"{where}: parameters.{key} must be a mapping such as {{values: [...]}}, {{value: x}} or "
+            problems.add(
+                f"parameters.{key} must be a mapping such as {{values: [...]}}, {{value: x}} or "
                 f"{{min: a, max: b}}; got {body!r}. For a list of choices write values: {body!r}.")
+            continue
         if "parameters" in body:
             extra = [k for k in body if k != "parameters"]
             if extra or not isinstance(body["parameters"], Mapping):
-                raise ConfigError(f"{where}: parameters.{key}: a nested block holds only parameters: {{...}}.")
-            out.extend(_parse_params(body["parameters"], prefix=key + ".", where=where))
+                problems.add(f"parameters.{key}: a nested block holds only parameters: {{...}}.")
+                continue
+            out.extend(_parse_params(body["parameters"], prefix=key + ".", where=where, problems=problems))
             continue
-        out.append(_parse_param(key, dict(body), where))
+        prm = problems.attempt(_parse_param, key, dict(body), where)
+        if prm is not None:
+            out.append(prm)
     return out
+
+
+def file_params(raw: Mapping[str, Any]) -> list[Param]:
+    """The parameters of a sweep file's contents, read without its base config (reports use
+    them to name and label a copied sweep's trials); parameters that do not parse are left out."""
+    block = raw.get("parameters") if isinstance(raw, Mapping) else None
+    if not isinstance(block, Mapping):
+        return []
+    return _parse_params(block, prefix="", where="sweep", problems=_Problems("sweep"))
 
 
 def _number(key: str, field_name: str, v: Any, where: str) -> float:
@@ -340,15 +480,21 @@ def _parse_param(key: str, body: dict[str, Any], where: str) -> Param:
     if dist == "constant":
         if "value" not in body:
             raise ConfigError(f"{where}: parameters.{key}: distribution constant needs value: x.")
-        return Param(key, dist, (body["value"],))
+        return Param(param_key(key, [body["value"]]), dist, (body["value"],), name=key)
     if dist == "categorical":
         values = body.get("values")
+        labels: tuple[str, ...] = ()
+        if isinstance(values, Mapping) and values:  # {label: value}: the user names each value
+            labels, values = tuple(str(k) for k in values), list(values.values())
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: parameters.{key}.values must be a non-empty list; got {values!r}.")
+            raise ConfigError(f"{where}: parameters.{key}.values must be a non-empty list (or a mapping "
+                              f"{{label: value}}); got {values!r}.")
         seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
         if len(set(seen)) != len(seen):
             raise ConfigError(f"{where}: parameters.{key}.values lists the same value twice: {values!r}.")
-        return Param(key, dist, tuple(values))
+        if not labels and needs_labels(values):
+            labels = make_labels(values)
+        return Param(param_key(key, values), dist, tuple(values), name=key, labels=labels)
     q = _number(key, "q", body.get("q", 1), where) if dist.startswith("q_") else None
     if q is not None and q <= 0:
         raise ConfigError(f"{where}: parameters.{key}.q must be positive; got {q!r}.")
@@ -357,7 +503,7 @@ def _parse_param(key: str, body: dict[str, Any], where: str) -> Param:
         sigma = _number(key, "sigma", body.get("sigma", 1.0), where)
         if sigma <= 0:
             raise ConfigError(f"{where}: parameters.{key}.sigma must be positive; got {sigma!r}.")
-        return Param(key, dist, q=q, mu=mu, sigma=sigma)
+        return Param(param_key(key), dist, q=q, mu=mu, sigma=sigma, name=key)
     for k in ("min", "max"):
         if k not in body:
             raise ConfigError(f"{where}: parameters.{key}: distribution {dist} needs min and max.")
@@ -370,7 +516,7 @@ def _parse_param(key: str, body: dict[str, Any], where: str) -> Param:
     if dist in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") and lo <= 0:
         raise ConfigError(f"{where}: parameters.{key}: {dist} needs min > 0 (values are sampled on a "
                           f"log scale); got min {lo}. For exponents of e use distribution log_uniform.")
-    return Param(key, dist, low=lo, high=hi, q=q)
+    return Param(param_key(key), dist, low=lo, high=hi, q=q, name=key)
 
 
 def _parse_early_terminate(et: Any, where: str) -> Hyperband | None:

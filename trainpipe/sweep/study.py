@@ -115,7 +115,7 @@ def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
 
 def sampler_for(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     if spec.method == "grid":
-        return FileOrderGridSampler(grid_search_space(spec), [p.key for p in spec.varied])
+        return FileOrderGridSampler(grid_search_space(spec), [p.display for p in spec.varied])
     if spec.method == "random":
         return optuna.samplers.RandomSampler()
     # constant_liar: parallel workers see each other's running trials as bad guesses and
@@ -156,7 +156,7 @@ def open_study(spec: SweepSpec, storage: optuna.storages.BaseStorage, *, study_n
     if fp is None:
         study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
         study.set_user_attr("trainpipe:sweep", {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
-                                                "params": [p.key for p in spec.varied], "name": spec.name})
+                                                "params": [p.display for p in spec.varied], "name": spec.name})
     elif fp != spec.fingerprint():
         raise ConfigError(
             f"study {study_name!r} in the storage was created from a different sweep (its method, metric, "

@@ -31,6 +31,8 @@ from optuna.trial import TrialState
 from trainpipe.loop.callbacks import Callback
 from trainpipe.run import rundir
 from trainpipe.sweep import study as st
+from trainpipe.sweep.final_test import SkipTestSplit
+from trainpipe.sweep.results import shown_params
 from trainpipe.sweep.space import trial_overrides
 from trainpipe.sweep.spec import SweepSpec
 
@@ -133,13 +135,15 @@ class Objective:
             return self.fail(trial, f"{run_dir} already exists (from another study?); move it away")
         retry = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         again = f" (again: trial {retry:04d} lost its worker or was interrupted)" if retry is not None else ""
-        wc.say(f"trial {trial.number:04d} started{again}: {describe(overrides)}")
+        wc.say(f"trial {trial.number:04d} started{again}: {describe(shown_params(overrides, spec))}")
         from trainpipe.run.train import train
 
         all_overrides = {**spec.constant_overrides(), **overrides, **device_overrides(wc.device, wc.spawned)}
-        callback = ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)
+        callbacks: list[Callback] = [ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)]
+        if spec.test != "all":
+            callbacks.append(SkipTestSplit())
         try:
-            result = train(spec.base, all_overrides, run_dir, quiet=wc.workers > 1, callbacks=[callback],
+            result = train(spec.base, all_overrides, run_dir, quiet=wc.workers > 1, callbacks=callbacks,
                            command=f"{wc.command} (trial {trial.number:04d})")
         except KeyboardInterrupt:
             trial.set_user_attr("result", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
@@ -163,8 +167,9 @@ class Objective:
             return self.fail(trial, f"the run logged no {spec.metric} (metric.name of the sweep); "
                                     f"val/* metrics need a validation split (data.val_split > 0)", res=res)
         trial.set_user_attr("result", res)
-        wc.say(f"trial {trial.number:04d} completed: {spec.metric} {_num(best)}, test/acc "
-               f"{_num(s.get('test/acc'))}, {s.get('wall_time_s', 0):.1f}s")
+        test = f", test/acc {_num(s.get('test/acc'))}" if s.get("test/acc") is not None else ""
+        wc.say(f"trial {trial.number:04d} completed: {spec.metric_label} {_num(best)}{test}, "
+               f"{s.get('wall_time_s', 0):.1f}s")
         return best
 
     def fail(self, trial: optuna.Trial, reason: str, *, res: dict[str, Any] | None = None,
@@ -192,7 +197,7 @@ class Objective:
         me = next(t for t in trials if t._trial_id == trial._trial_id)
         earlier = [t for t in led.visible if t.number < me.number]
         if spec.method == "grid":
-            keys = [p.key for p in spec.varied]
+            keys = [p.display for p in spec.varied]
             mine = st.point_of(me, keys)
             for t in earlier:
                 if st.point_of(t, keys) == mine:
@@ -214,7 +219,7 @@ def next_action(spec: SweepSpec, led: st.Ledger, total: int | None) -> str:
         return "run"
     room = total is None or len(led.visible) < total
     if spec.method == "grid":
-        keys = [p.key for p in spec.varied]
+        keys = [p.display for p in spec.varied]
         covered = {st.point_of(t, keys) for t in led.visible} - {None}
         room = room and len(covered) < spec.grid_size()
     if room:

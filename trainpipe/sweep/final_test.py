@@ -1,0 +1,104 @@
+"""The sweep's `test:` protocol: which trials are evaluated on the test split, and when.
+
+    all    every trial ends with a test pass (of its best checkpoint), as a lone run does
+    best   trials skip it; when the sweep has ended, the best configuration (each of its
+           seeds) is evaluated once: choose on val, report test once
+    none   no test pass at all
+
+Optuna does not let a finished trial's attributes change, so test results found after
+the sweep are kept in the study's user attribute `trainpipe:test` ({trial number:
+metrics}); they are also written into the trial's summary.json, where reports read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from trainpipe.loop.callbacks import Callback
+from trainpipe.sweep.spec import SweepSpec
+
+TEST_ATTR = "trainpipe:test"
+WHEN = {"all": "every trial, at its end (test: all)",
+        "best": "the best configuration only, once, after the sweep (test: best)",
+        "none": "not evaluated (test: none)"}
+
+
+class SkipTestSplit(Callback):
+    """Leaves out a trial's test pass (test: best or none).
+
+    The runner evaluates the test split when the data has one; removing it from the
+    trainer before training starts is the one switch that needs no change to the run
+    itself. The split is still loaded (a small share of a trial's cost); the pass is not run.
+    """
+
+    def on_fit_start(self, trainer: Any) -> None:
+        trainer.data.test = None
+
+
+def recorded(study: optuna.Study) -> dict[int, dict[str, float]]:
+    """Test metrics found after the sweep, by trial number."""
+    return {int(k): v for k, v in (study.user_attrs.get(TEST_ATTR) or {}).items()}
+
+
+def to_evaluate(rows: list[Any], spec: SweepSpec) -> list[Any]:
+    """The completed trials of the best configuration (every seed of it)."""
+    from trainpipe.sweep.groups import config_groups
+
+    groups = config_groups(rows, spec)
+    if not groups or groups[0].rank != 1:
+        return []
+    return sorted((r for r in groups[0].rows if r.state == "completed"), key=lambda r: r.number)
+
+
+def evaluate_best(study: optuna.Study, spec: SweepSpec, rows: list[Any],
+                  say: Callable[[str], None] = print) -> list[int]:
+    """Evaluate the best configuration's trials on the test split (those not evaluated yet).
+
+    Returns the trial numbers evaluated now. A trial whose run directory is on another
+    machine is left to that machine's sweep command.
+    """
+    from trainpipe.run.evaluate import evaluate_checkpoint
+
+    done = recorded(study)
+    evaluated = []
+    for r in to_evaluate(rows, spec):
+        if r.number in done or r.test_acc is not None:
+            continue
+        run_dir = Path(r.run_dir)
+        if not (run_dir / "checkpoints").is_dir():
+            say(f"test split: trial {r.name} ran on {r.host or 'another machine'} ({run_dir} is not here); "
+                f"run `trainpipe sweep` there to evaluate it")
+            continue
+        cfg = _config(run_dir)
+        tta = (cfg.get("train") or {}).get("tta") == "flip"
+        res = evaluate_checkpoint(run_dir, split="test", tta=tta)
+        metrics = {k: float(v) for k, v in res.metrics.items()}
+        study.set_user_attr(TEST_ATTR, {**{str(k): v for k, v in recorded(study).items()}, str(r.number): metrics})
+        _add_to_summary(run_dir / "summary.json", metrics)
+        evaluated.append(r.number)
+        say(f"test split: trial {r.name} (best configuration) test/acc {metrics.get('test/acc', float('nan')):.4f}")
+    return evaluated
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    p = run_dir / "config.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}
+
+
+def _add_to_summary(path: Path, metrics: dict[str, float]) -> None:
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())
+    summary.update(metrics)
+    summary["test_evaluated"] = "after the sweep (test: best)"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
