@@ -184,6 +184,96 @@ def test_len_matches_iteration() -> None:
         assert len(epoch(loader)) == len(loader) == 8
 
 
+# --------------------------------------------------------------- normalise once
+def layout(x: torch.Tensor) -> tuple[bool, bool]:
+    return x.is_contiguous(), x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def identical(a: list, b: list) -> bool:
+    """Same batches bit for bit: values, order, dtype, strides (hence memory format)."""
+    return same(a, b) and all(xa.dtype == xb.dtype and xa.stride() == xb.stride() and layout(xa) == layout(xb)
+                              for (xa, _), (xb, _) in zip(a, b))
+
+
+SPLITS = {
+    "rgb": lambda: image_split(301),
+    "gray": lambda: Split(torch.randint(0, 256, (130, 1, 7, 9), dtype=torch.uint8,
+                                        generator=torch.Generator().manual_seed(1)), torch.arange(130) % 3),
+    "features": lambda: Split(torch.randn(205, 33, generator=torch.Generator().manual_seed(2)) * 3 + 1,
+                              torch.arange(205) % 5),
+}
+
+
+def stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if split.is_image:
+        c = split.x.shape[1]
+        return MEAN[:c], STD[:c]
+    return tuple(split.x.mean(0).tolist()), tuple(split.x.std(0).tolist())
+
+
+@pytest.mark.parametrize("kind", sorted(SPLITS))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("normalise", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_normalising_once_gives_the_same_batches(kind: str, channels_last: bool, normalise: bool,
+                                                 threads: int) -> None:
+    """Converting and normalising the split ahead changes no batch: values bit for bit,
+    order, dtype and memory format, shuffled or not, with a short last batch, whatever
+    the thread count splits the arithmetic into."""
+    split = SPLITS[kind]()
+    mean, std = stats(split) if normalise else (None, None)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shuffle, bs in ((True, 16), (False, 37), (True, 256)):
+            kw = dict(mean=mean, std=std, channels_last=channels_last, shuffle=shuffle, batch_size=bs)
+            per_batch, once = device_loader(split, **kw), device_loader(split, normalize_once=True, **kw)
+            assert once.normalized_once == (split.is_image or normalise) and not per_batch.normalized_once
+            for e in (0, 1):
+                assert identical(epoch(once, e), epoch(per_batch, e))
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_normalising_once_keeps_batches_fresh_and_works_with_shards_and_mixing() -> None:
+    split = image_split(64)
+
+    def mix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.mul_(0.5), y  # an in-place op on the batch
+
+    once = device_loader(split, normalize_once=True, mix=mix, channels_last=True)
+    per_batch = device_loader(split, mix=mix, channels_last=True)
+    first = epoch(once, 0)
+    assert identical(first, epoch(per_batch, 0))
+    assert identical(epoch(once, 0), first)  # writing into a batch leaves the stored split alone
+    for rank in (0, 1):
+        a, b = device_loader(split, normalize_once=True), device_loader(split)
+        a.shard(rank, 2), b.shard(rank, 2)
+        assert identical(epoch(a, 3), epoch(b, 3))
+
+
+def test_normalising_once_is_not_done_ahead_of_augmentation() -> None:
+    split = image_split()
+    loader = device_loader(split, ops=[FlipOp()], normalize_once=True)
+    assert not loader.normalized_once
+    assert identical(epoch(loader, 1), epoch(device_loader(split, ops=[FlipOp()]), 1))
+
+
+def test_build_normalises_once_when_the_float_copies_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainpipe.data as data
+
+    b = build(cfg(loader="device"), seed=0, device=CPU)
+    assert b.train.normalized_once and b.val.normalized_once and b.test.normalized_once
+    augmented = build(cfg(loader="device", augment=["hflip"]), seed=0, device=CPU)
+    assert not augmented.train.normalized_once and augmented.val.normalized_once
+    # uint8 digits take 1797 * 64 bytes; their float32 copies 4x as much on top.
+    nbytes = sum(s.split.nbytes for s in (b.train, b.val, b.test))
+    monkeypatch.setattr(data, "memory_budget", lambda device: 2 * nbytes)
+    tight = build(cfg(loader="device"), seed=0, device=CPU)
+    assert not (tight.train.normalized_once or tight.val.normalized_once or tight.test.normalized_once)
+    assert identical(epoch(tight.train, 2), epoch(b.train, 2)) and identical(epoch(tight.test), epoch(b.test))
+
+
 # ------------------------------------------------------------------ choice in build()
 def cfg(**kw) -> DataConfig:
     # Through the config's validation, which checks and completes data.augment for the builders.

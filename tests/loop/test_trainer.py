@@ -54,6 +54,29 @@ def test_grad_clip_bounds_the_step() -> None:
     assert free_step.norm().item() > 5
 
 
+def test_train_loss_and_acc_are_means_over_samples_of_the_epoch() -> None:
+    """train/loss weighs each batch's mean loss by its size (a short last batch counts less)."""
+    x, y = blobs(100)
+    model = mlp()
+    tr = make_trainer(model, TensorLoader(x, y, 32))
+    seen: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    step = tr._train_step
+
+    def recording(xb: torch.Tensor, yb: torch.Tensor, group: int, step_now: bool):
+        loss, logits = step(xb, yb, group, step_now)
+        seen.append((loss.detach().clone(), logits.detach().argmax(1) == yb, len(yb)))
+        return loss, logits
+
+    tr._train_step = recording
+    out = tr.train_epoch(0)
+    assert [n for *_, n in seen] == [32, 32, 32, 4]
+    loss_sum = torch.zeros(())
+    for loss, _, n in seen:
+        loss_sum += loss * n
+    assert out["train/loss"] == (loss_sum / torch.tensor(100.0)).item()
+    assert out["train/acc"] == sum(int(c.sum()) for _, c, _ in seen) / 100
+
+
 def test_label_smoothing_reaches_the_loss() -> None:
     x, y = blobs(32)
     model = mlp()

@@ -148,6 +148,20 @@ def test_epoch_lines_and_a_progress_bar_run(tmp_path: Path, capsys: pytest.Captu
     assert "epoch 1/2" in out and "epoch 2/2" in out and "img/s" in out and "val/acc" in out
 
 
+def test_progress_bar_draws_from_the_loop_without_a_refresh_thread() -> None:
+    import threading
+
+    bar = ProgressBar(2, lambda: 8)
+    threads = threading.active_count()
+    bar.start_epoch(0, 4)
+    assert threading.active_count() == threads  # nothing that takes the GIL from the training loop
+    bar.update(2, torch.tensor(1.0), torch.tensor(1), 2)
+    task = bar._progress.tasks[0]
+    assert task.completed == 2 and "loss 0.5000  acc 0.5000" in task.fields["stats"]
+    bar.end_epoch()
+    assert threading.active_count() == threads
+
+
 def test_quiet_prints_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trainpipe.train(None, TINY + ["train.epochs=1", "tracking.plots=false"], output=tmp_path, quiet=True)
     assert capsys.readouterr().out == ""

@@ -151,12 +151,40 @@ class _Base:
 class DeviceLoader(_Base):
     """The whole split on the device; batched augmentation with an independent draw per sample."""
 
-    def __init__(self, split: Split, *, ops: Sequence[Any] = (), **common: Any) -> None:
-        """`ops`: batched augmentations, applied in order; `common`: see `_Base.__init__`."""
+    def __init__(self, split: Split, *, ops: Sequence[Any] = (), normalize_once: bool = False, **common: Any) -> None:
+        """`ops`: batched augmentations, applied in order; `normalize_once`: without ops,
+        convert and normalise the whole split once (a float32 copy of it is kept on the
+        device) so that a batch is one gather; `common`: see `_Base.__init__`."""
         super().__init__(split, **common)
         self.split = split.to(self.device)
         self.ops = list(ops)
         self._is_image = split.is_image
+        # Augmentations work on [0, 1] pixels, batch by batch, so only a loader without
+        # them can do the conversion ahead; float features without a mean/std need none.
+        work = (self._is_image or self._normalize.scale is not None) and self._n > 0
+        self._ready = self._normalized_split() if normalize_once and work and not self.ops else None
+
+    @property
+    def normalized_once(self) -> bool:
+        """True when batches are gathered from a split converted and normalised ahead."""
+        return self._ready is not None
+
+    def _normalized_split(self, chunk: int = 4096) -> tuple[torch.Tensor, bool]:
+        """`prepare` of every sample (chunk by chunk, the same arithmetic as per batch), stored
+        with a sample per row: (N, H, W, C) when batches are channels-last, so that a gather
+        of rows gives the channels-last batch with no further copy. Returns (rows, nhwc)."""
+        rows: torch.Tensor | None = None
+        nhwc = False
+        for a in range(0, self._n, chunk):
+            idx = torch.arange(a, min(a + chunk, self._n), device=self.device)
+            b = self.prepare(self.split.gather(idx), None)
+            if rows is None:
+                nhwc = b.dim() == 4 and b.stride()[1:] == (1, b.shape[3] * b.shape[1], b.shape[1])
+                shape = (self._n, *b.shape[2:], b.shape[1]) if nhwc else (self._n, *b.shape[1:])
+                rows = torch.empty(shape, dtype=b.dtype, device=self.device)
+            rows[a : a + len(idx)] = b.permute(0, 2, 3, 1) if nhwc else b
+        assert rows is not None  # only called for a split with samples
+        return rows, nhwc
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._mixed(self._batches())
@@ -166,11 +194,18 @@ class DeviceLoader(_Base):
         g = generator(self.seed, self.epoch, AUGMENT, self.device, self.rank) if self.ops else None
         bs = self.batch_size
         rank, world = self.rank, self.world_size
+        rows, nhwc = self._ready if self._ready is not None else (None, False)
         for b in range(len(self)):
             idx = order[b * bs : (b + 1) * bs]
             if world > 1:  # a view per batch costs microseconds; one process needs none
                 idx = idx[rank::world]
-            yield self.prepare(self.split.gather(idx), g), torch.index_select(self.split.y, 0, idx)
+            y = torch.index_select(self.split.y, 0, idx)
+            if rows is None:
+                yield self.prepare(self.split.gather(idx), g), y
+            else:
+                # A gather copies: a batch never shares memory with the stored split.
+                x = torch.index_select(rows, 0, idx)
+                yield (x.permute(0, 3, 1, 2) if nhwc else x), y
 
     def prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """Raw gathered inputs -> augmented (when `g` is given), normalised float batch."""

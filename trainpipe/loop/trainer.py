@@ -328,14 +328,17 @@ class Trainer:
                 loss_sum += torch.where(ok, loss, 0.0) * bs
                 loss_count += ok * bs
             else:
-                loss_sum += loss * bs
-                loss_count += bs
+                loss_sum += loss * bs  # every batch counts: loss_count is set once, after the loop
             correct += (logits.detach().argmax(dim=1) == hard_labels(y)).sum()
             seen += bs
             if self.progress is not None and ((i + 1) % t.log_every == 0 or i + 1 == n_batches):
                 self.progress.update(i + 1, loss_sum, correct, seen)
         if self.progress is not None:
             self.progress.end_epoch()
+        if not self.skip_nonfinite:
+            # Set once instead of summed per step (a device op per step); the same value as the
+            # float32 running sum of the batch sizes, which is exact up to 2**24 samples an epoch.
+            loss_count.fill_(seen)
         # The one host sync of the epoch (and under DDP its one all-reduce).
         loss_sum, loss_count, correct, seen = distributed.all_reduce_sums(loss_sum, loss_count, correct, seen)
         distributed.average_buffers(self.model, self.eval_model)
