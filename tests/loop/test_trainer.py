@@ -60,14 +60,14 @@ def test_train_loss_and_acc_are_means_over_samples_of_the_epoch() -> None:
     model = mlp()
     tr = make_trainer(model, TensorLoader(x, y, 32))
     seen: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-    step = tr._train_step
+    step = tr.train_step
 
     def recording(xb: torch.Tensor, yb: torch.Tensor, group: int, step_now: bool):
         loss, logits = step(xb, yb, group, step_now)
         seen.append((loss.detach().clone(), logits.detach().argmax(1) == yb, len(yb)))
         return loss, logits
 
-    tr._train_step = recording
+    tr.train_step = recording
     out = tr.train_epoch(0)
     assert [n for *_, n in seen] == [32, 32, 32, 4]
     loss_sum = torch.zeros(())
