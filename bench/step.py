@@ -28,6 +28,7 @@ import argparse
 import copy
 import dataclasses
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -315,6 +316,7 @@ def run(quick: bool = False, *, workloads: Sequence[str] = tuple(WORKLOADS), rou
     results: list[Measured] = []
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clocks = default_clocks(device)
+    load_before = os.getloadavg()[0]  # how busy the shared machine was, reported beside the numbers
     with tempfile.TemporaryDirectory(prefix="trainpipe-bench-step-") as tmp:
         for key in workloads:
             w = WORKLOADS[key]
@@ -324,6 +326,7 @@ def run(quick: bool = False, *, workloads: Sequence[str] = tuple(WORKLOADS), rou
                 results.append(m)
                 print(f"  {w.name}, {m.clock}: ratio {m.ratio:.3f}", flush=True)
     where = hardware(threads=False)
+    load = f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     body = report(results)
     print(body)
     worst = max(m.ratio for m in results)
@@ -331,7 +334,7 @@ def run(quick: bool = False, *, workloads: Sequence[str] = tuple(WORKLOADS), rou
     how = (("each workload in process CPU time on one thread, then in wall-clock time on torch's default "
             "threads") if device == "cpu" else "wall-clock time after a device synchronisation")
     md = "\n".join([
-        (f"`python -m bench step` (also part of `make bench`), measured {today()} on {where}. "
+        (f"`python -m bench step` (also part of `make bench`), measured {today()} on {where} ({load}). "
         f"{rounds} epochs per side in alternating order after one warm-up epoch each; times are {how}; "
         f"an epoch is what `epoch_time_s` counts (training, plus validation where the workload has a split); "
         f"ratio = median over rounds of trainpipe / plain loop (each pair measured back to back)"

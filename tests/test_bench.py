@@ -29,16 +29,30 @@ def test_step_measures_both_loops_on_the_same_batches(tmp_path: Path) -> None:
     assert "mlp 64-32-10" in text and text.count("\n") == 2  # header, rule, one row
 
 
+def test_step_times_a_workload_in_both_clocks_with_its_validation(tmp_path: Path) -> None:
+    w = bench_step.Workload("mlp on images", (3, 8, 8), 400, 64, ["model.name=mlp", "model.widths=[16]"],
+                            val_split=0.2, recipe=bench_step.MOMENTUM_CONSTANT)
+    clocks = bench_step.default_clocks("cpu")
+    threads = torch.get_num_threads()
+    ms = bench_step.measure_clocks(w, rounds=1, folder=tmp_path, clocks=clocks)
+    assert [m.clock for m in ms] == ["CPU time, 1 thread", str(bench_step.Clock(False, threads))]
+    assert all(m.steps == 5 and m.ratio > 0 for m in ms)  # 320 training samples, batch 64
+    assert torch.get_num_threads() == threads  # restored after the one-thread rounds
+    assert "wall-clock" in bench_step.report(ms)
+
+
 def test_plain_loop_trains(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (256, 3, 8, 8), dtype=torch.uint8, generator=g)
     y = (x.float().mean(dim=(1, 2, 3)) > 127.5).long()  # learnable: bright or dark
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
-    loop = bench_step.PlainLoop(model, x, y, (0.5,) * 3, (0.29,) * 3, batch_size=32, epochs=10, lr=0.1, seed=0)
+    loop = bench_step.PlainLoop(model, x, y, (0.5,) * 3, (0.29,) * 3, batch_size=32, epochs=10, lr=0.1, seed=0,
+                                val=(x[:64], y[:64]), eval_batch_size=48)
     first, _ = loop.epoch(0)
     for e in range(1, 6):
         last, acc = loop.epoch(e)
     assert last < first and acc > 0.7
+    assert 0.7 < loop.evaluate() <= 1.0  # validation on the first 64 images
 
 
 def test_step_section_renders_markdown() -> None:
