@@ -226,7 +226,7 @@ def test_normalising_once_gives_the_same_batches(kind: str, channels_last: bool,
     torch.set_num_threads(threads)
     try:
         for shuffle, bs in ((True, 16), (False, 37), (True, 256)):
-            kw = dict(mean=mean, std=std, channels_last=channels_last, shuffle=shuffle, batch_size=bs)
+            kw = {"mean": mean, "std": std, "channels_last": channels_last, "shuffle": shuffle, "batch_size": bs}
             per_batch, once = device_loader(split, **kw), device_loader(split, normalize_once=True, **kw)
             assert once.normalized_once == (split.is_image or normalise) and not per_batch.normalized_once
             for e in (0, 1):
@@ -260,7 +260,7 @@ def test_normalising_once_is_not_done_ahead_of_augmentation() -> None:
 
 
 def test_build_normalises_once_when_the_float_copies_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainpipe.data as data
+    from trainpipe import data
 
     b = build(cfg(loader="device"), seed=0, device=CPU)
     assert b.train.normalized_once and b.val.normalized_once and b.test.normalized_once
