@@ -203,7 +203,8 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
 
 def _key_for(family: str) -> str:
     return {"dataset": "data.dataset", "augment": "data.augment", "model": "model.name",
-            "optimizer": "optim.name", "scheduler": "sched.name", "tracker": "tracking.*"}.get(family, family)
+            "optimizer": "optim.name", "scheduler": "sched.name", "tracker": "tracking.*",
+            "method": "method, in a sweep file"}.get(family, family)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE]")
     c.set_defaults(func=cmd_check)
 
-    ls = sub.add_parser("list", parents=[common], help="list configs, datasets, augmentations, models, optimizers, schedulers")
+    ls = sub.add_parser("list", parents=[common], help="list configs, datasets, augmentations, models, optimizers, "
+                                                       "schedulers, trackers, sweep methods, runs")
     ls.add_argument("family", nargs="?", help="one family only, e.g. models; or runs: the run directories "
                                               "in FOLDER (default ./runs) and their status")
     ls.add_argument("folder", nargs="?", metavar="FOLDER", help="with `runs`: the folder holding them")

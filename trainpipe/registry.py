@@ -136,7 +136,8 @@ MODELS = Registry("model", module="trainpipe.models")
 OPTIMIZERS = Registry("optimizer", module="trainpipe.optim")
 SCHEDULERS = Registry("scheduler", module="trainpipe.sched")
 TRACKERS = Registry("tracker", module="trainpipe.track")
+SWEEP_METHODS = Registry("method", module="trainpipe.sweep.methods")
 
 FAMILIES: dict[str, Registry] = {
-    r.family: r for r in (DATASETS, AUGMENTS, MODELS, OPTIMIZERS, SCHEDULERS, TRACKERS)
+    r.family: r for r in (DATASETS, AUGMENTS, MODELS, OPTIMIZERS, SCHEDULERS, TRACKERS, SWEEP_METHODS)
 }

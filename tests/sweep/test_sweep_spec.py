@@ -13,8 +13,6 @@ from trainpipe import config as config_mod
 from trainpipe.cli import main
 from trainpipe.errors import ConfigError
 from trainpipe.sweep import check_against_config, load_spec, parse_spec, trial_overrides
-from trainpipe.sweep.space import grid_search_space
-from trainpipe.sweep.study import FileOrderGridSampler
 
 TINY = {"train.epochs": 2, "model.width": 8, "tracking.plots": False, "data.val_split": 0.2}
 
@@ -87,11 +85,12 @@ def test_grid_runs_in_file_order_and_covers_every_combination() -> None:
     spec = parse_spec({"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
                        "parameters": {"optim.lr": {"values": [0.1, 0.2]}, "model.width": {"values": [8, 16, 32]},
                                       "data.batch_size": {"distribution": "int_uniform", "min": 30, "max": 31}}})
-    assert spec.grid_size() == 12
-    study = optuna.create_study(sampler=FileOrderGridSampler(grid_search_space(spec), [p.key for p in spec.varied]))
+    search = spec.search()
+    assert len(search.points) == 12 and spec.planned_trials() == 12
+    study = optuna.create_study(sampler=search.sampler())
     seen = []
     study.optimize(lambda t: seen.append(trial_overrides(t, spec)) or 0.0, n_trials=20)
-    assert seen == spec.grid()  # trial NNNN is the NNNN-th combination, last parameter fastest
+    assert seen == search.points  # trial NNNN is the NNNN-th combination, last parameter fastest
     assert seen[:3] == [{"optim.lr": 0.1, "model.width": 8, "data.batch_size": b} for b in (30, 31)] + \
         [{"optim.lr": 0.1, "model.width": 16, "data.batch_size": 30}]
 
@@ -111,7 +110,7 @@ def test_base_is_relative_to_the_sweep_file_and_is_fingerprinted(tmp_path: Path)
 
 
 BAD = [
-    ({"method": "hyperopt"}, "method", "grid, random, bayes"),
+    ({"method": "hyperopt"}, "method", "bayes, grid, random"),
     ({"parameters": {"optim.lr": {"distribution": "log_uniformm", "min": 0.1, "max": 1}}}, "log_uniform", "Valid"),
     ({"parameters": {"model.widht": {"values": [8, 16]}}}, "model.widht", "model.width"),
     ({"parameters": {"learnin_rate": {"values": [0.1, 0.2]}}}, "learnin_rate", "optim.lr"),

@@ -1,6 +1,7 @@
 """Sweeps: a W&B-format sweep file run as an Optuna study, one `trainpipe.train()` per trial.
 
-    spec.py     the sweep file -> SweepSpec (methods, metric, distributions, hyperband)
+    spec.py     the sweep file -> SweepSpec (method, metric, distributions, hyperband)
+    methods/    grid, random, bayes: one module per `method:`, registered in SWEEP_METHODS
     names.py    W&B-style flat names and metric names -> config keys; labels for list/dict values
     check.py    every candidate value resolved through the config before anything runs
     space.py    Optuna trial -> config overrides (how each distribution is sampled)
@@ -13,16 +14,45 @@
 
 Reports read a sweep through `open_sweep(DIR)` (the spec and the Optuna study) and
 `trial_rows(study, spec)` (the table's rows, with each trial's per-epoch curve).
+The names below are imported on first use, so that reading a sweep file (or listing
+the sweep methods) does not import Optuna.
 """
 
 from __future__ import annotations
 
-from trainpipe.sweep.check import check_against_config
-from trainpipe.sweep.groups import ConfigGroup, config_groups
-from trainpipe.sweep.results import TrialRow, trial_rows, write_results
-from trainpipe.sweep.run import SweepOutcome, open_sweep, run_sweep, sweep_status
-from trainpipe.sweep.space import trial_overrides
-from trainpipe.sweep.spec import Param, SweepSpec, load_spec, parse_spec
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ConfigGroup", "config_groups", "Param", "SweepOutcome", "SweepSpec", "TrialRow", "check_against_config", "load_spec", "open_sweep",
-           "parse_spec", "run_sweep", "sweep_status", "trial_overrides", "trial_rows", "write_results"]
+_LAZY = {
+    "check_against_config": "trainpipe.sweep.check",
+    "ConfigGroup": "trainpipe.sweep.groups", "config_groups": "trainpipe.sweep.groups",
+    "TrialRow": "trainpipe.sweep.results", "trial_rows": "trainpipe.sweep.results",
+    "write_results": "trainpipe.sweep.results",
+    "SweepOutcome": "trainpipe.sweep.run", "open_sweep": "trainpipe.sweep.run", "run_sweep": "trainpipe.sweep.run",
+    "sweep_status": "trainpipe.sweep.run",
+    "trial_overrides": "trainpipe.sweep.space",
+    "Param": "trainpipe.sweep.spec", "SweepSpec": "trainpipe.sweep.spec", "load_spec": "trainpipe.sweep.spec",
+    "parse_spec": "trainpipe.sweep.spec",
+}
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from trainpipe.sweep.check import check_against_config
+    from trainpipe.sweep.groups import ConfigGroup, config_groups
+    from trainpipe.sweep.results import TrialRow, trial_rows, write_results
+    from trainpipe.sweep.run import SweepOutcome, open_sweep, run_sweep, sweep_status
+    from trainpipe.sweep.space import trial_overrides
+    from trainpipe.sweep.spec import Param, SweepSpec, load_spec, parse_spec
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'trainpipe.sweep' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,7 +8,6 @@ value the config rejects names the parameter, before anything is written.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,7 @@ def load_checked_spec(path: str | Path, *, base: str | None = None,
     spec, problems, base_ok = parse_with_problems(read_yaml(p, what="sweep file"), source=p, base=base,
                                                   overrides=overrides)
     if problems.items and base_ok:
-        usable = replace(spec, params=tuple(q for q in spec.params if q.grid_values() is not None
-                                            or spec.method != "grid"))
-        for msg in config_problems(usable, problems.where):
+        for msg in config_problems(spec, problems.where):
             problems.add(msg)
     problems.raise_if_any()
     return spec
@@ -39,8 +36,8 @@ def load_checked_spec(path: str | Path, *, base: str | None = None,
 def check_against_config(spec: SweepSpec) -> RunConfig:
     """Resolve the config of every candidate value; raise one ConfigError naming every problem.
 
-    Each value is tried with every other parameter at its first candidate, and a grid
-    is tried whole (every combination), so a trial can only fail at run time, never
+    Each value is tried with every other parameter at its first candidate, and a method
+    that visits a fixed list of points (grid) has each of them tried, so a trial can only fail at run time, never
     on its config. Returns the base config with `fixed` applied.
     """
     where = f"sweep file {spec.source!r}" if spec.source else "sweep"
@@ -117,9 +114,13 @@ def _check(spec: SweepSpec, where: str, problems: list[str]) -> RunConfig | None
             if not attempt({**others, p.key: v}, f"{p.display} = {p.label_of(v)!r}"):
                 bad.add(p.key)
                 break
-    if not bad and spec.method == "grid" and spec.grid_size() > 1:
+    try:
+        points = spec.search().points
+    except ConfigError:
+        points = None  # the method refuses these parameters; the sweep file's check said why
+    if not bad and points is not None and len(points) > 1:
         by_key = {p.key: p for p in spec.varied}
-        for combo in spec.grid():
+        for combo in points:
             if not attempt(combo, ", ".join(f"{by_key[k].display} = {by_key[k].label_of(v)!r}"
                                             for k, v in combo.items())):
                 break

@@ -97,8 +97,9 @@ def _sync(device: Any) -> None:
 
 def first_configuration(spec: SweepSpec) -> dict[str, Any]:
     """The overrides of the sweep's first trial (a grid's first point; else each range's low end)."""
-    if spec.method == "grid" and spec.varied:
-        return spec.grid()[0]
+    points = spec.search().points
+    if points:
+        return points[0]
     return {p.key: p.candidates()[0] for p in spec.varied}
 
 
@@ -137,29 +138,28 @@ def _yaml(v: Any) -> str:
 
 
 def plan_lines(spec: SweepSpec, total: int | None, workers: int) -> list[str]:
-    """What would run: the search, the trial count, what every trial sets, each grid trial."""
+    """What would run: the search, the trial count, what every trial sets, each listed point."""
     from trainpipe.sweep.final_test import WHEN
     from trainpipe.sweep.results import fmt
 
-    sampler = {"grid": "every combination once, in file order", "random": "Optuna's RandomSampler",
-               "bayes": "Optuna's TPESampler"}[spec.method]
+    search = spec.search()
     count = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
-    lines = [f"sweep {spec.name} (dry run: nothing is written): {spec.method} search ({sampler}), {count}, "
+    lines = [f"sweep {spec.name} (dry run: nothing is written): {spec.method} search ({search.summary}), {count}, "
              f"{workers} worker{'s' if workers > 1 else ''}; metric {spec.metric_label} ({spec.goal})"]
-    if spec.method == "grid":
-        lines[0] += f"; the grid has {spec.grid_size()} combinations"
+    if search.points is not None:
+        lines[0] += f"; {len(search.points)} {search.noun}"
     common = {k: v for k, v in spec.constant_overrides().items() if not k.startswith("train.monitor")}
     if common:
         lines.append("every trial: " + " ".join(f"{k}={_yaml(v)}" for k, v in common.items()))
     lines.append(f"test split: {WHEN[spec.test]}")
-    if spec.method == "grid":
+    if search.points is not None:
         by_key = {p.key: p for p in spec.varied}
-        grid = spec.grid()[: total if total is not None else None]
-        for i, combo in enumerate(grid[:LISTED_TRIALS]):
+        points = search.points[: total if total is not None else None]
+        for i, combo in enumerate(points[:LISTED_TRIALS]):
             shown = " ".join(f"{by_key[k].display}={fmt(by_key[k].label_of(v))}" for k, v in combo.items())
             lines.append(f"  trial {i:04d}: {shown or '(no varied parameters)'}")
-        if len(grid) > LISTED_TRIALS:
-            lines.append(f"  ... and {len(grid) - LISTED_TRIALS} more")
+        if len(points) > LISTED_TRIALS:
+            lines.append(f"  ... and {len(points) - LISTED_TRIALS} more")
     else:
         for p in spec.varied:
             lines.append(f"  {p.display}: {p.distribution} {fmt(list(p.labels or p.values)) if p.values else ''}"

@@ -216,7 +216,8 @@ def run_sweep(
 def planned_total(spec: SweepSpec, trials: int | None) -> int | None:
     if trials is None:
         return spec.planned_trials()
-    return min(trials, spec.grid_size()) if spec.method == "grid" else trials
+    points = spec.search().points
+    return trials if points is None else min(trials, len(points))
 
 
 def dry_run(sweep: str | Path, output: str | Path | None = None, *, workers: int = 1, trials: int | None = None,

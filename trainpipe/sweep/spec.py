@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import itertools
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainpipe.errors import ConfigError, did_you_mean
+from trainpipe.registry import SWEEP_METHODS
 from trainpipe.sweep.names import METRIC_ALIASES, make_labels, metric_key, needs_labels, param_key
 
-METHODS = ("grid", "random", "bayes")
+if TYPE_CHECKING:
+    from trainpipe.sweep.methods import Search
+
 # W&B's distributions (https://docs.wandb.ai/guides/sweeps/sweep-config-keys), same names and meanings.
 DISTRIBUTIONS = (
     "constant", "categorical", "int_uniform", "uniform", "q_uniform",
@@ -44,7 +46,6 @@ TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "nam
 TEST_MODES = ("best", "all", "none")
 DEFAULT_TEST = "best"
 EPOCH_METRICS = ("val/acc", "val/loss", "val/top5", "train/acc", "train/loss")
-GRID_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -191,18 +192,14 @@ class SweepSpec:
         out.update(self.overrides)
         return out
 
-    def grid(self) -> list[dict[str, Any]]:
-        """Every combination of a grid sweep, in file order (the last parameter varies fastest)."""
-        keys = [p.key for p in self.varied]
-        values = [p.grid_values() or [] for p in self.varied]
-        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-
-    def grid_size(self) -> int:
-        return math.prod(len(p.grid_values() or []) for p in self.varied)
+    def search(self) -> Search:
+        """What the sweep's method makes of it: the sampler and, for grid, every point it visits."""
+        return SWEEP_METHODS.build(self.method, self)
 
     def planned_trials(self) -> int | None:
         """How many trials make the sweep complete; None: until stopped."""
-        caps = [c for c in (self.run_cap, self.grid_size() if self.method == "grid" else None) if c is not None]
+        points = self.search().points
+        caps = [c for c in (self.run_cap, None if points is None else len(points)) if c is not None]
         return min(caps) if caps else None
 
     def fingerprint(self) -> str:
@@ -287,10 +284,10 @@ def parse_with_problems(data: Mapping[str, Any], *, source: str | Path | None = 
             problems.add(f"unknown top-level key {k!r}{did_you_mean(k, TOP_KEYS) or '.'} "
                          f"Valid keys: {', '.join(TOP_KEYS)}.")
     method = data.get("method")
-    if method not in METHODS:
-        got = "missing" if method is None else f"{method!r}"
-        problems.add(f"method is {got}{did_you_mean(str(method), METHODS) or '.'} "
-                     f"Set method to one of: {', '.join(METHODS)}.")
+    if method is None:
+        problems.add(f"method is missing. Set method to one of: {', '.join(SWEEP_METHODS.names())}.")
+    elif problems.attempt(lambda: SWEEP_METHODS.get(str(method), key="method")) is None:
+        method = None
     base_ok = True
     if base is not None:
         resolved_base = base
@@ -336,22 +333,14 @@ def parse_with_problems(data: Mapping[str, Any], *, source: str | Path | None = 
                      f"ends with a test pass), best (only the best configuration, once the sweep has ended) or "
                      f"none.")
         test = DEFAULT_TEST
-    if method == "grid":
-        for prm in params:
-            if prm.grid_values() is None:
-                problems.add(
-                    f"parameters.{prm.display}: method grid needs a finite set of values, but "
-                    f"distribution {prm.distribution} is continuous. Give it values: [...], or use "
-                    f"int_uniform / q_uniform, or switch to method random or bayes.")
     name = data.get("name") or (Path(source).stem if source else "sweep")
-    spec = SweepSpec(name=str(name), method=method if method in METHODS else "grid", metric=metric, goal=goal,
+    spec = SweepSpec(name=str(name), method=str(method or "random"), metric=metric, goal=goal,
                      params=tuple(params), base=resolved_base, fixed=fixed, run_cap=run_cap, hyperband=hyperband,
                      source=str(source) if source else None, raw=dict(data),
                      metric_name=metric_name, test=test,
                      overrides=extra, ignored=tuple(k for k in data if k in IGNORED_KEYS))
-    if method == "grid" and all(p.grid_values() is not None for p in params) and spec.grid_size() > GRID_LIMIT:
-        problems.add(f"the grid has {spec.grid_size():,} combinations (more than "
-                     f"{GRID_LIMIT:,}); use method random or bayes with a run_cap.")
+    if method is not None:
+        problems.attempt(spec.search)  # a method may refuse the parameters (grid over a continuous range)
     return spec, problems, base_ok
 
 

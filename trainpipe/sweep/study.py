@@ -8,7 +8,7 @@ from its process id instead of waiting for the grace period.
 
 Some trials exist only for bookkeeping and are hidden from results: a trial that was
 re-queued (its copy carries on), and a trial *discarded* because another worker had
-already claimed the same grid point or the run cap was reached in the meantime.
+already claimed the same point of a grid or the run cap was reached in the meantime.
 `ledger()` sorts that out once for everyone (results, status, the worker loop).
 """
 
@@ -31,7 +31,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trainpipe.errors import ConfigError
-from trainpipe.sweep.space import grid_search_space
 from trainpipe.sweep.spec import SweepSpec
 
 HEARTBEAT_INTERVAL_S = 30
@@ -114,29 +113,8 @@ def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
 
 
 def sampler_for(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    if spec.method == "grid":
-        return FileOrderGridSampler(grid_search_space(spec), [p.display for p in spec.varied])
-    if spec.method == "random":
-        return optuna.samplers.RandomSampler()
-    # constant_liar: parallel workers see each other's running trials as bad guesses and
-    # spread out instead of sampling the same promising point.
-    return optuna.samplers.TPESampler(constant_liar=True)
-
-
-class FileOrderGridSampler(optuna.samplers.GridSampler):
-    """GridSampler that visits combinations in the sweep file's order, as W&B does.
-
-    Optuna shuffles the grid; a fixed order makes trial NNNN the NNNN-th combination
-    of the file (last parameter fastest), which is what users read in the table.
-    """
-
-    def __init__(self, search_space: dict[str, list[Any]], order: list[str]) -> None:
-        super().__init__(search_space)
-        names = sorted(search_space)
-        ordered = list(itertools.product(*(search_space[k] for k in order)))
-        pos = [order.index(n) for n in names]
-        if hasattr(self, "_all_grids"):
-            self._all_grids = [tuple(c[i] for i in pos) for c in ordered]
+    """The sampler of the sweep's method (`trainpipe.sweep.methods`)."""
+    return spec.search().sampler()
 
 
 def pruner_for(spec: SweepSpec, epochs: int) -> optuna.pruners.BasePruner:
@@ -193,7 +171,7 @@ def ledger(trials: Iterable[FrozenTrial]) -> Ledger:
 
 
 def point_of(trial: FrozenTrial, keys: list[str]) -> tuple | None:
-    """A trial's grid point (Optuna's stored values), or None while not all are sampled."""
+    """A trial's point (Optuna's stored values), or None while not all are sampled."""
     if not all(k in trial.params for k in keys):
         return None
     return tuple(repr(trial.params[k]) for k in keys)

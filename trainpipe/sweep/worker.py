@@ -114,8 +114,9 @@ def describe(overrides: dict[str, Any]) -> str:
 
 
 class Objective:
-    def __init__(self, wc: WorkerConfig, study: optuna.Study) -> None:
+    def __init__(self, wc: WorkerConfig, study: optuna.Study, *, distinct_points: bool = False) -> None:
         self.wc, self.study = wc, study
+        self.distinct_points = distinct_points  # the method visits each point once (grid)
         self.trial_id: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -186,7 +187,7 @@ class Objective:
     def discard_reason(self, trial: optuna.Trial) -> str | None:
         """Checked after sampling, so that two workers racing for the last slot agree.
 
-        Of two trials with the same grid point the lower number keeps it; a new trial
+        Of two trials with the same point (of a grid) the lower number keeps it; a new trial
         beyond the cap (counting only lower numbers) gives way. Queued copies of a
         lost trial never count against the cap: they replace it.
         """
@@ -196,12 +197,12 @@ class Objective:
         led = st.ledger(trials)
         me = next(t for t in trials if t._trial_id == trial._trial_id)
         earlier = [t for t in led.visible if t.number < me.number]
-        if spec.method == "grid":
+        if self.distinct_points:
             keys = [p.display for p in spec.varied]
             mine = st.point_of(me, keys)
             for t in earlier:
                 if st.point_of(t, keys) == mine:
-                    return f"same grid point as trial {t.number:04d}"
+                    return f"same point as trial {t.number:04d}"
         is_copy = "failed_trial" in me.system_attrs
         if self.wc.total is not None and not is_copy and len(earlier) >= self.wc.total:
             return "the sweep already has all its trials"
@@ -213,15 +214,15 @@ def _num(v: Any) -> str:
 
 
 # ------------------------------------------------------------------- the loop
-def next_action(spec: SweepSpec, led: st.Ledger, total: int | None) -> str:
-    """'run', 'wait' or 'done' (see the module docstring)."""
+def next_action(spec: SweepSpec, led: st.Ledger, total: int | None, points: int | None = None) -> str:
+    """'run', 'wait' or 'done' (see the module docstring); `points`: how many the method visits, if a fixed list."""
     if led.by_state(TrialState.WAITING):
         return "run"
     room = total is None or len(led.visible) < total
-    if spec.method == "grid":
+    if points is not None:
         keys = [p.display for p in spec.varied]
         covered = {st.point_of(t, keys) for t in led.visible} - {None}
-        room = room and len(covered) < spec.grid_size()
+        room = room and len(covered) < points
     if room:
         return "run"
     return "wait" if led.by_state(TrialState.RUNNING) else "done"
@@ -232,9 +233,11 @@ def run_worker(wc: WorkerConfig) -> None:
     from trainpipe.sweep.results import write_results
 
     storage = st.make_storage(wc.storage_url, heartbeat_interval=wc.heartbeat_interval, grace_period=wc.grace_period)
-    study = optuna.load_study(study_name=wc.study_name, storage=storage, sampler=st.sampler_for(wc.spec),
+    search = wc.spec.search()
+    study = optuna.load_study(study_name=wc.study_name, storage=storage, sampler=search.sampler(),
                               pruner=st.pruner_for(wc.spec, wc.epochs))
-    objective = Objective(wc, study)
+    objective = Objective(wc, study, distinct_points=search.points is not None)
+    points = None if search.points is None else len(search.points)
     said_wait = False
     try:
         while True:
@@ -245,7 +248,7 @@ def run_worker(wc: WorkerConfig) -> None:
             for n in st.reap_dead_trials(study, grace_period=wc.grace_period):
                 wc.say(f"trial {n:04d} lost its worker; queued again")
             led = st.ledger(storage.get_all_trials(study._study_id, deepcopy=False))
-            action = next_action(wc.spec, led, wc.total)
+            action = next_action(wc.spec, led, wc.total, points)
             if action == "done":
                 return
             if action == "wait":
