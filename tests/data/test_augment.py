@@ -256,6 +256,30 @@ def test_perspective_grid_matches_torchvision_for_given_corners() -> None:
         torch.testing.assert_close(ours[i], expected, atol=1e-4, rtol=0)
 
 
+def test_perspective_on_small_images_fills_the_horizon_pixel_instead_of_nan() -> None:
+    # These corners of an 8x8 image put the homography's horizon through pixel (6, 7):
+    # torchvision's own perspective returns NaN there, and a digits run stopped on a
+    # non-finite loss. Both forms of the op give the fill there and torchvision's values elsewhere.
+    x = images(1, 1, 8, 8)
+    start, end = [[0, 0], [7, 0], [7, 7], [0, 7]], [[0, 2], [7, 1], [5, 5], [2, 6]]
+    plain = TF.perspective(x[0], start, end, interpolation=v2.InterpolationMode.BILINEAR, fill=0.25)
+    assert torch.isnan(plain[0, 6, 7])  # the case being guarded
+    end_x, end_y = torch.tensor([[e[0] for e in end]]), torch.tensor([[e[1] for e in end]])
+    ours = warp(x, perspective_grids(end_x, end_y, 8, 8, torch.float32), "bilinear", 0.25).nan_to_num(nan=0.25)
+    from torchvision.transforms.v2._geometry import _get_perspective_coeffs
+
+    from trainpipe.data.stream_transforms import Perspective
+
+    stream = Perspective(0.5, 1.0, fill=0.25).transform(x[0], {"coefficients": _get_perspective_coeffs(start, end)})
+    finite = ~torch.isnan(plain)
+    for out in (ours[0], stream):
+        assert torch.isfinite(out).all() and out[0, 6, 7] == 0.25
+        torch.testing.assert_close(out[finite], plain[finite], atol=1e-4, rtol=0)
+    op = one({"perspective": {"p": 1.0}})
+    for seed in range(40):  # the batched op, with its own draws, on many batches of 8x8 images
+        assert torch.isfinite(op.batch(images(32, 1, 8, 8), gen(seed))).all()
+
+
 def test_perspective_applies_with_probability_p() -> None:
     x = images(400, 1, 8, 8)
     y = one({"perspective": {"p": 0.3, "distortion_scale": 0.8}}).batch(x, gen(9))

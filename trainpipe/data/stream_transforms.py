@@ -1,4 +1,4 @@
-"""Two small torchvision v2 transforms: the per-sample forms of the `cutout` and `random_crop` ops.
+"""Small torchvision v2 transforms: the per-sample forms of the `cutout`, `random_crop` and `perspective` ops.
 
 Kept outside `data.augment` (whose registry imports every module there) so that importing the ops (as `trainpipe check` and
 `trainpipe list` do) does not import torchvision; StreamLoader imports this when it builds
@@ -54,3 +54,18 @@ class PadRandomCrop(v2.RandomCrop):
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         self.size = tuple(v2.query_size(flat_inputs))
         return super().make_params(flat_inputs)
+
+
+class Perspective(v2.RandomPerspective):
+    """v2.RandomPerspective whose pixels on the warp's horizon get the fill value instead of NaN.
+
+    On small images (digits' 8x8, often; 12x12, now and then) some corner draws put the
+    line the homography sends to infinity through a pixel centre; torchvision's grid then
+    holds inf there and grid_sample returns NaN, which ends a run with a non-finite loss.
+    That pixel lies outside the source image, so it gets the fill like any other.
+    """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = super().transform(inpt, params)
+        fill = float(self.fill) if isinstance(self.fill, (int, float)) else 0.0
+        return out.nan_to_num(nan=fill) if isinstance(out, torch.Tensor) else out

@@ -313,15 +313,16 @@ def perspective(
         end_y = torch.randint(0, bound_h, (b, 4), generator=g, device=x.device) + far_y
         apply = _coin(x, g, p)
         grids = perspective_grids(end_x, end_y, h, w, dtype=x.dtype)
-        return _where(apply, warp(x, grids, interpolation, fill), x)
+        # A pixel on the warp's horizon maps to infinity (NaN from grid_sample): it lies
+        # outside the image and gets the fill, as in stream_transforms.Perspective.
+        return _where(apply, warp(x, grids, interpolation, fill).nan_to_num(nan=fill), x)
 
-    return AugmentOp(
-        "perspective",
-        batch,
-        lambda: _v2().RandomPerspective(
-            distortion_scale, p, interpolation=_interpolation(interpolation), fill=fill
-        ),
-    )
+    def transform() -> v2.Transform:
+        from trainpipe.data.stream_transforms import Perspective
+
+        return Perspective(distortion_scale, p, interpolation=_interpolation(interpolation), fill=fill)
+
+    return AugmentOp("perspective", batch, transform)
 
 
 # ---------------------------------------------------------------- photometric ops
