@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,11 +98,20 @@ def _entries() -> list[tuple[str, str]]:
     return [(f, n) for f, reg in sorted(FAMILIES.items()) for n in reg.names()] + FALLBACKS
 
 
-def _train(tmp_path: Path, overrides: dict[str, object]) -> tuple[dict, list[dict], Path]:
+def _train(tmp_path: Path, overrides: dict[str, object], *, own_process: bool = False) -> tuple[dict, list[dict], Path]:
+    """One short run; `own_process`: as `trainpipe train` in a fresh interpreter (for libraries
+    like wandb that keep process-wide state a later test in this process would inherit)."""
     import trainpipe
 
     run_dir = tmp_path / "run"
-    trainpipe.train(None, {**QUICK, **overrides}, output=run_dir, quiet=True)
+    if own_process:
+        args = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for k, v in {**QUICK, **overrides}.items()]
+        done = subprocess.run([sys.executable, "-m", "trainpipe", "train", *args, "--output", str(run_dir), "--quiet"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        trainpipe.train(None, {**QUICK, **overrides}, output=run_dir, quiet=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert summary["status"] == "completed" and summary["epochs_run"] == len(metrics) >= 1
@@ -196,7 +207,7 @@ def _run_scheduler(name: str, tmp_path: Path, extra: dict[str, object]) -> None:
 def _run_tracker(name: str, tmp_path: Path, extra: dict[str, object]) -> None:
     if name == "wandb":
         pytest.importorskip("wandb")
-    summary, metrics, run_dir = _train(tmp_path, {"tracking.trackers": [name], **extra})
+    summary, metrics, run_dir = _train(tmp_path, {"tracking.trackers": [name], **extra}, own_process=name == "wandb")
     made = {
         "jsonl": lambda: len(metrics) == 1 and "val/acc" in metrics[0],
         "plots": lambda: (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n",

@@ -6,14 +6,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import trainpipe
+from kill_kit import train_and_kill
 from trainpipe import files
 from trainpipe.cli import main
 from trainpipe.errors import StorageError
@@ -121,17 +120,7 @@ def test_ctrl_c_names_the_resume_command(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_a_killed_run_reads_as_interrupted_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs" / "killed"
-    pid = os.fork()
-    if pid == 0:
-        try:
-            trainpipe.train(None, [*TINY, "train.epochs=30"], output=out, quiet=True)
-        finally:
-            os._exit(0)
-    deadline = time.monotonic() + 120
-    while len(rundir.read_metrics(out)) < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    train_and_kill(out, [*TINY, "train.epochs=30"], kill_when=lambda: len(rundir.read_metrics(out)) >= 1)
     assert rundir.read_summary(out)["status"] == "running"  # what the killed process left
     assert rundir.status(out) == "interrupted"
     resume_cmd = f"trainpipe resume {out}"

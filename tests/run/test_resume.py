@@ -1,16 +1,12 @@
 """Exact resume: a run killed with SIGKILL and resumed ends where an uninterrupted run ends.
 
-The killed runs are forked children of the test process (so they share its imports
-and its single torch thread); the reference run and the resumes run in the test
-process. Equality is exact: torch.equal on every tensor, == on every metric but timings.
+The killed runs train in fresh child processes (`kill_kit`, one torch thread like the
+test process); the reference run and the resumes run in the test process. Equality is exact: torch.equal on every tensor, == on every metric but timings.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +16,7 @@ import torch
 import yaml
 
 import trainpipe
+from kill_kit import die_at_step, die_in_save, train_and_kill
 from trainpipe.run import checkpoints as ckpt
 from trainpipe.cli import main
 from trainpipe.errors import ConfigError
@@ -61,25 +58,6 @@ def onecycle_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run_and_kill(run_dir: Path, *, in_child: Callable[[], None] = lambda: None,
-                  kill_when: Callable[[], bool] | None = None, overrides: list[str] = EXACT) -> None:
-    """Train in a forked child; SIGKILL it when `kill_when()` turns true (or let the child kill itself)."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            in_child()
-            trainpipe.train(None, overrides, output=run_dir, quiet=True)
-        finally:
-            os._exit(0)
-    deadline = time.monotonic() + 120
-    while kill_when is not None and not kill_when() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if kill_when is not None:
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the run ended before the kill"
-
-
 def _assert_same_run(run_dir: Path, reference: Path) -> None:
     a = torch.load(reference / "checkpoints/last.pt", weights_only=True)
     b = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
@@ -99,34 +77,20 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 def test_killed_from_outside_after_two_epochs(tmp_path: Path, reference: Path) -> None:
     run_dir = tmp_path / "run"
     metrics = run_dir / "metrics.jsonl"
-    _run_and_kill(run_dir, kill_when=lambda: metrics.is_file() and metrics.read_text().count("\n") >= 2)
+    train_and_kill(run_dir, EXACT, kill_when=lambda: metrics.is_file() and metrics.read_text().count("\n") >= 2)
     assert len(_rows(run_dir)) < EPOCHS
     resume(run_dir, quiet=True)
     _assert_same_run(run_dir, reference)
 
 
 def _die_at_step(epoch: int) -> Callable[[], None]:
-    def die_at_step() -> None:
-        from trainpipe.loop.trainer import Trainer
-
-        real = Trainer.train_step
-        calls = [0]
-
-        def step(self: Trainer, *a: Any) -> Any:
-            calls[0] += 1
-            if calls[0] == (epoch - 1) * STEPS_PER_EPOCH + 7:  # 7 steps into the epoch
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(self, *a)
-
-        Trainer.train_step = step  # type: ignore[method-assign]
-
-    return die_at_step
+    return die_at_step((epoch - 1) * STEPS_PER_EPOCH + 7)  # 7 steps into the epoch
 
 
 @pytest.mark.parametrize("epoch", [1, 4])  # 1: before any epoch's checkpoint, from the epoch-0 state
 def test_killed_in_the_middle_of_an_epoch(tmp_path: Path, reference: Path, epoch: int) -> None:
     run_dir = tmp_path / "run"
-    _run_and_kill(run_dir, in_child=_die_at_step(epoch))
+    train_and_kill(run_dir, EXACT, hook=_die_at_step(epoch))
     assert [r["epoch"] for r in _rows(run_dir)] == list(range(1, epoch))
     resume(run_dir, quiet=True)
     _assert_same_run(run_dir, reference)
@@ -134,7 +98,7 @@ def test_killed_in_the_middle_of_an_epoch(tmp_path: Path, reference: Path, epoch
 
 def test_onecycle_momentum_resumes_exactly(tmp_path: Path, onecycle_reference: Path) -> None:
     run_dir = tmp_path / "run"
-    _run_and_kill(run_dir, in_child=_die_at_step(4), overrides=ONECYCLE)
+    train_and_kill(run_dir, ONECYCLE, hook=_die_at_step(4))
     resume(run_dir, quiet=True)
     _assert_same_run(run_dir, onecycle_reference)
     # The momentum was cycled: torch's OneCycleLR leaves max_momentum (0.95) at the last step.
@@ -143,26 +107,9 @@ def test_onecycle_momentum_resumes_exactly(tmp_path: Path, onecycle_reference: P
 
 
 def test_killed_while_writing_a_checkpoint(tmp_path: Path, reference: Path) -> None:
-    def die_in_the_fifth_save() -> None:
-        real = torch.save
-        calls = [0]
-
-        def save(obj: Any, f: Any, *a: Any, **kw: Any) -> None:
-            calls[0] += 1
-            if calls[0] == 5:  # epoch 0's last.pt, then best.pt and last.pt of epochs 1 and 2
-                import io
-
-                buf = io.BytesIO()
-                real(obj, buf)
-                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            real(obj, f, *a, **kw)
-
-        torch.save = save  # type: ignore[assignment]
-
     run_dir = tmp_path / "run"
-    _run_and_kill(run_dir, in_child=die_in_the_fifth_save)
+    # The fifth save: epoch 0's last.pt, then best.pt and last.pt of epochs 1 and 2.
+    train_and_kill(run_dir, EXACT, hook=die_in_save(5))
     d = run_dir / "checkpoints"
     assert list(d.glob(".*.tmp")), "the kill should have left a half-written temporary file"
     assert ckpt.load(d / "last.pt")["state"]["epoch"] == 1  # the old file, whole
