@@ -26,7 +26,6 @@ Nothing is saved but the curve: the weights come from the config (and any
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,7 +38,7 @@ import torch
 
 from trainpipe.errors import ConfigError
 from trainpipe import files
-from trainpipe.run.rundir import write_config
+from trainpipe.run import rundir
 from trainpipe.run.train import ConfigLike, build_parts, resolve
 
 DEFAULT_MIN_LR, DEFAULT_MAX_LR, DEFAULT_STEPS = 1e-8, 1.0, 100
@@ -127,15 +126,6 @@ def check_arguments(steps: int, min_lr: float, max_lr: float, smoothing: float |
                           f"(0 = no smoothing, 0.98 = Lightning's default).")
 
 
-def default_output(cfg: Any) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"lr-find-{cfg.name}-{stamp}"
-    d, i = base, 1
-    while d.exists():
-        i += 1
-        d = base.with_name(f"{base.name}-{i}")
-    return d
-
 
 def lr_find(
     config: ConfigLike = None,
@@ -159,13 +149,13 @@ def lr_find(
     check_arguments(steps, min_lr, max_lr, smoothing)
     cfg = resolve(config, overrides)
     beta = default_beta(steps) if smoothing is None else float(smoothing)
-    out_dir = Path(output) if output is not None else default_output(cfg)
+    out_dir = Path(output) if output is not None else rundir.fresh(f"lr-find-{cfg.name}")
     lrs, losses, stop_reason = _run(cfg, steps, min_lr, max_lr, beta)
     smoothed = smooth(losses, beta)
     stop_lr = None if stop_reason == "max_lr" else lrs[-1]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_config(out_dir, cfg, command or f"trainpipe.run.lr_find({config!r}, overrides={list(overrides)!r})")
+    rundir.write_config(out_dir, cfg, command or f"trainpipe.run.lr_find({config!r}, overrides={list(overrides)!r})")
     write_csv(out_dir / CSV_NAME, lrs, losses, smoothed)
     choice, problem = choose(lrs, smoothed, min_lr)
     result = LrFindResult(out_dir, lrs, losses, smoothed, math.nan, math.nan, math.nan, math.nan,

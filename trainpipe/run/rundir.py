@@ -40,6 +40,17 @@ WANDB_ID = "wandb_id.txt"
 RUN_MARKERS = (CONFIG, SUMMARY, METRICS, CHECKPOINTS)
 
 
+def fresh(name: str, parent: str | Path = "runs") -> Path:
+    """A directory path that does not exist yet: parent/<name>-<date>-<time>, with -2, -3, ...
+    when several start in the same second."""
+    base = Path(parent) / f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    d, i = base, 1
+    while d.exists():
+        i += 1
+        d = base.with_name(f"{base.name}-{i}")
+    return d
+
+
 def eval_names(checkpoint: str | Path, split: str, tta: bool) -> tuple[str, str]:
     """(json, png) file names of one evaluation: one pair per checkpoint, split and TTA setting,
     so evaluating last.pt never replaces the evaluation of best.pt."""

@@ -8,7 +8,6 @@ the run fails or is interrupted.
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import sys
 import time
@@ -66,15 +65,7 @@ def default_run_name(cfg: RunConfig, config: ConfigLike = None,
 
 
 def new_run_dir(cfg: RunConfig, output: str | Path | None, name: str | None = None) -> Path:
-    if output is not None:
-        return Path(output)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{name or cfg.name}-{stamp}"
-    d, i = base, 1
-    while d.exists():  # two runs started in the same second
-        i += 1
-        d = base.with_name(f"{base.name}-{i}")
-    return d
+    return Path(output) if output is not None else rundir.fresh(name or cfg.name)
 
 
 def train(
