@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from trainpipe import config as config_mod
 from trainpipe.sweep import open_sweep, run_sweep
 
-from sweep_kit import sweep_file  # noqa: E402
+from sweep_kit import TINY, sweep_file  # noqa: E402
+from trainpipe.run import rundir
 from trainpipe.sweep import study as st
 from trainpipe.sweep import worker as worker_mod
 from trainpipe.sweep.results import trial_rows
@@ -55,12 +56,17 @@ def completed_points(study: optuna.Study) -> list[tuple]:
 def test_interrupted_then_killed_sweep_resumes_with_no_repeated_and_no_lost_configuration(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.05, 0.2]}})
+    # Trials long enough that each signal lands while its trial trains, however busy the machine:
+    # the signal is sent once the trial has logged its first epoch, with 9 still to go (seconds).
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.05, 0.2]}}, fixed={**TINY, "train.epochs": 10})
     d = tmp_path / "sweeps" / "s"
+
+    def first_epoch_logged(trial: str) -> bool:
+        return bool(rundir.read_metrics(d / "trials" / trial))
 
     # Ctrl-C during the first trial: exit 130, the trial is marked and queued again.
     p = sweep_cmd(str(s))
-    wait_until(lambda: (d / "trials" / "0000" / "summary.json").is_file(), p)
+    wait_until(lambda: first_epoch_logged("0000"), p)
     p.send_signal(signal.SIGINT)
     out = p.communicate(timeout=120)[0]
     assert p.returncode == 130, out
@@ -72,7 +78,7 @@ def test_interrupted_then_killed_sweep_resumes_with_no_repeated_and_no_lost_conf
 
     # SIGKILL during the queued copy: no clean-up at all this time.
     p = sweep_cmd(str(s))
-    wait_until(lambda: (d / "trials" / "0001" / "summary.json").is_file(), p)
+    wait_until(lambda: first_epoch_logged("0001"), p)
     p.kill()
     p.communicate(timeout=60)
     killed = study.get_trials()[1]
@@ -227,8 +233,12 @@ def test_a_trial_whose_local_worker_died_is_queued_again_at_once(tmp_path: Path)
     dead.suggest_categorical("optim.lr", [0.1, 0.2])
     alive.suggest_categorical("optim.lr", [0.1, 0.2])
     since = {t.number: t.datetime_start for t in study.get_trials()}
-    dead.set_user_attr("worker", {**st.worker_attr(since[dead.number]), "pid": _dead_pid()})
-    alive.set_user_attr("worker", {**st.worker_attr(since[alive.number]), "pid": os.getppid()})
+    # Records as those processes would have written them: their pid and start time.
+    gone_pid, parent = _dead_pid(), os.getppid()
+    dead.set_user_attr("worker", {**st.worker_attr(since[dead.number]), "pid": gone_pid,
+                                  "start": rundir._start_ticks(gone_pid)})
+    alive.set_user_attr("worker", {**st.worker_attr(since[alive.number]), "pid": parent,
+                                   "start": rundir._start_ticks(parent)})
     assert st.reap_dead_trials(study) == [dead.number]
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL and trials[alive.number].state == TrialState.RUNNING

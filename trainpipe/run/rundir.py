@@ -17,10 +17,12 @@ sees half a file; readers skip a line cut short by a killed process.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +98,7 @@ def append_history(run_dir: Path, event: dict[str, Any]) -> None:
 
 def write_process(run_dir: Path) -> None:
     """Record which process runs this directory, so that a reader can tell a killed run."""
-    files.write_json(run_dir / PROCESS, {"pid": os.getpid(), "host": socket.gethostname(),
-                                         "boot": _boot_id(), "start": _start_ticks(os.getpid())})
+    files.write_json(run_dir / PROCESS, this_process())
 
 
 # ---------------------------------------------------------------------- readers
@@ -149,6 +150,20 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------ is it still running?
+# One answer for run directories (process.json) and sweep trials (their worker record):
+# a process is identified by its pid, the machine it ran on, and its start time, so that
+# a later process that got the same pid is not taken for it.
+@functools.lru_cache(maxsize=1)
+def machine_id() -> str:
+    """Host plus boot and process-namespace ids: two containers on one host differ."""
+    parts = [socket.gethostname(), _boot_id()]
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return "|".join(p for p in parts if p)
+
+
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -166,6 +181,49 @@ def _start_ticks(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
+def _pid_alive(pid: int) -> bool:
+    """Without /proc start times: whether any live (not zombie) process has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def this_process() -> dict[str, Any]:
+    """A record of the running process that `gone()` can judge later, on any machine."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "machine": machine_id(), "boot": _boot_id(),
+            "start": _start_ticks(os.getpid())}
+
+
+def is_current(rec: Mapping[str, Any]) -> bool:
+    """Whether `rec` (a `this_process()` record) describes the process calling this."""
+    return (rec.get("pid") == os.getpid() and rec.get("host") == socket.gethostname()
+            and rec.get("machine", machine_id()) == machine_id())
+
+
+def gone(rec: Mapping[str, Any]) -> bool | None:
+    """True when the process `rec` records no longer runs, False while it does, None when this
+    machine cannot tell (it ran on another machine, or the record has no pid)."""
+    try:
+        pid = int(rec["pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if "machine" in rec:
+        if rec["machine"] != machine_id():
+            return None
+    elif rec.get("host") != socket.gethostname() or rec.get("boot") != _boot_id():
+        return None  # a record written before `machine` was kept
+    if rec.get("start") is not None:
+        return _start_ticks(pid) != rec["start"]
+    return not _pid_alive(pid)
+
+
 def read_process(run_dir: str | Path) -> dict[str, Any]:
     try:
         rec = json.loads((Path(run_dir) / PROCESS).read_text())
@@ -175,23 +233,13 @@ def read_process(run_dir: str | Path) -> dict[str, Any]:
 
 
 def is_this_process(run_dir: str | Path) -> bool:
-    rec = read_process(run_dir)
-    return rec.get("pid") == os.getpid() and rec.get("host") == socket.gethostname()
+    return is_current(read_process(run_dir))
 
 
 def process_gone(run_dir: str | Path) -> bool | None:
     """True when the process recorded in process.json no longer runs; None when this machine
-    cannot tell (another host, no record, no /proc)."""
-    rec = read_process(run_dir)
-    try:
-        pid = int(rec["pid"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    if rec.get("host") != socket.gethostname() or rec.get("boot") != _boot_id():
-        return None
-    if rec.get("start") is None:
-        return None
-    return _start_ticks(pid) != rec["start"]
+    cannot tell (another machine, no record)."""
+    return gone(read_process(run_dir))
 
 
 def resume_command(run_dir: str | Path) -> str:

@@ -12,8 +12,6 @@ metrics}); they are also written into the trial's summary.json, where reports re
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import optuna
 
 from trainpipe.loop.callbacks import Callback
+from trainpipe.run import rundir
 from trainpipe.sweep.spec import SweepSpec
 
 TEST_ATTR = "trainpipe:test"
@@ -71,34 +70,22 @@ def evaluate_best(study: optuna.Study, spec: SweepSpec, rows: list[Any],
         if r.number in done or r.test_acc is not None:
             continue
         run_dir = Path(r.run_dir)
-        if not (run_dir / "checkpoints").is_dir():
+        if not (run_dir / rundir.CHECKPOINTS).is_dir():
             say(f"test split: trial {r.name} ran on {r.host or 'another machine'} ({run_dir} is not here); "
                 f"run `trainpipe sweep` there to evaluate it")
             continue
-        cfg = _config(run_dir)
+        cfg = rundir.read_config(run_dir)
         tta = (cfg.get("train") or {}).get("tta") == "flip"
         res = evaluate_checkpoint(run_dir, split="test", tta=tta)
         metrics = {k: float(v) for k, v in res.metrics.items()}
         study.set_user_attr(TEST_ATTR, {**{str(k): v for k, v in recorded(study).items()}, str(r.number): metrics})
-        _add_to_summary(run_dir / "summary.json", metrics)
+        _add_to_summary(run_dir, metrics)
         evaluated.append(r.number)
         say(f"test split: trial {r.name} (best configuration) test/acc {metrics.get('test/acc', float('nan')):.4f}")
     return evaluated
 
 
-def _config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    p = run_dir / "config.yaml"
-    return (yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}
-
-
-def _add_to_summary(path: Path, metrics: dict[str, float]) -> None:
-    if not path.is_file():
-        return
-    summary = json.loads(path.read_text())
-    summary.update(metrics)
-    summary["test_evaluated"] = "after the sweep (test: best)"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+def _add_to_summary(run_dir: Path, metrics: dict[str, float]) -> None:
+    summary = rundir.read_summary(run_dir)
+    if summary:
+        rundir.write_summary(run_dir, {**summary, **metrics, "test_evaluated": "after the sweep (test: best)"})

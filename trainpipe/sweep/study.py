@@ -18,12 +18,10 @@ import datetime as dt
 import inspect
 import itertools
 import os
-import socket
 import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trainpipe.errors import ConfigError
+from trainpipe.run import rundir
 from trainpipe.sweep.spec import SweepSpec
 
 HEARTBEAT_INTERVAL_S = 30
@@ -178,42 +177,10 @@ def point_of(trial: FrozenTrial, keys: list[str]) -> tuple | None:
 
 
 # ---------------------------------------------------------------- who is alive
-@lru_cache(maxsize=1)
-def machine_id() -> str:
-    """Host plus boot and process-namespace ids: two containers on one host differ."""
-    parts = [socket.gethostname()]
-    for path in ("/proc/sys/kernel/random/boot_id",):
-        try:
-            parts.append(Path(path).read_text().strip())
-        except OSError:
-            pass
-    try:
-        parts.append(os.readlink("/proc/self/ns/pid"))
-    except OSError:
-        pass
-    return "|".join(parts)
-
-
 def worker_attr(started: dt.datetime | None = None) -> dict[str, Any]:
-    """Who runs a trial. `since` is the trial's start: a queued copy inherits its original's
-    record, and must not be judged by the original's (dead) process."""
-    return {"machine": machine_id(), "host": socket.gethostname(), "pid": os.getpid(),
-            "since": started.isoformat() if started else None}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is dead for our purpose.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    """Who runs a trial (`rundir.this_process()`). `since` is the trial's start: a queued copy
+    inherits its original's record, and must not be judged by the original's (dead) process."""
+    return {**rundir.this_process(), "since": started.isoformat() if started else None}
 
 
 def requeue(study: optuna.Study, trial_id: int) -> bool:
@@ -250,7 +217,7 @@ def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S)
     for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker")
         if w is not None and w.get("since") == (t.datetime_start.isoformat() if t.datetime_start else None):
-            dead = w.get("machine") == machine_id() and w.get("pid") != os.getpid() and not pid_alive(int(w["pid"]))
+            dead = not rundir.is_current(w) and rundir.gone(w) is True
         else:
             started = t.datetime_start or now
             # The worker records itself first thing; a trial this old without a record

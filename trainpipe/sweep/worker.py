@@ -275,7 +275,7 @@ def release(study: optuna.Study, trial_id: int | None) -> None:
             st.retry_interrupted(study, trial_id)
         for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             w = t.user_attrs.get("worker") or {}
-            if w.get("machine") == st.machine_id() and w.get("pid") == os.getpid():
+            if rundir.is_current(w):
                 st.requeue(study, t._trial_id)
     except Exception as e:  # the storage may be what failed; the next start reaps by pid anyway
         print(f"could not re-queue the interrupted trial ({type(e).__name__}: {e}); the next start will",
