@@ -142,3 +142,26 @@ def test_switching_a_component_by_override_drops_its_old_options() -> None:
 def test_incompatible_combinations_are_refused(override: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         load(None, override)
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"model.name": "mlp", "model.dropout": 1.0}, "model.dropout: input should be less than 1"),
+    ({"model.name": "mlp", "model.widths": [32, 0]}, "model.widths[1]: input should be greater than 0"),
+    ({"model.name": "mlp", "model.depth": -1}, "model.depth: input should be greater than or equal to 0"),
+    ({"model.name": "wide_resnet", "model.depth": 12}, "model.depth: wide_resnet needs depth = 6n + 4"),
+    ({"model.name": "wide_resnet", "model.widen_factor": 0}, "model.widen_factor: input should be greater than 0"),
+    ({"model.name": "speednet", "model.widths": []}, "model.widths: list should have at least 1 item"),
+    ({"model.name": "cnn_small", "model.width": 0}, "model.width: input should be greater than 0"),
+    ({"model.name": "timm", "model.drop_rate": 1.5}, "model.drop_rate: input should be less than 1"),
+    ({"data.test_split": 1.0}, "data.test_split: input should be less than 1"),
+    ({"data.dataset": "frames", "data.context": -1, "model.name": "mlp"},
+     "data.context: input should be greater than or equal to 0"),
+])
+def test_model_and_dataset_options_are_checked_by_config_load(overrides: dict, named: str) -> None:
+    # The builders no longer check these: config.load refuses them before any data is read.
+    with pytest.raises(ConfigError) as e:
+        load(None, overrides)
+    msg = str(e.value)
+    assert msg.startswith(named), msg
+    key = named.split(":")[0].split("[")[0]
+    assert msg.endswith(f"override it with {key}=VALUE."), msg  # a list is overridden whole

@@ -304,7 +304,7 @@ def test_chain_boundaries_with_warmup() -> None:
         ([{"name": "cosine", "start_epoch": 0}], r"sched\.schedulers\[0\]\.start_epoch"),
         ([{"name": "chain", "schedulers": []}], r"sched\.schedulers\[0\]\.name: a chain cannot hold another"),
         ([{"gamma": 0.1}], r"sched\.schedulers\[0\]\.name: is missing"),
-        (["cosine"], r"sched\.schedulers\.0: input should be a valid dictionary"),
+        (["cosine"], r"sched\.schedulers\[0\]: input should be a valid dictionary"),
     ],
 )
 def test_chain_validation(members: list, pattern: str) -> None:

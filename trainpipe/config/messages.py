@@ -50,10 +50,14 @@ def explain(
 ) -> str:
     lines = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"] if not str(p).startswith("function-") and p not in ("int", "float", "str")]
-        # pydantic reports union members as extra loc parts (e.g. 'list[...]'); drop them
-        loc = [p for p in loc if "[" not in p and not p.startswith("dict")]
-        dotted = ".".join(([prefix] if prefix else []) + loc)
+        # pydantic reports union members as extra loc parts (e.g. 'list[...]', 'int'); drop them
+        parts = [p for p in e["loc"] if isinstance(p, int) or not (
+            str(p).startswith(("function-", "dict")) or p in ("int", "float", "str") or "[" in str(p))]
+        loc = [str(p) for p in parts]
+        # A list item reads model.widths[1]; the value to override is the whole list, model.widths.
+        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in ([prefix] if prefix else []) + parts)
+        dotted = dotted.removeprefix(".")
+        settable = dotted.split("[", 1)[0]
         kind = e["type"]
         if kind == "extra_forbidden":
             keys = valid_keys if valid_keys is not None else _valid_keys_at(loc[:-1])
@@ -73,7 +77,7 @@ def explain(
             msg = e["msg"]
             msg = msg[0].lower() + msg[1:] if msg else msg
             msg = msg.removeprefix("value error, ")
-            lines.append(f"{dotted or 'config'}: {msg}; got {shown}. Fix the value in the config or override it with {dotted or 'KEY'}=VALUE.")
+            lines.append(f"{dotted or 'config'}: {msg}; got {shown}. Fix the value in the config or override it with {settable or 'KEY'}=VALUE.")
     if len(lines) > 1:
         return f"{len(lines)} problems in the config: " + " ".join(f"({i + 1}) {l}" for i, l in enumerate(lines))
     return lines[0] if lines else str(err)

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 __all__ = [
-    "AtLeastOne", "Fraction", "Milestones", "NonNegativeFloat", "NonNegativeInt", "OpenFraction",
+    "AtLeastOne", "Dropout", "Fraction", "Milestones", "NonNegativeFloat", "NonNegativeInt", "OpenFraction",
     "OrderedPair", "PositiveFloat", "PositiveInt", "Probability",
 ]
 
@@ -22,6 +22,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0, description="a probability 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, description="a fraction in [0, 1]")]
 OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0, description="a fraction in (0, 1)")]
 AtLeastOne = Annotated[float, Field(ge=1.0)]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0, description="a dropout rate in [0, 1)")]
 
 
 def _increasing_epochs(v: list[int]) -> list[int]:

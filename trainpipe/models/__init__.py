@@ -82,8 +82,6 @@ def build(
         add_input_resize(model, input_size)
     if freeze == "backbone":
         freeze_backbone(model)
-    elif freeze != "none":
-        raise ConfigError(f"model.freeze: expected none or backbone; got {freeze!r}.")
     return model
 
 

@@ -8,10 +8,14 @@ assembled here; the post-activation block is torchvision's own.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator
 from torch import nn
 
+from trainpipe.config.types import Dropout, PositiveInt
 from trainpipe.data.base import DataSpec
 from trainpipe.errors import ConfigError
 from trainpipe.models.wrap import HeadMixin, image_channels
@@ -126,33 +130,33 @@ def _check_width(width: int) -> None:
 
 
 @MODELS.register("resnet18_cifar")
-def resnet18_cifar(spec: DataSpec, /, *, width: int = 64) -> nn.Module:
+def resnet18_cifar(spec: DataSpec, /, *, width: PositiveInt = 64) -> nn.Module:
     """ResNet-18 for small images: 3x3 stem, no max-pool (75%+ on CIFAR-100)."""
     _check_width(width)
     return CifarResNet(image_channels(spec, "resnet18_cifar"), spec.num_classes, width, [2, 2, 2, 2])
 
 
 @MODELS.register("preact_resnet18")
-def preact_resnet18(spec: DataSpec, /, *, width: int = 64) -> nn.Module:
+def preact_resnet18(spec: DataSpec, /, *, width: PositiveInt = 64) -> nn.Module:
     """Pre-activation ResNet-18 for small images (He et al. 2016, identity mappings)."""
     _check_width(width)
     widths = [width * 2**i for i in range(4)]
     return PreActResNet(image_channels(spec, "preact_resnet18"), spec.num_classes, width, widths, [2, 2, 2, 2])
 
 
-@MODELS.register("wide_resnet")
-def wide_resnet(spec: DataSpec, /, *, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0) -> nn.Module:
-    """Wide ResNet WRN-depth-k (Zagoruyko & Komodakis 2016); WRN-28-10 by default."""
+def _wrn_depth(depth: int) -> int:
     if depth < 10 or (depth - 4) % 6:
-        raise ConfigError(
-            f"model.depth: wide_resnet needs depth = 6n + 4 with n >= 1 (10, 16, 22, 28, 40); got {depth}."
-        )
-    if widen_factor < 1:
-        raise ConfigError(
-            f"model.widen_factor: must be a positive integer (10 for WRN-28-10); got {widen_factor}."
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout: must be in [0, 1) (the paper uses 0.3); got {dropout}.")
+        raise ValueError("wide_resnet needs depth = 6n + 4 with n >= 1 (10, 16, 22, 28, 40)")
+    return depth
+
+
+WrnDepth = Annotated[int, AfterValidator(_wrn_depth)]
+
+
+@MODELS.register("wide_resnet")
+def wide_resnet(spec: DataSpec, /, *, depth: WrnDepth = 28, widen_factor: PositiveInt = 10,
+                dropout: Dropout = 0.0) -> nn.Module:
+    """Wide ResNet WRN-depth-k (Zagoruyko & Komodakis 2016); WRN-28-10 by default (the paper's dropout: 0.3)."""
     n = (depth - 4) // 6
     widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
     return PreActResNet(image_channels(spec, "wide_resnet"), spec.num_classes, 16, widths, [n] * 3, dropout)

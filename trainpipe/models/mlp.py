@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from trainpipe.config.types import Dropout, NonNegativeInt, PositiveInt
 from trainpipe.data.base import DataSpec
 from trainpipe.errors import ConfigError
 from trainpipe.models.wrap import HeadMixin
@@ -122,29 +123,18 @@ def mlp(
     spec: DataSpec,
     /,
     *,
-    widths: list[int] | None = None,
-    depth: int = 2,
-    width: int = 256,
+    widths: list[PositiveInt] | None = None,
+    depth: NonNegativeInt = 2,
+    width: PositiveInt = 256,
     shape: Shape = "constant",
     activation: Activation = "relu",
     norm: Norm = "none",
-    dropout: float = 0.0,
+    dropout: Dropout = 0.0,
     init: Init = "torch",
 ) -> nn.Module:
     """Fully connected net on flattened input; explicit `widths` or `depth` x `width` in a `shape`."""
     if widths is None:
-        if depth < 0 or width < 1:
-            raise ConfigError(
-                f"model.depth / model.width: need depth >= 0 hidden layers of width >= 1; "
-                f"got depth={depth}, width={width}."
-            )
         widths = hidden_widths(depth, width, shape)
-    elif any(w < 1 for w in widths):
-        raise ConfigError(f"model.widths: every hidden width must be a positive integer; got {widths}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout: must be in [0, 1); got {dropout}.")
-    if activation not in _ACTIVATIONS:
-        raise ConfigError(f"model.activation: expected one of {', '.join(_ACTIVATIONS)}; got {activation!r}.")
     net = MLP(math.prod(spec.in_shape), spec.num_classes, list(widths), activation, norm, dropout)
     _initialise(net, init, activation)
     return net

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from trainpipe.config.types import Dropout, PositiveInt
 from trainpipe.data.base import DataSpec
 from trainpipe.registry import MODELS
 
@@ -40,7 +41,7 @@ class CnnSmall(nn.Module):
 
 
 @MODELS.register("cnn_small")
-def cnn_small(spec: DataSpec, /, *, width: int = 32, dropout: float = 0.0) -> nn.Module:
+def cnn_small(spec: DataSpec, /, *, width: PositiveInt = 32, dropout: Dropout = 0.0) -> nn.Module:
     """A three-layer CNN with global pooling: the quickstart model for small images."""
     if not spec.is_image:
         from trainpipe.errors import ConfigError

@@ -8,9 +8,13 @@ the training set at build time; this stem learns from a normal init instead.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from trainpipe.config.types import PositiveFloat, PositiveInt
 from trainpipe.data.base import DataSpec
 from trainpipe.errors import ConfigError
 from trainpipe.models.wrap import HeadMixin, image_channels
@@ -64,17 +68,12 @@ def speednet(
     spec: DataSpec,
     /,
     *,
-    widths: list[int] = [64, 256, 256],  # noqa: B006 (read-only default, shown by `trainpipe list`)
-    stem_width: int = 24,
-    logit_scale: float = 1 / 9,
+    widths: Annotated[list[PositiveInt], Field(min_length=1)] = [64, 256, 256],  # noqa: B006 (read-only, shown by `trainpipe list`)
+    stem_width: PositiveInt = 24,
+    logit_scale: PositiveFloat = 1 / 9,
 ) -> nn.Module:
     """airbench-style fast CIFAR net: 2x2 stem + conv/pool/BN/GELU groups; for quick sweeps."""
     channels = image_channels(spec, "speednet")
-    if not widths or any(w < 1 for w in widths) or stem_width < 1:
-        raise ConfigError(
-            f"model.widths / model.stem_width: need at least one group and positive widths; "
-            f"got widths={widths}, stem_width={stem_width}."
-        )
     # The 2x2 stem takes one pixel off, then every group halves the size.
     smallest = 2 ** len(widths) + 1
     if min(spec.in_shape[1:]) < smallest:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainpipe.config.types import Dropout
 from trainpipe.data.base import DataSpec
 from trainpipe.errors import ConfigError, did_you_mean
 from trainpipe.models.wrap import image_channels
@@ -53,8 +54,8 @@ def timm_model(
     /,
     *,
     arch: str = "resnet18",
-    drop_rate: float = 0.0,
-    drop_path_rate: float | None = None,
+    drop_rate: Dropout = 0.0,
+    drop_path_rate: Dropout | None = None,
 ) -> nn.Module:
     """Any timm model by name (model.arch: resnet50, convnext_tiny, vit_small_patch16_224, ...)."""
     import timm

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from trainpipe.config.types import OpenFraction
 from trainpipe.data.base import SourceData, Split
 from trainpipe.data.splits import stratified_split
 from trainpipe.registry import DATASETS
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @DATASETS.register("digits")
-def digits(cfg: "DataConfig", /, *, test_split: float = 0.2) -> SourceData:
+def digits(cfg: "DataConfig", /, *, test_split: OpenFraction = 0.2) -> SourceData:
     """scikit-learn's 8x8 handwritten digits (1,797 images, embedded: no download)."""
     from sklearn.datasets import load_digits
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from trainpipe.config.types import NonNegativeInt
 from trainpipe.data.base import SourceData, Split
 from trainpipe.data.sources.folders import check_numpy_file, labels_of, read_class_names
 from trainpipe.data.prepare import Decoded, cached_source
@@ -166,13 +167,11 @@ def frames(
     /,
     *,
     path: str | None = None,
-    context: int = 5,
+    context: NonNegativeInt = 5,
     normalize: Literal["global", "utterance", "none"] = "global",
     allow_pickle: bool = False,
 ) -> SourceData:
     """Per-frame labels with +-context frames of features around each (speech frames)."""
-    if context < 0:
-        raise DataError(f"data.context must be >= 0 (frames on each side of the centre frame), got {context}.")
     p = Path(path or cfg.root).expanduser()
     where = "data.path" if path else "data.root"
     if not p.exists():
