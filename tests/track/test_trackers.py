@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,18 @@ def test_summary_is_written_even_when_the_run_crashes(tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").is_file()  # trackers close in a finally
     assert os.path.getsize(tmp_path / "metrics.jsonl") > 0 and torch.load(
         tmp_path / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"] == 0
+
+
+@pytest.mark.parametrize("tracker,package", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
+def test_a_tracker_whose_library_is_missing_says_how_to_install_it(tracker: str, package: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainpipe.errors import ConfigError
+    from trainpipe.registry import TRACKERS
+
+    monkeypatch.setitem(sys.modules, package, None)  # what `import package` finds when it is not installed
+    cfg = trainpipe.load_config(None, [f"tracking.trackers=[{tracker}]"])
+    with pytest.raises(ConfigError) as e:
+        TRACKERS.build(tracker, tmp_path, cfg)
+    msg = str(e.value)
+    assert f"the {tracker} tracker needs the {package} package" in msg and f"pip install {package}" in msg
+    assert "tracking.trackers" in msg

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainpipe.errors import ConfigError
 from trainpipe.loop.callbacks import Callback
 from trainpipe.run import rundir
 from trainpipe.registry import TRACKERS
+from trainpipe.track import require_library
 
 if TYPE_CHECKING:
     from trainpipe.config import RunConfig
@@ -71,11 +71,7 @@ class TensorBoardTracker(Callback):
 @TRACKERS.register("tensorboard")
 def tensorboard(run_dir: str | Path, cfg: "RunConfig", /) -> Callback:
     """TensorBoard event files in RUN_DIR/tb: scalars per epoch plus the config as hparams."""
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        raise ConfigError("tracking.tensorboard: true needs the tensorboard package; "
-                          "install it with `pip install tensorboard` or set tracking.tensorboard=false.") from None
+    require_library("tensorboard", "tensorboard")
     return TensorBoardTracker(run_dir, cfg)
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainpipe.config.schema import WandbConfig
-from trainpipe.errors import ConfigError
 from trainpipe import files
 from trainpipe.loop.callbacks import Callback
 from trainpipe.run import rundir
 from trainpipe.registry import TRACKERS
+from trainpipe.track import require_library
 
 if TYPE_CHECKING:
     from trainpipe.config import RunConfig
@@ -83,9 +83,5 @@ class WandbTracker(Callback):
 @TRACKERS.register("wandb")
 def wandb_tracker(run_dir: str | Path, cfg: "RunConfig", /) -> Callback:
     """Weights & Biases: config and metrics; the run id kept for resume (tracking.wandb)."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        raise ConfigError("tracking.wandb is set but the wandb package is not installed; "
-                          "install it with `pip install wandb` or remove tracking.wandb.") from None
+    require_library("wandb", "wandb")
     return WandbTracker(run_dir, cfg)
