@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import pytest
 import yaml
@@ -8,6 +9,7 @@ import yaml
 from config_kit import assert_keeps
 from trainpipe import config
 from trainpipe.config import load
+from trainpipe.config.types import ComponentList, ComponentName
 from trainpipe.errors import ConfigError
 
 
@@ -165,3 +167,44 @@ def test_model_and_dataset_options_are_checked_by_config_load(overrides: dict, n
     assert msg.startswith(named), msg
     key = named.split(":")[0].split("[")[0]
     assert msg.endswith(f"override it with {key}=VALUE."), msg  # a list is overridden whole
+
+
+_SEEN: list[list[dict[str, Any]]] = []
+
+
+def _record(members: list[dict[str, Any]], cfg: Any) -> None:
+    _SEEN.append(members)
+
+
+def test_a_component_that_holds_others_is_checked_from_its_signature_alone() -> None:
+    # A new wrapper (a lookahead around any optimizer) and a list of schedules, declared only
+    # by the types of their options: config.load checks what they name like any component.
+    from trainpipe.registry import OPTIMIZERS, SCHEDULERS
+
+    @OPTIMIZERS.register("lookahead_test")
+    def lookahead(groups: list, /, *, base: Annotated[str, ComponentName("optimizer", options="base_options")] = "sgd",
+                  base_options: dict | None = None, k: int = 5) -> Any:
+        """Test wrapper."""
+
+    @SCHEDULERS.register("sequence_test")
+    def sequence(h: Any, /, *, parts: Annotated[list[dict[str, Any]], ComponentList(
+            "scheduler", member_keys=("epochs",), check=_record)] = []) -> Any:
+        """Test list."""
+
+    try:
+        cfg = load(None, {"optim.name": "lookahead_test", "optim.base": "adamw",
+                          "optim.base_options": {"betas": [0.8, 0.9]}})
+        assert cfg.optim.options()["base_options"] == {"betas": [0.8, 0.9], "eps": 1e-8, "amsgrad": False}
+        with pytest.raises(ConfigError, match=r"optim\.base: unknown optimizer 'adamx'; did you mean adam"):
+            load(None, {"optim.name": "lookahead_test", "optim.base": "adamx"})
+        with pytest.raises(ConfigError, match=r"optim\.base_options\.momentum: unknown key"):
+            load(None, {"optim.name": "lookahead_test", "optim.base": "adamw", "optim.base_options": {"momentum": 1}})
+        with pytest.raises(ConfigError, match=r"optim\.base: lookahead_test cannot wrap itself.*optim\.base=sgd"):
+            load(None, {"optim.name": "lookahead_test", "optim.base": "lookahead_test"})
+        cfg = load(None, {"sched.name": "sequence_test", "sched.parts": [{"name": "step", "epochs": 3}]})
+        assert cfg.sched.options()["parts"] == [{"name": "step", "step_size": 30, "gamma": 0.1, "epochs": 3}]
+        assert _SEEN[-1] == cfg.sched.options()["parts"]  # the list's own check saw the completed members
+        with pytest.raises(ConfigError, match=r"sched\.parts\[0\]\.gama: unknown key.*gamma"):
+            load(None, {"sched.name": "sequence_test", "sched.parts": [{"name": "step", "gama": 0.5}]})
+    finally:
+        del OPTIMIZERS._entries["lookahead_test"], SCHEDULERS._entries["sequence_test"]

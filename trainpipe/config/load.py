@@ -29,8 +29,9 @@ from trainpipe.config.schema import (
     RunConfig,
     SchedConfig,
 )
+from trainpipe.config.types import ComponentList, ComponentName
 from trainpipe.errors import ConfigError
-from trainpipe.registry import AUGMENTS, OPTIMIZERS, SCHEDULERS, TRACKERS, Entry
+from trainpipe.registry import AUGMENTS, FAMILIES, TRACKERS, Entry
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -160,17 +161,25 @@ def validate(data: Mapping[str, Any]) -> RunConfig:
 
 
 # ----------------------------------------------------------- component options
-def options_model(entry: Entry) -> type[BaseModel]:
-    """A pydantic model of an entry's keyword-only parameters (its config options)."""
+def _option_hints(entry: Entry) -> dict[str, Any]:
+    """The entry's option annotations, resolved (modules use `from __future__ import
+    annotations`) in the function's own module, without evaluating anything from a config."""
     params = entry.options()
-    # Resolve string annotations (modules use `from __future__ import annotations`)
-    # in the function's own module, without evaluating anything taken from a config.
     shim = type("_Options", (), {"__annotations__": {n: p.annotation for n, p in params.items()}})
     shim.__module__ = entry.fn.__module__
     try:
-        hints = typing.get_type_hints(shim, include_extras=True)
-    except Exception:
-        hints = {}
+        return typing.get_type_hints(shim, include_extras=True)
+    except NameError as e:
+        # A type the signature names but its module imports only for type checking: without
+        # the types, the options would go unchecked, so this is the component's bug to fix.
+        raise TypeError(f"{entry.name}: the types of its options cannot be resolved in {entry.fn.__module__} "
+                        f"({e}); import them at module level there.") from None
+
+
+def options_model(entry: Entry) -> type[BaseModel]:
+    """A pydantic model of an entry's keyword-only parameters (its config options)."""
+    params = entry.options()
+    hints = _option_hints(entry)
     fields: dict[str, Any] = {}
     for n, p in params.items():
         ann = hints.get(n, Any)
@@ -205,7 +214,7 @@ def _complete_components(cfg: RunConfig) -> RunConfig:
         sec: ComponentSection = getattr(cfg, section)
         entry = sec.registry.get(sec.component(), key=f"{section}.{sec.name_field}")
         opts = validate_options(entry, sec.options(), key=section, also_valid=list(type(sec).model_fields))
-        opts = _nested_components(section, entry.name, opts, cfg)
+        opts = _nested_components(entry, opts, section, cfg)
         base = sec.model_dump(mode="json", exclude=set(sec.options()))
         if section == "data":
             base["augment"] = augment_specs(cfg.data.augment)
@@ -253,74 +262,53 @@ def _parse_augment(spec: Any, key: str) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _nested_components(section: str, name: str, opts: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
-    """The two components that hold other components: SAM wraps a base optimizer, and a
-    chain lists schedules. Their members are checked like any component."""
-    if section == "optim" and name == "sam":
-        if opts["base"] == "sam":
-            raise ConfigError("optim.base: sam cannot wrap itself; name the optimizer it should wrap, "
-                              "e.g. optim.base=sgd.")
-        base = OPTIMIZERS.get(opts["base"], key="optim.base")
-        if not base.accepts_any_option():
-            opts["base_options"] = validate_options(base, opts.get("base_options") or {}, key="optim.base_options")
-    if section == "sched" and name == "chain":
-        opts["schedulers"] = check_chain(opts["schedulers"], cfg)
+def _nested_components(entry: Entry, opts: dict[str, Any], key: str, cfg: RunConfig) -> dict[str, Any]:
+    """Options that name or list components of another family (`ComponentName`,
+    `ComponentList` in the entry's signature: SAM's base optimizer, a chain's schedules),
+    each checked and completed like any component."""
+    for option, marker in _component_markers(entry).items():
+        where = f"{key}.{option}"
+        if isinstance(marker, ComponentName):
+            name = opts[option]
+            if name == entry.name:
+                default = entry.options()[option].default
+                raise ConfigError(f"{where}: {entry.name} cannot wrap itself; name the {marker.family} it should "
+                                  f"wrap, e.g. {where}={default}.")
+            named = FAMILIES[marker.family].get(str(name), key=where)
+            if marker.options is not None and not named.accepts_any_option():
+                opts[marker.options] = validate_options(named, opts.get(marker.options) or {},
+                                                        key=f"{key}.{marker.options}")
+        elif isinstance(marker, ComponentList):
+            opts[option] = [_member(raw, f"{where}[{i}]", marker, entry) for i, raw in enumerate(opts[option])]
+            if marker.check is not None:
+                marker.check(opts[option], cfg)
     return opts
 
 
-def check_chain(members: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, Any]]:
-    """A chain's members, each checked against its schedule and completed; their hand-off
-    epochs must follow one another within the run (after any warmup in epochs)."""
-    if not members:
-        raise ConfigError("sched.schedulers: is empty; list the schedulers in order, e.g. "
-                          "[{name: onecycle, until_epoch: 15}, {name: plateau}].")
-    out, starts = [], []
-    for i, raw in enumerate(members):
-        key = f"sched.schedulers[{i}]"
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{key}: expected a mapping such as {{name: cosine}}, got {raw!r}.")
-        opts = dict(raw)
-        name, start, until = opts.pop("name", None), opts.pop("start_epoch", None), opts.pop("until_epoch", None)
-        if name is None:
-            raise ConfigError(f"{key}.name: is missing; name the scheduler, e.g. name: cosine.")
-        if name == "chain":
-            raise ConfigError(f"{key}.name: a chain cannot hold another chain; list its members here instead.")
-        entry = SCHEDULERS.get(str(name), key=f"{key}.name")
-        for what, v in (("start_epoch", start), ("until_epoch", until)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                raise ConfigError(f"{key}.{what}: must be a whole epoch number, got {v!r}.")
-        member = {"name": name, **_json_ready(validate_options(entry, opts, key=key))}
-        if start is not None:
-            member["start_epoch"] = start
-        if until is not None:
-            member["until_epoch"] = until
-        out.append(member)
-        if i == 0:
-            if start is not None:
-                raise ConfigError(f"{key}.start_epoch: the first scheduler starts with the chain (epoch 0, or "
-                                  f"when warmup ends); remove start_epoch.")
-            starts.append(cfg.sched.warmup_epochs)
-            continue
-        before = out[i - 1].get("until_epoch")
-        if start is None and before is None:
-            raise ConfigError(f"{key}: says nowhere when it takes over; give it start_epoch: N, or give "
-                              f"schedulers[{i - 1}] until_epoch: N.")
-        if start is not None and before is not None and start != before:
-            raise ConfigError(f"{key}.start_epoch: is {start} but schedulers[{i - 1}].until_epoch is {before}; "
-                              f"they must agree (or keep one).")
-        s = start if start is not None else before
-        if s <= starts[-1]:
-            raise ConfigError(f"{key}.start_epoch: ({s}) must come after the previous scheduler's start "
-                              f"(epoch {starts[-1]:g}, after any warmup).")
-        if cfg.train.epochs and s >= cfg.train.epochs:
-            raise ConfigError(f"{key}.start_epoch: ({s}) must come before the end of training "
-                              f"(epoch {cfg.train.epochs}).")
-        starts.append(float(s))
-    last_until = out[-1].get("until_epoch")
-    if last_until is not None and cfg.train.epochs and not starts[-1] < last_until <= cfg.train.epochs:
-        raise ConfigError(f"sched.schedulers[{len(out) - 1}].until_epoch: ({last_until}) must be after its start "
-                          f"(epoch {starts[-1]:g}) and no later than the last epoch ({cfg.train.epochs}); "
-                          f"after it the lr holds its last value.")
+def _member(raw: Any, key: str, marker: ComponentList, owner: Entry) -> dict[str, Any]:
+    """One member of a `ComponentList`: {name, **options checked and completed, **member keys}."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: expected a mapping such as {{name: ...}}, got {raw!r}.")
+    opts = dict(raw)
+    name = opts.pop("name", None)
+    kept = {k: opts.pop(k) for k in marker.member_keys if k in opts}
+    if name is None:
+        raise ConfigError(f"{key}.name: is missing; name the {marker.family}, e.g. name: "
+                          f"{FAMILIES[marker.family].names()[0]}.")
+    if name == owner.name:
+        raise ConfigError(f"{key}.name: a {owner.name} cannot hold another {owner.name}; list its members "
+                          f"here instead.")
+    entry = FAMILIES[marker.family].get(str(name), key=f"{key}.name")
+    return {"name": name, **_json_ready(validate_options(entry, opts, key=key)), **kept}
+
+
+def _component_markers(entry: Entry) -> dict[str, ComponentName | ComponentList]:
+    """The entry's options marked as holding other components."""
+    out = {}
+    for option, hint in _option_hints(entry).items():
+        for meta in getattr(hint, "__metadata__", ()):
+            if isinstance(meta, (ComponentName, ComponentList)):
+                out[option] = meta
     return out
 
 

@@ -8,13 +8,14 @@ data is read, and the component's body never checks it again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 __all__ = [
-    "AtLeastOne", "Dropout", "Fraction", "Milestones", "NonNegativeFloat", "NonNegativeInt", "OpenFraction",
+    "AtLeastOne", "ComponentList", "ComponentName", "Dropout", "Fraction", "Milestones", "NonNegativeFloat", "NonNegativeInt", "OpenFraction",
     "OrderedPair", "PositiveFloat", "PositiveInt", "Probability",
 ]
 
@@ -40,3 +41,36 @@ def _ordered(v: Sequence[float]) -> tuple[float, float]:
 
 Milestones = Annotated[list[int], AfterValidator(_increasing_epochs)]
 OrderedPair = Annotated[tuple[float, float], AfterValidator(_ordered)]
+
+
+# ------------------------------------------------ components that hold components
+@dataclass(frozen=True)
+class ComponentName:
+    """Marks an option that names a component of another family, e.g. SAM's `base` optimizer:
+
+        base: Annotated[str, ComponentName("optimizer", options="base_options")] = "sgd"
+
+    `trainpipe.config.load` looks the name up in that family (its unknown-name message; a
+    component cannot name itself) and checks the mapping in the sibling option `options`
+    against the named component's signature, completed with its defaults.
+    """
+
+    family: str
+    options: str | None = None
+
+
+@dataclass(frozen=True)
+class ComponentList:
+    """Marks an option that lists components of another family, each `{name, **options}`,
+    e.g. a chain's schedulers:
+
+        schedulers: Annotated[list[dict[str, Any]], ComponentList("scheduler", ...)]
+
+    `trainpipe.config.load` checks each member against its component's signature (a member
+    may also carry `member_keys`, e.g. start_epoch), then calls `check(members, cfg)`, when
+    given, for what concerns the list as a whole (the chain's hand-off epochs).
+    """
+
+    family: str
+    member_keys: tuple[str, ...] = ()
+    check: Callable[[list[dict[str, Any]], Any], None] | None = None

@@ -23,6 +23,7 @@ from pydantic import Field, PositiveFloat
 from torch import nn
 from torch.optim import Optimizer
 
+from trainpipe.config.types import ComponentName
 from trainpipe.errors import ConfigError
 from trainpipe.optim.muon import KernelMuon, OptimizerSet
 from trainpipe.optim.sam import SAM
@@ -144,8 +145,10 @@ def rmsprop(param_groups: list[dict[str, Any]], /, *, alpha: float = 0.99, eps: 
 
 
 @OPTIMIZERS.register("sam")
-def sam(param_groups: list[dict[str, Any]], /, *, base: str = "sgd", rho: PositiveFloat = 0.05, adaptive: bool = False,
-        base_options: dict[str, Any] | None = None, freeze_bn: bool = True) -> Optimizer:
+def sam(param_groups: list[dict[str, Any]], /, *,
+        base: Annotated[str, ComponentName("optimizer", options="base_options")] = "sgd",
+        rho: PositiveFloat = 0.05, adaptive: bool = False, base_options: dict[str, Any] | None = None,
+        freeze_bn: bool = True) -> Optimizer:
     """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM;
     freeze_bn=false lets the second pass update BatchNorm's running statistics too."""
     entry = OPTIMIZERS.get(base, key="optim.base")

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from trainpipe.config.types import ComponentList
+from trainpipe.errors import ConfigError
 from trainpipe.registry import SCHEDULERS
 from trainpipe.sched.curves import EPS, Curve, Horizon
+
+if TYPE_CHECKING:
+    from trainpipe.config import RunConfig
 
 
 class Chain(Curve):
@@ -66,12 +71,60 @@ class Chain(Curve):
             m.load_state_dict(s)
 
 
+def check_handoffs(members: list[dict[str, Any]], cfg: RunConfig) -> None:
+    """The members' hand-off epochs follow one another within the run (after any warmup in
+    epochs). Called by `trainpipe.config.load` once each member is checked."""
+    if not members:
+        raise ConfigError("sched.schedulers: is empty; list the schedulers in order, e.g. "
+                          "[{name: onecycle, until_epoch: 15}, {name: plateau}].")
+    starts: list[float] = []
+    for i, member in enumerate(members):
+        key = f"sched.schedulers[{i}]"
+        start, until = member.get("start_epoch"), member.get("until_epoch")
+        for what, v in (("start_epoch", start), ("until_epoch", until)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                raise ConfigError(f"{key}.{what}: must be a whole epoch number, got {v!r}.")
+        if i == 0:
+            if start is not None:
+                raise ConfigError(f"{key}.start_epoch: the first scheduler starts with the chain (epoch 0, or "
+                                  f"when warmup ends); remove start_epoch.")
+            starts.append(cfg.sched.warmup_epochs)
+            continue
+        before = members[i - 1].get("until_epoch")
+        if start is None and before is None:
+            raise ConfigError(f"{key}: says nowhere when it takes over; give it start_epoch: N, or give "
+                              f"schedulers[{i - 1}] until_epoch: N.")
+        if start is not None and before is not None and start != before:
+            raise ConfigError(f"{key}.start_epoch: is {start} but schedulers[{i - 1}].until_epoch is {before}; "
+                              f"they must agree (or keep one).")
+        s = start if start is not None else before
+        if s <= starts[-1]:
+            raise ConfigError(f"{key}.start_epoch: ({s}) must come after the previous scheduler's start "
+                              f"(epoch {starts[-1]:g}, after any warmup).")
+        if cfg.train.epochs and s >= cfg.train.epochs:
+            raise ConfigError(f"{key}.start_epoch: ({s}) must come before the end of training "
+                              f"(epoch {cfg.train.epochs}).")
+        starts.append(float(s))
+    last_until = members[-1].get("until_epoch")
+    if last_until is not None and cfg.train.epochs and not starts[-1] < last_until <= cfg.train.epochs:
+        raise ConfigError(f"sched.schedulers[{len(members) - 1}].until_epoch: ({last_until}) must be after its "
+                          f"start (epoch {starts[-1]:g}) and no later than the last epoch ({cfg.train.epochs}); "
+                          f"after it the lr holds its last value.")
+
+
 @SCHEDULERS.register("chain")
-def chain(h: Horizon, /, *, schedulers: list[dict[str, Any]]) -> Curve:
+def chain(
+    h: Horizon,
+    /,
+    *,
+    schedulers: Annotated[list[dict[str, Any]], ComponentList(
+        "scheduler", member_keys=("start_epoch", "until_epoch"), check=check_handoffs)],
+) -> Curve:
     """Schedules one after another, each from the epoch it takes over (start_epoch or the
     previous one's until_epoch), continuing from the lr the previous one left.
 
-    The members come checked and completed by `trainpipe.config.load` (`check_chain`).
+    The members come checked and completed by `trainpipe.config.load` (each against its
+    schedule's signature, then `check_handoffs`).
     """
     starts: list[float] = [h.start]
     for before, member in zip(schedulers, schedulers[1:]):
