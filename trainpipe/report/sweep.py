@@ -160,17 +160,18 @@ def _matches(given: Any, resolved: Any) -> bool:
     return same(given, resolved) if not isinstance(given, (list, dict)) else given == resolved
 
 
-def _resolved_form(key: str, value: Any) -> Any:
-    """A sweep value as a resolved config.yaml holds it (data.augment entries completed with
-    every option), so that a trial's config is matched to the label of its value."""
-    if key == "data.augment" and isinstance(value, list):
-        from trainpipe.config import augment_specs
+def _resolved_form(key: str, value: Any, config: dict[str, Any]) -> Any:
+    """A list or dict sweep value as config.load completes it in this trial's config (an
+    augment list, a chain's members, with every option), so that the trial's resolved
+    config.yaml is matched to the label of its value."""
+    if not isinstance(value, (list, dict)):
+        return value
+    from trainpipe.config import load
 
-        try:
-            return augment_specs(value)
-        except Exception:  # a value the config refuses never ran
-            return value
-    return value
+    try:
+        return _lookup(load(base=config, overrides={key: value}).to_dict(), key)
+    except ConfigError:  # a value the config refuses never ran
+        return value
 
 
 def value_from_config(p: Param, config: dict[str, Any]) -> Any:
@@ -179,7 +180,7 @@ def value_from_config(p: Param, config: dict[str, Any]) -> Any:
     if value is MISSING_VALUE:
         return None
     for v, lab in zip(p.values, p.labels):
-        if _matches(v, value) or _matches(_resolved_form(p.key, v), value):
+        if _matches(v, value) or _matches(_resolved_form(p.key, v, config), value):
             return lab
     return derive_label(value) if isinstance(value, (list, dict)) else value
 
