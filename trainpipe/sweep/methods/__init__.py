@@ -39,4 +39,4 @@ class Search:
     # {dotted key: value}; None when it samples until the run cap. A sweep with points
     # is complete when each has a trial, and two trials never share one.
     points: list[dict[str, Any]] | None = None
-    noun: str = "configurations"  # what the points are called in messages: "grid combinations"
+    noun: str = "configurations"  # how the dry run counts the points: "combinations in the grid"

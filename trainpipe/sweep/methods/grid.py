@@ -44,7 +44,7 @@ def grid(spec: SweepSpec, /) -> Search:
         return _file_order_grid_sampler()(grid_search_space(spec), [p.display for p in spec.varied])
 
     return Search(summary="every combination once, in file order", sampler=sampler, points=points,
-                  noun="grid combinations")
+                  noun="combinations in the grid")
 
 
 @functools.cache
