@@ -328,3 +328,18 @@ def test_model_stats_leaves_the_model_alone() -> None:
     frozen_stats = model_stats(frozen, IMAGE)
     assert frozen_stats["params"] == stats["params"]
     assert frozen_stats["trainable_params"] == 64 * 5 + 5  # the head: 64 features -> 5 classes
+
+
+def test_a_model_that_cannot_run_on_the_data_is_a_config_error_before_anything_is_written(
+        tmp_path, capsys: pytest.CaptureFixture) -> None:
+    from trainpipe.cli import main
+
+    # Resized to 1x1 inside the model, the input is too small for cnn_small's poolings.
+    model = build("cnn_small", {"width": 8}, DataSpec((1, 8, 8), 10), input_size=1)
+    with pytest.raises(ConfigError, match=r"cannot run on this data's inputs of shape \(1, 8, 8\).*Output size is too small"):
+        model_stats(model, DataSpec((1, 8, 8), 10))
+    out = tmp_path / "run"
+    assert main(["train", "model.input_size=1", "model.width=8", "train.epochs=1", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model.input_size" in err and "Traceback" not in err
+    assert not out.exists()  # nothing is left of a run that never started

@@ -111,6 +111,16 @@ def model_stats(model: nn.Module, spec: DataSpec) -> dict[str, int]:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             probe(torch.zeros(1, *spec.in_shape, dtype=dtype))
+    except RuntimeError as e:
+        # Before any training: a net whose poolings or reshapes do not fit the image size
+        # (LeNet on 8x8 digits, model.input_size too small) fails here, so say it as a
+        # config problem instead of a crash, with torch's own words.
+        said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"model: the model cannot run on this data's inputs of shape {tuple(spec.in_shape)}: one forward "
+            f"pass failed ({said}). Set model.input_size to resize the images inside the model, or choose a "
+            f"model made for this image size."
+        ) from None
     finally:
         for m, mode in modes.items():
             m.training = mode
