@@ -85,13 +85,17 @@ def test_grid_2x2_runs_each_combination_once_and_writes_a_correct_table(
     assert status.count("| completed |") == 4
 
 
+# A normalisation with three means turns digits' one channel into three: the net's first
+# convolution then fails in the first training step (a RuntimeError from torch).
+BROKEN = [{"name": "Normalize", "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]}]
+
+
 @pytest.mark.parametrize("param,values,reason", [
     ("optim.lr", [1.0e6, 0.2], "non_finite_loss"),  # diverges: NaN loss
-    # A valid config that fails once the data is known: cnn_small's poolings cannot shrink a 1x1 input.
-    ("model.input_size", [1, 16], "cannot run on this data's inputs"),
+    ("data.augment", {"broken": BROKEN, "plain": []}, "RuntimeError"),  # named values: the table shows the names
 ], ids=["nan", "exception"])
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         param: str, values: list, reason: str) -> None:
+                                                         param: str, values: list | dict, reason: str) -> None:
     monkeypatch.chdir(tmp_path)
     run_sweep(sweep_file(tmp_path, {param: {"values": values}}))
     d = tmp_path / "sweeps" / "s"
@@ -99,10 +103,12 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monke
     by_state = {r["state"]: r for r in rows}
     assert set(by_state) == {"completed", "failed"}
     failed = by_state["failed"]
-    assert float(failed[param]) == values[0] and reason in failed["reason"]
+    cell = (lambda v: float(v)) if isinstance(values, list) else str  # noqa: E731
+    first, second = values if isinstance(values, list) else list(values)
+    assert cell(failed[param]) == first and reason in failed["reason"]
     assert rows[-1] is failed  # failed trials are listed, not ranked
     assert json.loads((d / "trials" / failed["trial"] / "summary.json").read_text())["status"] == "failed"
-    assert float(by_state["completed"][param]) == values[1]  # the trial after the failure ran
+    assert cell(by_state["completed"][param]) == second  # the trial after the failure ran
     best = yaml.safe_load((d / "best.yaml").read_text())
     assert config_mod.validate(best).model_dump(mode="json") == best
 
