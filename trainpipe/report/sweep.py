@@ -35,7 +35,8 @@ from trainpipe.report.load import (
     same,
 )
 from trainpipe.sweep.names import derive_label, metric_key
-from trainpipe.sweep.spec import TEST_MODES, Param, file_params
+from trainpipe.sweep.params import Param, file_params
+from trainpipe.sweep.spec import TEST_MODES
 
 # Keys that differ between trials without being searched: where each trial ran.
 NOT_PARAMS = ("name", "seed", "train.monitor", "train.monitor_mode", "train.device")

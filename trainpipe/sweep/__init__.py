@@ -1,6 +1,7 @@
 """Sweeps: a W&B-format sweep file run as an Optuna study, one `trainpipe.train()` per trial.
 
-    spec.py     the sweep file -> SweepSpec (method, metric, distributions, hyperband)
+    spec.py     the sweep file -> SweepSpec (method, metric, base, fixed, hyperband)
+    params.py   one parameter: its W&B distribution parsed and checked, its finite values
     methods/    grid, random, bayes: one module per `method:`, registered in SWEEP_METHODS
     names.py    W&B-style flat names and metric names -> config keys; labels for list/dict values
     check.py    every candidate value resolved through the config before anything runs
@@ -30,7 +31,7 @@ _LAZY = {
     "SweepOutcome": "trainpipe.sweep.run", "open_sweep": "trainpipe.sweep.run", "run_sweep": "trainpipe.sweep.run",
     "sweep_status": "trainpipe.sweep.run",
     "trial_overrides": "trainpipe.sweep.space",
-    "Param": "trainpipe.sweep.spec", "SweepSpec": "trainpipe.sweep.spec", "load_spec": "trainpipe.sweep.spec",
+    "Param": "trainpipe.sweep.params", "SweepSpec": "trainpipe.sweep.spec", "load_spec": "trainpipe.sweep.spec",
     "parse_spec": "trainpipe.sweep.spec",
 }
 __all__ = sorted(_LAZY)
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from trainpipe.sweep.results import TrialRow, trial_rows, write_results
     from trainpipe.sweep.run import SweepOutcome, open_sweep, run_sweep, sweep_status
     from trainpipe.sweep.space import trial_overrides
-    from trainpipe.sweep.spec import Param, SweepSpec, load_spec, parse_spec
+    from trainpipe.sweep.params import Param
+    from trainpipe.sweep.spec import SweepSpec, load_spec, parse_spec
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,8 @@ import math
 from statistics import NormalDist
 from typing import Any
 
-from trainpipe.sweep.spec import Param, SweepSpec
+from trainpipe.sweep.params import Param
+from trainpipe.sweep.spec import SweepSpec
 
 # Normal parameters are sampled as a quantile u in (EPS, 1 - EPS) and mapped through
 # the inverse CDF: exact for random search, and monotone, so TPE models it as well.

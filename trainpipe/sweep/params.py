@@ -1,0 +1,242 @@
+"""A sweep parameter: its W&B distribution, parsed and checked, and the values it stands for.
+
+`Param` is one swept config key and where its values come from (W&B's distributions,
+same names and meanings); `parse_params` reads a sweep file's `parameters:` block (nested
+blocks included), every problem collected in a `Problems`. How Optuna samples each
+distribution is in `space.py`; the rest of the sweep file is in `spec.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainpipe.errors import ConfigError, did_you_mean
+from trainpipe.sweep.names import make_labels, needs_labels, param_key
+
+# W&B's distributions (https://docs.wandb.ai/guides/sweeps/sweep-config-keys), same names and meanings.
+DISTRIBUTIONS = (
+    "constant", "categorical", "int_uniform", "uniform", "q_uniform",
+    "log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
+    "inv_log_uniform", "inv_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal",
+)
+RANGED = ("int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values", "q_log_uniform",
+          "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values")
+NORMAL = ("normal", "q_normal", "log_normal", "q_log_normal")
+PARAM_KEYS = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "parameters")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One swept config key and the distribution its values come from."""
+
+    key: str  # dotted config key, e.g. optim.lr
+    distribution: str
+    values: tuple[Any, ...] = ()  # constant: (value,); categorical: the choices
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+    mu: float = 0.0
+    sigma: float = 1.0
+    name: str = ""  # as the sweep file writes it (learning_rate); "" = the key
+    labels: tuple[str, ...] = ()  # categorical lists/dicts: one label per value, Optuna's choices
+
+    @property
+    def varied(self) -> bool:
+        return self.distribution != "constant"
+
+    @property
+    def display(self) -> str:
+        """The name results, reports and the Optuna study use: the sweep file's own."""
+        return self.name or self.key
+
+    def label_of(self, value: Any) -> Any:
+        """The label of one of this parameter's values, or the value itself when it has none."""
+        if self.labels:
+            for v, lab in zip(self.values, self.labels):
+                if v == value:
+                    return lab
+        return value
+
+    def quantize(self, x: float) -> float | int:
+        """W&B's q_* distributions: round(x / q) * q; integral when q is an integer."""
+        if self.q is None:
+            return x
+        v = round(x / self.q) * self.q
+        return int(round(v)) if float(self.q).is_integer() else v
+
+    def grid_values(self) -> list[Any] | None:
+        """Every value a grid visits, or None when the distribution is continuous."""
+        if self.distribution in ("constant", "categorical"):
+            return list(self.values)
+        if self.distribution == "int_uniform":
+            return list(range(int(self.low), int(self.high) + 1))
+        if self.distribution == "q_uniform":
+            start, stop = math.ceil(self.low / self.q - 1e-9), math.floor(self.high / self.q + 1e-9)
+            return [self.quantize(k * self.q) for k in range(start, stop + 1)]
+        return None
+
+    def candidates(self) -> list[Any]:
+        """Values that stand for the whole range when checking the config accepts them."""
+        grid = self.grid_values()
+        if grid is not None:
+            return grid
+        d, lo, hi = self.distribution, self.low, self.high
+        if d in ("log_uniform", "q_log_uniform"):
+            return [self.quantize(math.exp(lo)), self.quantize(math.exp(hi))]
+        if d == "inv_log_uniform":
+            return [math.exp(-hi), math.exp(-lo)]
+        if d in NORMAL:
+            x = [self.mu - 3 * self.sigma, self.mu, self.mu + 3 * self.sigma]
+            return [self.quantize(math.exp(v) if d.startswith(("log", "q_log")) else v) for v in x]
+        return [self.quantize(lo), self.quantize(hi)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"distribution": self.distribution}
+        if self.values:
+            d["values"] = list(self.values)
+        if self.labels:
+            d["labels"] = list(self.labels)
+        if self.name and self.name != self.key:
+            d["name"] = self.name
+        for k in ("low", "high", "q"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.distribution in NORMAL:
+            d.update(mu=self.mu, sigma=self.sigma)
+        return d
+
+
+class Problems:
+    """Every problem of a sweep file, reported together in one message."""
+
+    def __init__(self, where: str) -> None:
+        self.where, self.items = where, []  # type: ignore[var-annotated]
+
+    def add(self, msg: str) -> None:
+        prefix = f"{self.where}: "
+        self.items.append(msg[len(prefix):] if msg.startswith(prefix) else msg)
+
+    def attempt(self, fn: Any, *args: Any, default: Any = None) -> Any:
+        try:
+            return fn(*args)
+        except ConfigError as e:
+            self.add(str(e))
+            return default
+
+    def raise_if_any(self) -> None:
+        if len(self.items) == 1:
+            raise ConfigError(f"{self.where}: {self.items[0]}")
+        if self.items:
+            raise ConfigError(f"{self.where}: {len(self.items)} problems: "
+                              + " ".join(f"({i + 1}) {m}" for i, m in enumerate(self.items)))
+
+
+def parse_params(block: Mapping[str, Any], *, prefix: str, where: str, problems: Problems) -> list[Param]:
+    out: list[Param] = []
+    for name, body in block.items():
+        key = f"{prefix}{name}"
+        if not isinstance(body, Mapping):
+            problems.add(
+                f"parameters.{key} must be a mapping such as {{values: [...]}}, {{value: x}} or "
+                f"{{min: a, max: b}}; got {body!r}. For a list of choices write values: {body!r}.")
+            continue
+        if "parameters" in body:
+            extra = [k for k in body if k != "parameters"]
+            if extra or not isinstance(body["parameters"], Mapping):
+                problems.add(f"parameters.{key}: a nested block holds only parameters: {{...}}.")
+                continue
+            out.extend(parse_params(body["parameters"], prefix=key + ".", where=where, problems=problems))
+            continue
+        prm = problems.attempt(_parse_param, key, dict(body), where)
+        if prm is not None:
+            out.append(prm)
+    return out
+
+
+def file_params(raw: Mapping[str, Any]) -> list[Param]:
+    """The parameters of a sweep file's contents, read without its base config (reports use
+    them to name and label a copied sweep's trials); parameters that do not parse are left out."""
+    block = raw.get("parameters") if isinstance(raw, Mapping) else None
+    if not isinstance(block, Mapping):
+        return []
+    return parse_params(block, prefix="", where="sweep", problems=Problems("sweep"))
+
+
+def _number(key: str, field_name: str, v: Any, where: str) -> float:
+    # PyYAML reads 1e-3 (no dot) as a string; W&B files are full of those.
+    if isinstance(v, bool):
+        v = None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: parameters.{key}.{field_name} must be a number; got {v!r}.") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{where}: parameters.{key}.{field_name} must be finite; got {v!r}.")
+    return int(x) if isinstance(v, int) else x
+
+
+def _parse_param(key: str, body: dict[str, Any], where: str) -> Param:
+    for k in body:
+        if k not in PARAM_KEYS:
+            hint = " (W&B's categorical probabilities are not supported)" if k == "probabilities" else ""
+            raise ConfigError(f"{where}: parameters.{key}: unknown key {k!r}{hint}"
+                              f"{did_you_mean(k, PARAM_KEYS) or '.'} Valid keys: {', '.join(PARAM_KEYS[:-1])}.")
+    dist = body.get("distribution")
+    if dist is None:  # W&B's inference rules
+        if "values" in body:
+            dist = "categorical"
+        elif "value" in body:
+            dist = "constant"
+        elif "min" in body and "max" in body:
+            both_int = all(isinstance(body[k], int) and not isinstance(body[k], bool) for k in ("min", "max"))
+            dist = "int_uniform" if both_int else "uniform"
+        else:
+            raise ConfigError(f"{where}: parameters.{key} needs values: [...], value: x, or min and max "
+                              f"(with an optional distribution).")
+    if dist not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: parameters.{key}.distribution {dist!r} is unknown"
+                          f"{did_you_mean(str(dist), DISTRIBUTIONS) or '.'} Valid: {', '.join(DISTRIBUTIONS)}.")
+    if dist == "constant":
+        if "value" not in body:
+            raise ConfigError(f"{where}: parameters.{key}: distribution constant needs value: x.")
+        return Param(param_key(key, [body["value"]]), dist, (body["value"],), name=key)
+    if dist == "categorical":
+        values = body.get("values")
+        labels: tuple[str, ...] = ()
+        if isinstance(values, Mapping) and values:  # {label: value}: the user names each value
+            labels, values = tuple(str(k) for k in values), list(values.values())
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: parameters.{key}.values must be a non-empty list (or a mapping "
+                              f"{{label: value}}); got {values!r}.")
+        seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        if len(set(seen)) != len(seen):
+            raise ConfigError(f"{where}: parameters.{key}.values lists the same value twice: {values!r}.")
+        if not labels and needs_labels(values):
+            labels = make_labels(values)
+        return Param(param_key(key, values), dist, tuple(values), name=key, labels=labels)
+    q = _number(key, "q", body.get("q", 1), where) if dist.startswith("q_") else None
+    if q is not None and q <= 0:
+        raise ConfigError(f"{where}: parameters.{key}.q must be positive; got {q!r}.")
+    if dist in NORMAL:
+        mu = _number(key, "mu", body.get("mu", 0.0), where)
+        sigma = _number(key, "sigma", body.get("sigma", 1.0), where)
+        if sigma <= 0:
+            raise ConfigError(f"{where}: parameters.{key}.sigma must be positive; got {sigma!r}.")
+        return Param(param_key(key), dist, q=q, mu=mu, sigma=sigma, name=key)
+    for k in ("min", "max"):
+        if k not in body:
+            raise ConfigError(f"{where}: parameters.{key}: distribution {dist} needs min and max.")
+    lo, hi = _number(key, "min", body["min"], where), _number(key, "max", body["max"], where)
+    if lo > hi:
+        raise ConfigError(f"{where}: parameters.{key}: min ({lo}) is greater than max ({hi}); swap them.")
+    if dist == "int_uniform" and not (float(lo).is_integer() and float(hi).is_integer()):
+        raise ConfigError(f"{where}: parameters.{key}: int_uniform needs whole-number min and max; "
+                          f"got {lo} and {hi}.")
+    if dist in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") and lo <= 0:
+        raise ConfigError(f"{where}: parameters.{key}: {dist} needs min > 0 (values are sampled on a "
+                          f"log scale); got min {lo}. For exponents of e use distribution log_uniform.")
+    return Param(param_key(key), dist, low=lo, high=hi, q=q, name=key)
