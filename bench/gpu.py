@@ -178,6 +178,10 @@ class Results:
         print("  | " + " | ".join(cells) + " |", flush=True)
         self.save()
 
+    def not_run(self, what: str, why: str) -> None:
+        """A measurement skipped for want of an input; `why` says what to pass."""
+        self.row([what, "not run", "-", why], skipped=True)
+
     def failed(self, what: str, exc: BaseException) -> None:
         msg = f"{what}: {type(exc).__name__}: {exc}"
         self.data["errors"].append(msg)
@@ -406,20 +410,21 @@ def summarise(name: str, results: list[dict[str, float]], target: float, data_no
             f"{hit}/{len(accs)} runs >= {target:.0%}"]
 
 
-def _cifar10_note(plan: Plan, data: Path) -> str:
+def _cifar10_with_note(plan: Plan) -> tuple[Path, str]:
+    """The CIFAR-10 data a part runs on, and the words its rows say about it."""
+    data = plan.cifar10_data()
     if plan.cifar10 is None:
-        return "random images (no --cifar10 given)"
-    return f"data {data}" + (" (image folder: the JPEG copy of CIFAR-10 if it came from images.tar.gz)"
-                             if (data / "train").is_dir() else "")
+        return data, "random images (no --cifar10 given)"
+    return data, f"data {data}" + (" (image folder: the JPEG copy of CIFAR-10 if it came from images.tar.gz)"
+                                   if (data / "train").is_dir() else "")
 
 
 def speed(plan: Plan, res: Results) -> None:
     if plan.cifar10 is None and not plan.rehearse:
-        res.row(["cifar10_speed time to 94%", "not run", "-", "pass --cifar10 PATH"], skipped=True)
+        res.not_run("cifar10_speed time to 94%", "pass --cifar10 PATH")
         return
     with res.step("cifar10_speed time to 94%"):
-        data = plan.cifar10_data()
-        note = _cifar10_note(plan, data)
+        data, note = _cifar10_with_note(plan)
         done: list[dict[str, float]] = []
         runs = 1 if plan.quick else min(plan.runs, 2) if plan.rehearse else plan.runs
 
@@ -513,15 +518,13 @@ def airbench_part(plan: Plan, res: Results) -> None:
     if script is None and plan.rehearse:
         script = STANDIN
     if script is None:
-        res.row(["airbench94 script, same data", "not run", "-", "pass --airbench FILE (airbench94.py)"],
-                skipped=True)
+        res.not_run("airbench94 script, same data", "pass --airbench FILE (airbench94.py)")
         return
     if plan.cifar10 is None and not plan.rehearse:
-        res.row(["airbench94 script, same data", "not run", "-", "needs --cifar10 PATH too"], skipped=True)
+        res.not_run("airbench94 script, same data", "needs --cifar10 PATH too")
         return
     with res.step("airbench94 script, same data"):
-        data = plan.cifar10_data()
-        note = _cifar10_note(plan, data)
+        data, note = _cifar10_with_note(plan)
         name = "airbench94 script" if script != STANDIN else "airbench stand-in (bench/airbench_standin.py)"
         done: list[dict[str, float]] = []
 
@@ -565,7 +568,7 @@ def rest(plan: Plan, res: Results) -> None:
         res.row([f"DeviceLoader (crop + flip + normalise, batch 512) images/s, {r['images']:,} images per epoch",
                  f"{r['images_per_s']:,.0f}", f"bound {data.MIN_RATE_GPU:,}", "met" if ok else "NOT MET"], **r)
     if plan.cifar100 is None and not plan.rehearse:
-        res.row(["cifar100_speed time to 70% / 75%", "not run", "-", "pass --cifar100 ROOT"], skipped=True)
+        res.not_run("cifar100_speed time to 70% / 75%", "pass --cifar100 ROOT")
         return
     if plan.rehearse:  # the preset's config at tiny sizes, on the CIFAR-10-shaped folder
         data_path = plan.cifar10_data()

@@ -195,20 +195,25 @@ def test_sweep_report_without_results_csv_infers_varied_keys(runs: dict[str, tra
 
 
 @pytest.mark.slow
-def test_real_sweep_reports_parameter_importance(tmp_path: Path) -> None:
+def report_of_sweep(tmp_path: Path, sweep_yaml: str) -> str:
+    """Run the sweep file on digits and return its Markdown report."""
     from trainpipe.sweep import run_sweep
 
-    sweep_file = tmp_path / "lr.yaml"
-    sweep_file.write_text(textwrap.dedent("""\
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(textwrap.dedent(sweep_yaml))
+    run_sweep(sweep_file, tmp_path / "sw")
+    return report([tmp_path / "sw"], evaluate=False).read_text()
+
+
+def test_real_sweep_reports_parameter_importance(tmp_path: Path) -> None:
+    md = report_of_sweep(tmp_path, """\
         method: grid
         metric: {name: val/acc, goal: maximize}
         parameters:
           optim.lr: {values: [0.003, 0.1]}
           model.width: {values: [4, 8]}
         fixed: {train.epochs: 1, tracking.plots: false}
-    """))
-    run_sweep(sweep_file, tmp_path / "sw")
-    md = report([tmp_path / "sw"], evaluate=False).read_text()
+    """)
     imp = section(md, "Parameter importance")
     values = dict(re.findall(r"^\| `([\w.]+)` \| ([\d.]+) \|$", imp, flags=re.M))
     assert set(values) == {"optim.lr", "model.width"}
@@ -232,19 +237,14 @@ def test_trials_of_one_epoch_are_drawn_as_points() -> None:
 
 
 def test_importance_over_configurations_and_only_what_varied_among_completed_trials(tmp_path: Path) -> None:
-    from trainpipe.sweep import run_sweep
-
-    sweep_file = tmp_path / "s.yaml"
-    sweep_file.write_text(textwrap.dedent("""\
+    md = report_of_sweep(tmp_path, """\
         method: grid
         metric: {name: val/acc, goal: maximize}
         parameters:
           optim.lr: {values: [0.01, 0.03, 0.1, 0.3]}
           optim.weight_decay: {values: [0.0, 1.0e+12]}   # the weights blow up to inf: those trials fail
         fixed: {train.epochs: 1, model.width: 8, tracking.plots: false, data.val_split: 0.2}
-    """))
-    run_sweep(sweep_file, tmp_path / "sw")
-    md = report([tmp_path / "sw"], evaluate=False).read_text()
+    """)
     assert len(re.findall(r"^\| \d{4} \| failed \|", section(md, "Results"), flags=re.M)) == 4
     imp = section(md, "Parameter importance")
     values = dict(re.findall(r"^\| `([\w.]+)` \| ([\d.]+) \|$", imp, flags=re.M))
