@@ -10,6 +10,7 @@ paragraph that names the dotted key and, where possible, the closest valid key.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Mapping, Sequence
@@ -161,6 +162,7 @@ def validate(data: Mapping[str, Any]) -> RunConfig:
 
 
 # ----------------------------------------------------------- component options
+@functools.lru_cache(maxsize=512)  # options_model and the component markers both read them
 def _option_hints(entry: Entry) -> dict[str, Any]:
     """The entry's option annotations, resolved (modules use `from __future__ import
     annotations`) in the function's own module, without evaluating anything from a config."""

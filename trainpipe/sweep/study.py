@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-import itertools
-import os
 import time
 import warnings
 from collections.abc import Iterable
