@@ -57,10 +57,10 @@ def resume(
     # the files before rank 0 may rewrite config.yaml.
     main = distributed.is_main()
     summary = rundir.read_summary(run_dir)
-    if main and summary.get("status") == "running" and rundir.process_gone(run_dir) is False \
-            and not rundir.is_this_process(run_dir):
+    owner = rundir.live_owner(run_dir) if main else None
+    if owner is not None:
         raise ConfigError(f"resume: {str(run_dir)!r} is still being trained by another process "
-                          f"({rundir.read_process(run_dir)}); wait for it to end, or stop it first.")
+                          f"({rundir.describe_owner(owner)}); wait for it to end, or stop it first.")
     found = ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, warn=warn)
     from trainpipe.loop.device import resolve_device
 
@@ -69,8 +69,8 @@ def resume(
     if found is None:
         # Killed before its first checkpoint: nothing to continue, so start over in place.
         warn(f"{run_dir / rundir.CHECKPOINTS} holds no checkpoint yet; starting the run over.")
-        _record(run_dir, cfg, old, overrides, command, checkpoint=None, epoch=0)
-        return execute(cfg, run_dir, quiet=quiet)
+        return execute(cfg, run_dir, quiet=quiet,
+                       on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=None, epoch=0))
     state, path = found
     st = state["state"]
     epoch = int(st["epoch"])
@@ -80,14 +80,16 @@ def resume(
             print(f"{run_dir} already finished ({summary.get('stop_reason')}, {epoch} epochs); "
                   f"to train longer, resume with train.epochs=N (N > {epoch}).")
         return RunResult(run_dir, summary, list(st.get("history", [])), cfg)
-    _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch)
     # A finished run continues only because the user asked for more: forget the old stop.
     st["should_stop"], st["stop_reason"] = False, None
     if not quiet and main:
         was = " after it was interrupted (its process is gone)" if rundir.status(run_dir, summary) == "interrupted" else ""
         print(f"resuming {run_dir}{was} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
+    # Nothing is written (config.yaml, history, summary.json) until the data, the model and
+    # this checkpoint are loaded: a resume that cannot start leaves the run as it was.
     return execute(cfg, run_dir, quiet=quiet, resume_state=state, resume_path=path,
-                   prior_wall_time=float(summary.get("wall_time_s") or 0.0))
+                   prior_wall_time=float(summary.get("wall_time_s") or 0.0),
+                   on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch))
 
 
 def _record(run_dir: Path, cfg: config_mod.RunConfig, old: config_mod.RunConfig, overrides: list[str],

@@ -40,6 +40,20 @@ TENSORBOARD = "tb"
 WANDB_ID = "wandb_id.txt"
 # Files that only a run writes: a directory holding any of them holds a run.
 RUN_MARKERS = (CONFIG, SUMMARY, METRICS, CHECKPOINTS)
+# Every name trainpipe writes into a run directory (train, resume, eval, report, trackers).
+# `--overwrite` deletes these and nothing else; the README's "The run directory" lists them.
+OWN_FILES = (CONFIG, SUMMARY, METRICS, HISTORY, PROCESS, CURVES, WANDB_ID,
+             "report.md", "report.html", "confusion_matrix.csv")
+OWN_PATTERNS = ("eval-*.json", "confusion-*.png", ".*.tmp")  # .NAME.XXXX.tmp: a write cut short
+# Folders trainpipe makes in a run directory, and what it writes in them (W&B's folder only
+# when WANDB_DIR is unset). A folder is removed only once nothing else is left in it.
+OWN_FOLDERS = {
+    CHECKPOINTS: ("last.pt", "previous.pt", "best.pt", "epoch-*.pt", ".*.tmp"),
+    TENSORBOARD: ("events.out.tfevents.*",),
+    "report_files": ("*.png",),
+    "wandb": ("run-*", "offline-run-*", "latest-run", "debug.log", "debug-internal.log"),
+}
+CONFIG_HEADER = "# Resolved config of this run"
 
 
 def fresh(name: str, parent: str | Path = "runs") -> Path:
@@ -65,6 +79,97 @@ def holds_run(path: str | Path) -> bool:
     return p.is_dir() and any((p / name).exists() for name in RUN_MARKERS)
 
 
+def written_by_trainpipe(path: str | Path) -> bool:
+    """Whether `path` holds a run that trainpipe wrote: its config.yaml starts with the header
+    that trainpipe writes (a project folder's own config.yaml does not)."""
+    try:
+        with open(Path(path) / CONFIG, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(CONFIG_HEADER)
+    except OSError:
+        return False
+
+
+def own_entries(path: str | Path) -> list[Path]:
+    """The files and folders in run directory `path` that trainpipe wrote, by the names above."""
+    import fnmatch
+
+    p = Path(path)
+    try:
+        names = sorted(os.listdir(p))
+    except OSError:
+        return []
+
+    def owned(name: str, patterns: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+    out = []
+    for name in names:
+        entry = p / name
+        if name in OWN_FOLDERS and entry.is_dir() and not entry.is_symlink():
+            out += [entry / n for n in sorted(os.listdir(entry)) if owned(n, OWN_FOLDERS[name])]
+            out.append(entry)
+        elif name in OWN_FILES or owned(name, OWN_PATTERNS):
+            if entry.is_file() or entry.is_symlink():
+                out.append(entry)
+    return out
+
+
+def remove_run(path: str | Path) -> list[str]:
+    """Delete what trainpipe wrote in run directory `path` (`own_entries`), and the directory
+    itself when nothing else is left; returns the names of the entries kept (not trainpipe's)."""
+    import shutil
+
+    p = Path(path)
+    for entry in own_entries(p):
+        if entry.is_dir() and not entry.is_symlink():
+            if entry.name in OWN_FOLDERS and entry.parent == p:
+                try:
+                    entry.rmdir()  # only when empty: a file of the user's in it stays
+                except OSError:
+                    pass
+            else:
+                shutil.rmtree(entry)  # a W&B run folder: W&B's files only
+        else:
+            entry.unlink(missing_ok=True)
+    try:
+        kept = sorted(os.listdir(p))
+    except OSError:
+        return []
+    if not kept:
+        p.rmdir()
+    return kept
+
+
+def protected_target(path: str | Path) -> str | None:
+    """Why `path` must never be a target of deletion (the root, the home directory, the current
+    directory or one of its parents), or None."""
+    target = Path(path).resolve()  # "~" is a folder of that name here: the shell expands it, not trainpipe
+    cwd = Path.cwd().resolve()
+    if target == Path(target.anchor):
+        return "it is the root of the file system"
+    if target == Path.home().resolve():
+        return "it is your home directory"
+    if target == cwd:
+        return "it is the current directory"
+    if target in cwd.parents:
+        return "it holds the current directory"
+    return None
+
+
+def live_owner(run_dir: str | Path) -> dict[str, Any] | None:
+    """The process record of another process that is training `run_dir` now, else None."""
+    if read_summary(run_dir).get("status") != "running":
+        return None
+    rec = read_process(run_dir)
+    if gone(rec) is False and not is_current(rec):
+        return rec
+    return None
+
+
+def describe_owner(rec: Mapping[str, Any]) -> str:
+    return f"pid {rec.get('pid')} on {rec.get('host', '?')}"
+
+
 # ---------------------------------------------------------------------- writers
 def versions() -> dict[str, str]:
     from trainpipe import __version__
@@ -78,7 +183,7 @@ def write_config(run_dir: Path, cfg: Any, command: str) -> None:
 
     v = versions()
     header = (
-        f"# Resolved config of this run (every default filled in).\n"
+        f"{CONFIG_HEADER} (every default filled in).\n"
         f"# command: {command}\n"
         f"# written: {dt.datetime.now().isoformat(timespec='seconds')}\n"
         f"# versions: trainpipe {v['trainpipe']}, torch {v['torch']}, python {v['python']}\n"

@@ -8,10 +8,9 @@ the run fails or is interrupted.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -106,22 +105,54 @@ def train(
         # data): the directory holds nothing worth keeping, so it is not left behind.
         if (created and distributed.is_main() and not isinstance(e, StorageError)
                 and not (run_dir / rundir.METRICS).exists()):
-            shutil.rmtree(run_dir, ignore_errors=True)
+            try:
+                rundir.remove_run(run_dir)
+            except OSError:
+                pass
         raise
 
 
 def claim_output(output: str | Path | None, *, overwrite: bool) -> None:
     """Refuse an `--output` that holds a run (its results would be mixed with or replaced by
-    this one's) unless `overwrite`, which deletes it."""
-    if output is None or not rundir.holds_run(output):
+    this one's) unless `overwrite`, which deletes that run's files (trainpipe's own, by name:
+    `rundir.own_entries`) and nothing else. Refused in every case: a run that another process
+    is training now, a folder whose run files trainpipe did not write (it would replace
+    them), and, for `overwrite`, the root, the home directory, the current directory or one of
+    its parents."""
+    if output is None:
         return
+    where = f"--output {str(output)!r}"
+    if overwrite:
+        why = rundir.protected_target(output)
+        if why is not None:
+            raise ConfigError(f"{where} --overwrite: refused, {why}; trainpipe never deletes there. "
+                              f"Give a run directory of its own, e.g. --output runs/NAME.")
+    if not rundir.holds_run(output):
+        return
+    if not rundir.written_by_trainpipe(output):
+        found = [n for n in rundir.RUN_MARKERS if (Path(output) / n).exists()]
+        raise ConfigError(
+            f"{where} holds {', '.join(found)} that trainpipe did not write (no trainpipe header in its "
+            f"{rundir.CONFIG}); a run there would replace them, so trainpipe neither writes nor deletes "
+            f"anything there. Choose another --output (an empty or new folder)."
+        )
+    owner = rundir.live_owner(output)
+    if owner is not None:
+        raise ConfigError(
+            f"{where} is being trained right now by another process ({rundir.describe_owner(owner)}); "
+            f"two trainings in one directory would mix their files. Wait for it to end or stop it, "
+            f"or choose another --output."
+        )
     if not overwrite:
         raise ConfigError(
-            f"--output {str(output)!r} already holds a run ({rundir.describe_status(output)}). "
+            f"{where} already holds a run ({rundir.describe_status(output)}). "
             f"To continue it: `{rundir.resume_command(output)}`; to replace it and delete its files, add "
             f"--overwrite (trainpipe.train(..., overwrite=True)); or choose another --output."
         )
-    shutil.rmtree(output)
+    kept = rundir.remove_run(output)
+    if kept:
+        print(f"--overwrite: deleted the run's files in {output}; kept what trainpipe did not write: "
+              f"{', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}", file=sys.stderr)
 
 
 def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
@@ -139,10 +170,16 @@ def execute(
     resume_state: dict[str, Any] | None = None,
     resume_path: Path | None = None,
     prior_wall_time: float = 0.0,
+    on_start: Callable[[], None] | None = None,
 ) -> RunResult:
     """Build everything from `cfg` and run the loop in `run_dir`; with `resume_state` (a full
     checkpoint read from `resume_path`), continue from it. `prior_wall_time` is the time the
-    run's earlier processes spent, added to summary.json's wall_time_s."""
+    run's earlier processes spent, added to summary.json's wall_time_s.
+
+    With `on_start` (a resume), nothing is written into `run_dir` until the run can start:
+    the data, the model and the checkpoint's state are built and loaded first, then
+    `on_start()` records the resume, then summary.json says "running". An error before that
+    leaves every file of the run as it was."""
     from trainpipe import sched
     from trainpipe.loop.device import resolve_device
     from trainpipe.loop.trainer import Trainer
@@ -155,10 +192,23 @@ def execute(
     # only rank 0 writes and prints.
     device = distributed.setup(resolve_device(cfg.train.device))
     main = distributed.is_main()
-    save_summary = (lambda: rundir.write_summary(run_dir, summary)) if main else (lambda: None)  # noqa: E731
-    save_summary()
-    if main:
-        rundir.write_process(run_dir)
+    written = on_start is None  # whether this process has started writing the run's files
+
+    def save_summary() -> None:
+        if main and written:
+            rundir.write_summary(run_dir, summary)
+
+    def begin() -> None:
+        nonlocal written
+        if on_start is not None:
+            on_start()
+        written = True
+        save_summary()
+        if main:
+            rundir.write_process(run_dir)
+
+    if written:
+        begin()
     out = console_report(quiet or not main)
     trainer = None
     failing = False
@@ -172,7 +222,6 @@ def execute(
                         "train_size": data.info.get("train_size"), "val_size": data.info.get("val_size"),
                         "test_size": data.info.get("test_size"), "processes": distributed.world_size()})
         save_summary()
-        out.start(cfg, run_dir, summary)
 
         callbacks = callbacks_for(cfg, run_dir, main=main, console=out, extra=extra_callbacks)
         progress = out.progress(cfg, data)
@@ -182,6 +231,9 @@ def execute(
                           on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
         if resume_state is not None:
             load_resume_state(trainer, resume_state, resume_path)
+        if not written:
+            begin()
+        out.start(cfg, run_dir, summary)
 
         def finalize(tr: Any) -> dict[str, Any]:
             distributed.barrier()  # rank 0 has written best.pt before any rank reads it
