@@ -454,3 +454,42 @@ def test_random_bytes_are_not_a_valid_npz(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"noise\.npz is not a valid \.npz or \.npy file") as e:
         load_source(cfg(dataset="arrays", path=str(bad)))
     assert "Python objects" not in str(e.value)
+
+
+def _features(n: int) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("train_y,named", [
+    ([0, 1, 2, 3, 4, 5, 6, 7, 200], "200"),
+    ([0, 1, 10**12, 1], "1000000000000"),  # once built a head of 10**12 + 1 classes
+])
+def test_a_stray_train_label_is_refused_before_anything_is_sized(tmp_path: Path, train_y: list[int],
+                                                                  named: str) -> None:
+    np.savez(tmp_path / "d.npz", train_x=_features(len(train_y)), train_y=np.array(train_y, np.int64))
+    with pytest.raises(DataError, match=rf"labels {named} are far outside") as e:
+        load_source(cfg(dataset="arrays", path=str(tmp_path / "d.npz")))
+    assert "np.unique(y, return_inverse=True)" in str(e.value) and "classes.txt" in str(e.value)
+
+
+def test_a_test_label_never_seen_in_training_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", train_x=_features(6), train_y=np.array([0, 1, 2, 0, 1, 2]),
+             test_x=_features(3), test_y=np.array([0, 1, 3]))
+    with pytest.raises(DataError, match=r"\(test labels\): labels 3 never occur in the train split"):
+        load_source(cfg(dataset="arrays", path=str(tmp_path / "d.npz")))
+    write_frames = {"train_x": _features(6), "train_y": np.array([0, 1, 0, 1, 0, 1]),
+                    "train_lengths": np.array([3, 3]), "test_x": _features(2), "test_y": np.array([1, 7]),
+                    "test_lengths": np.array([2])}
+    np.savez(tmp_path / "f.npz", **write_frames)
+    with pytest.raises(DataError, match=r"labels 7 never occur in the train split"):
+        load_source(cfg(dataset="frames", path=str(tmp_path / "f.npz")))
+
+
+def test_labels_that_fit_their_classes_are_accepted(tmp_path: Path) -> None:
+    # 1-based labels: class 0 has no sample but the head stays the size the labels say
+    np.savez(tmp_path / "one.npz", train_x=_features(6), train_y=np.array([1, 2, 3, 1, 2, 3]))
+    assert load_source(cfg(dataset="arrays", path=str(tmp_path / "one.npz"))).classes == ["0", "1", "2", "3"]
+    # a classes list says how many there are: a test label of a class absent from train is fine
+    np.savez(tmp_path / "named.npz", train_x=_features(4), train_y=np.array([0, 1, 0, 1]),
+             test_x=_features(2), test_y=np.array([2, 0]), classes=np.array(["cat", "dog", "owl"]))
+    assert load_source(cfg(dataset="arrays", path=str(tmp_path / "named.npz"))).classes == ["cat", "dog", "owl"]

@@ -176,3 +176,18 @@ def test_a_hand_edited_config_that_fails_validation_changes_no_file(tmp_path: Pa
     cfg.write_text(written)  # the edit undone, the run continues
     assert main(["resume", str(out), "train.epochs=2", "--quiet"]) == 0
 
+
+# ------------------------------------------------------------------ labels
+def test_a_stray_label_is_refused_before_the_run_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    data = tmp_path / "data.npz"
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y = np.arange(40) % 4
+    y[7] = 10**12
+    np.savez(data, train_x=x, train_y=y)
+    before = snapshot(tmp_path)
+    out = tmp_path / "runs" / "r"
+    assert main(["train", *TINY, "data.dataset=arrays", f"data.path={data}", "--output", str(out), "--quiet"]) == 2
+    assert "labels 1000000000000 are far outside" in capsys.readouterr().err
+    assert not out.exists() and snapshot(tmp_path) == before

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val", "test")
 # Part of every cache key: bump when a source's decoding changes what it stores.
-SOURCES_VERSION = 2  # 2: entries are checked for non-finite inputs before they are cached
+# 2: entries are checked for non-finite inputs before they are cached; 3: numeric labels are
+# checked against the classes they imply (`classes_from_labels`)
+SOURCES_VERSION = 3
 
 
 @dataclass
@@ -92,6 +94,55 @@ def check_finite(x: torch.Tensor, where: str, array: str) -> None:
             f"training on them makes the loss NaN. Drop or repair those samples (e.g. keep "
             f"x[np.isfinite(x).all(axis=1)] with its labels, or np.nan_to_num) and save the file again."
         )
+
+
+# Classes without a training sample that 0..K-1 may hold beyond as many as have one: a few
+# hundred unused outputs cost nothing, and small samples of many-class sets leave such gaps.
+SPARE_CLASSES = 100
+
+
+def classes_from_labels(splits: dict[str, tuple[Any, torch.Tensor]], given: list[str] | None,
+                        where: str) -> list[str]:
+    """The class names of a source whose labels are numbers (arrays, frames), checked before
+    anything is sized by them.
+
+    With `given` names (a `classes` array, classes.txt), every label must index them. Without,
+    the classes are 0..K-1 with K the largest train label + 1, and at most as many of them as
+    occur in the train split, plus SPARE_CLASSES, may have no training sample: a stray label
+    (train labels 0..7 and 200; 10**12) would build a head of K outputs for classes that have
+    none, while a small sample of a 100-class set (26 of its classes) still passes. Val and
+    test labels must then be classes the train split has.
+    """
+    if given is not None:
+        for split, (_, y) in splits.items():
+            check_labels(y, len(given), f"{where} ({split} labels)")
+        return given
+    train = torch.unique(splits["train"][1]) if "train" in splits else torch.empty(0, dtype=torch.int64)
+    fix = ("Labels are class indices 0..K-1; relabel them (classes, y = np.unique(y, return_inverse=True)), "
+           "or list the classes (a `classes` array in the file, or classes.txt beside it) so that K is known.")
+    k = int(train[-1]) + 1 if len(train) else 0
+    if len(train) and int(train[0]) < 0:
+        check_labels(train, k, f"{where} (train labels)")
+    if k - len(train) > len(train) + SPARE_CLASSES:
+        stray = [int(v) for v in train if int(v) >= 2 * len(train) + SPARE_CLASSES]
+        raise DataError(
+            f"{where} (train labels): {len(train)} distinct labels range up to {k - 1}, so the model would get "
+            f"{k:,} outputs, {k - len(train):,} of them for classes with no training sample; labels {_few(stray)} "
+            f"are far outside 0..{len(train) - 1}. {fix}"
+        )
+    known = set(train.tolist())
+    for split, (_, y) in splits.items():
+        unseen = [int(v) for v in torch.unique(y) if int(v) not in known]
+        if split != "train" and unseen:
+            raise DataError(
+                f"{where} ({split} labels): labels {_few(unseen)} never occur in the train split "
+                f"(its labels: {_few(sorted(known))}); a model cannot learn a class it never sees. {fix}"
+            )
+    return [str(i) for i in range(k)]
+
+
+def _few(values: list[int], n: int = 8) -> str:
+    return ", ".join(map(str, values[:n])) + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
 def check_classes(train_y: torch.Tensor, classes: list[str], where: str) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from trainpipe.data.base import SourceData
 from trainpipe.data.images import IMAGE_EXTENSIONS, decode_files, hwc_to_chw
-from trainpipe.data.prepare import Decoded, cached_source
+from trainpipe.data.prepare import Decoded, cached_source, classes_from_labels
 from trainpipe.errors import DataError
 from trainpipe.registry import DATASETS
 
@@ -198,12 +198,8 @@ def arrays(
         kinds = {(x.dtype, x.shape[1:]) for x, _ in splits.values()}
         if len(kinds) > 1:
             raise DataError(f"{what}: {p}: the splits' inputs differ in shape or type ({sorted(map(str, kinds))}).")
-        if "classes" in found:
-            classes = [str(c) for c in found["classes"].tolist()]
-        else:
-            n = max((int(y.max()) + 1 for _, y in splits.values() if len(y)), default=0)
-            classes = read_class_names(folder) or [str(i) for i in range(n)]
-        return Decoded(splits, classes, None)
+        given = [str(c) for c in found["classes"].tolist()] if "classes" in found else (read_class_names(folder) or None)
+        return Decoded(splits, classes_from_labels(splits, given, f"{what}: {p}"), None)
 
     inputs = [p] + ([folder / "classes.txt"] if not p.is_dir() else [])
     return cached_source(cfg, "arrays", {"layout": layout}, inputs, decode)

@@ -38,7 +38,7 @@ import torch
 from trainpipe.config.types import NonNegativeInt
 from trainpipe.data.base import SourceData, Split
 from trainpipe.data.sources.folders import check_numpy_file, labels_of, read_class_names
-from trainpipe.data.prepare import Decoded, cached_source
+from trainpipe.data.prepare import Decoded, cached_source, classes_from_labels
 from trainpipe.errors import DataError
 from trainpipe.registry import DATASETS
 
@@ -195,12 +195,9 @@ def frames(
                 x = _standardise(x, lengths, stats).astype(np.float32)
             splits[s] = (torch.from_numpy(np.ascontiguousarray(x)), labels_of(y, f"{where} {p} ({s} labels)"))
             tensors[f"{s}_lengths"] = torch.from_numpy(lengths)
-        classes = ([str(c) for c in found["classes"].tolist()] if "classes" in found
-                   else read_class_names(p if p.is_dir() else p.parent))
-        if classes is None:
-            n = max(int(y.max()) + 1 for _, y in splits.values() if len(y))
-            classes = [str(i) for i in range(n)]
-        return Decoded(splits, classes, None, tensors=tensors)
+        given = ([str(c) for c in found["classes"].tolist()] if "classes" in found
+                 else (read_class_names(p if p.is_dir() else p.parent) or None))
+        return Decoded(splits, classes_from_labels(splits, given, f"{where} {p}"), None, tensors=tensors)
 
     inputs = [p] + ([] if p.is_dir() else [p.parent / "classes.txt"])
     src = cached_source(cfg, "frames", {"normalize": normalize, "allow_pickle": allow_pickle}, inputs, decode)
