@@ -88,3 +88,20 @@ def _die_in_save(n: int) -> None:
 def die_in_save(n: int) -> Callable[[], None]:
     """A hook: the child writes half of its n-th torch.save, then kills itself."""
     return partial(_die_in_save, n)
+
+
+def interrupt_in_epoch(monkeypatch: Any, epoch: int, before: Callable[[Any], None] | None = None) -> None:
+    """Ctrl-C in the process itself: `Trainer.train_epoch` raises KeyboardInterrupt from the
+    0-based `epoch` on, after `before(trainer)` (e.g. a progress bar put up)."""
+    from trainpipe.loop.trainer import Trainer
+
+    real = Trainer.train_epoch
+
+    def train_epoch(self: Any, e: int) -> Any:
+        if e >= epoch:
+            if before is not None:
+                before(self)
+            raise KeyboardInterrupt
+        return real(self, e)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)

@@ -188,7 +188,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     from trainpipe.report import report
 
     md = report(a.dirs, a.output, evaluate=not a.no_eval, storage=a.storage)
-    print(f"report: {md} and {md.with_name('report.html')}")
+    if not a.quiet:
+        print(f"report: {md} and {md.with_name('report.html')}")
     return EXIT_OK
 
 

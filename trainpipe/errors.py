@@ -1,7 +1,10 @@
 """Errors that reach users.
 
 `ConfigError` (and its subclasses) mean "the input was wrong": the CLI prints the
-message as one paragraph on stderr and exits with code 2, without a traceback.
+message as one paragraph on stderr and exits with code 2, without a traceback; in
+IPython and Jupyter the same paragraph is all the cell shows (`_render_traceback_`).
+`TrainingInterrupted` (a KeyboardInterrupt) is a run stopped by Ctrl-C or a notebook's
+stop button: it carries the run directory and the result so far.
 Anything else raised during training is a crash and exits with code 1.
 """
 
@@ -10,10 +13,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(Exception):
     """Bad user input: a config key, a value, a file or a component name."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython (Jupyter, Colab) shows what this returns instead of the traceback: the
+        # message is the whole story, and the frames around it are trainpipe's, not the user's.
+        return [f"\x1b[31m{type(self).__name__}\x1b[0m: {' '.join(str(self).split())}"]
 
 
 class DataError(ConfigError):
@@ -28,6 +37,28 @@ class StorageError(ConfigError):
         super().__init__(message)
         self.path = path
         self.errno = errno
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped by an interrupt (Ctrl-C, a notebook's stop button, the signals the README
+    lists). The run directory keeps its last checkpoint and `summary.json` says
+    `interrupted`; `run_dir` is that directory and `result` the RunResult so far (status
+    "interrupted"). A KeyboardInterrupt, so that a loop over runs stops as it would without
+    trainpipe."""
+
+    def __init__(self, run_dir: Path, result: Any = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.result = result
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        done = (self.result.summary.get("epochs_run") if self.result is not None else None) or 0
+        at = f" after epoch {done}" if done else " before its first epoch ended"
+        return (f"interrupted{at}: {self.run_dir} keeps its last checkpoint; "
+                f"trainpipe.resume({str(self.run_dir)!r}) continues the run from there.")
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[33mTrainingInterrupted\x1b[0m: {self.message()}"]
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

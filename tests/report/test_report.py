@@ -97,6 +97,22 @@ def test_report_without_evaluation_and_without_data(runs: dict[str, trainpipe.Ru
     assert pct(runs["a"].summary["test/acc"]) in section(md, "Test set")
 
 
+def test_report_quiet_prints_nothing_and_shows_inline_with_scoped_styles(
+        runs: dict[str, trainpipe.RunResult], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(runs["a"].run_dir), "--no-eval", "--quiet", "--output", str(tmp_path / "q")]) == 0
+    assert capsys.readouterr().out == ""
+    shown = trainpipe.report(runs["a"].run_dir, tmp_path / "inline", evaluate=False)  # one directory, no list
+    assert shown == tmp_path / "inline" / "report.md"
+    inline = shown._repr_html_()  # what a notebook shows for it: the report, not its path
+    assert "<html" not in inline and "<body" not in inline and inline.count("data:image/png;base64,") == 1
+    css = inline.split("<style>")[1].split("</style>")[0]
+    selectors = [rule.split("{")[0] for rule in css.split("}") if "{" in rule]
+    # Every rule applies inside the report's element only: a notebook page keeps its own look.
+    assert selectors and all(all(part.strip().startswith(".trainpipe-report") for part in sel.split(","))
+                             for sel in selectors)
+    assert 'class="trainpipe-report"' in inline
+
+
 def test_config_diff_compares_component_options_with_that_components_defaults() -> None:
     from trainpipe.config import load
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import trainpipe
-from kill_kit import train_and_kill
+from kill_kit import interrupt_in_epoch, train_and_kill
 from trainpipe import files
 from trainpipe.cli import main
 from trainpipe.errors import StorageError
@@ -102,16 +102,7 @@ def test_a_run_failing_before_its_first_epoch_leaves_no_directory(tmp_path: Path
 
 def test_ctrl_c_names_the_resume_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from trainpipe.loop.trainer import Trainer
-
-    real = Trainer.train_epoch
-
-    def interrupted_in_epoch_2(self, epoch):  # noqa: ANN001, ANN202
-        if epoch >= 1:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_2)
+    interrupt_in_epoch(monkeypatch, 1)
     out = tmp_path / "run"
     assert main(["train", *TINY, "train.epochs=3", "--output", str(out), "--quiet"]) == 130
     assert f"trainpipe resume {out}" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -53,3 +55,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def global_rng_kept() -> Iterator[None]:
+    """Give Python's, NumPy's and torch's global generators (CPU, CUDA, MPS) back as they were
+    when the block ends, however it ends: a run seeds them, and the user's next draw in a
+    notebook or a script (or the next trial of a sweep) must not depend on that."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)

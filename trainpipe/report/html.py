@@ -18,24 +18,27 @@ from typing import Any
 # Inline markup kept to what the reports use: `code` and **bold**.
 _INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
 
+# Every rule is scoped to the report's own element, so that report.html shown inside another
+# page (a notebook's cell: `trainpipe.report(DIR)`) styles the report and nothing around it.
+SCOPE = "trainpipe-report"
 CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328;
-       max-width: 1100px; margin: 2em auto; padding: 0 1.5em; line-height: 1.5; }
-h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
-h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; display: block; overflow-x: auto; }
-th, td { border: 1px solid #d0d7de; padding: 4px 10px; }
-th { background: #f6f8fa; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr:nth-child(even) td { background: #fbfcfd; }
-code { background: #f2f4f6; padding: 1px 4px; border-radius: 4px; font-size: 0.92em; }
-pre { background: #f6f8fa; padding: 12px; overflow-x: auto; border-radius: 6px; font-size: 0.85em; }
-pre code { background: none; padding: 0; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; border: 1px solid #eaeef2; }
-figcaption { color: #57606a; font-size: 0.9em; }
-.note { color: #57606a; }
-"""
+.S { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1f2328;
+     max-width: 1100px; margin: 2em auto; padding: 0 1.5em; line-height: 1.5; }
+.S h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
+.S h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 1.8em; }
+.S table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; display: block; overflow-x: auto; }
+.S th, .S td { border: 1px solid #d0d7de; padding: 4px 10px; }
+.S th { background: #f6f8fa; text-align: left; }
+.S td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.S tr:nth-child(even) td { background: #fbfcfd; }
+.S code { background: #f2f4f6; padding: 1px 4px; border-radius: 4px; font-size: 0.92em; }
+.S pre { background: #f6f8fa; padding: 12px; overflow-x: auto; border-radius: 6px; font-size: 0.85em; }
+.S pre code { background: none; padding: 0; }
+.S figure { margin: 1em 0; }
+.S figure img { max-width: 100%; border: 1px solid #eaeef2; }
+.S figcaption { color: #57606a; font-size: 0.9em; }
+.S .note { color: #57606a; }
+""".replace(".S", "." + SCOPE)
 
 
 @dataclass
@@ -129,8 +132,8 @@ class Doc:
                 body.append(f"<pre><code>{html.escape(text)}</code></pre>")
         return (
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(body)
+            f"<title>{html.escape(self.title)}</title></head>\n<body>\n"
+            + fragment("\n".join(body))
             + "\n</body></html>\n"
         )
 
@@ -143,8 +146,18 @@ class Doc:
             (output / figures / img.name).write_bytes(img.png)
         md = output / "report.md"
         md.write_text(self.markdown(figures))
-        (output / "report.html").write_text(self.html())
+        (output / "report.html").write_text(self.html(), encoding="utf-8")
         return md
+
+
+def fragment(body: str) -> str:
+    """The report as an element that can sit inside any page: its scoped styles, then its content."""
+    return f'<style>{CSS}</style>\n<div class="{SCOPE}">\n{body}\n</div>'
+
+
+def body_of(document: str) -> str:
+    """What report.html shows, without the document around it (for a notebook's cell)."""
+    return document.split("<body>", 1)[-1].rsplit("</body>", 1)[0].strip()
 
 
 def _cell(v: Any) -> str:

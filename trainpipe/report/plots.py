@@ -1,4 +1,8 @@
-"""The report's figures, drawn with matplotlib's Agg backend and returned as PNG bytes."""
+"""The report's figures, drawn with matplotlib's Agg backend and returned as PNG bytes.
+
+Every figure is a bare `Figure` (it renders with Agg): pyplot's global state and its
+backend stay as the user has them (a notebook's inline backend, a GUI window).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")  # reports are written on headless machines; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 
@@ -21,8 +25,12 @@ DPI = 110
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
+
+
+def _subplots(*grid: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -37,8 +45,8 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
 
 def curves(histories: dict[str, Sequence[dict[str, Any]]], *, best_epochs: dict[str, int | None] | None = None) -> bytes:
     """Loss, accuracy and learning rate per epoch; one colour per run, train dashed, val solid."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colours = plt.get_cmap("tab10" if len(histories) <= 10 else "viridis")
+    fig, axes = _subplots(1, 3, figsize=(15, 4.2))
+    colours = matplotlib.colormaps.get_cmap("tab10" if len(histories) <= 10 else "viridis")
     single = len(histories) == 1
     for i, (label, hist) in enumerate(histories.items()):
         c = colours(i if len(histories) <= 10 else i / max(len(histories) - 1, 1))
@@ -69,10 +77,10 @@ def curves(histories: dict[str, Sequence[dict[str, Any]]], *, best_epochs: dict[
 def overlay(histories: dict[str, Sequence[dict[str, Any]]], key: str, *, highlight: str | None = None,
             values: dict[str, float | None] | None = None) -> bytes:
     """One metric of many runs (sweep trials) on one axis, coloured by their final value."""
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = _subplots(figsize=(10, 5))
     vals = [v for v in (values or {}).values() if v is not None]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps.get_cmap("viridis")
     for label, hist in histories.items():
         xs, ys = _series(hist, key)
         if not xs:
@@ -85,7 +93,7 @@ def overlay(histories: dict[str, Sequence[dict[str, Any]]], key: str, *, highlig
                 marker="o" if len(xs) < 30 else None, markersize=5 if best else 3,
                 alpha=1.0 if best else 0.75, zorder=3 if best else 2, label=f"best: {label}" if best else None)
     if vals and hi > lo:
-        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
+        sm = ScalarMappable(cmap=cmap, norm=Normalize(lo, hi))
         fig.colorbar(sm, ax=ax, label=f"best {key}")
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
@@ -116,10 +124,10 @@ def _mean_series(histories: Sequence[Sequence[dict[str, Any]]], key: str) -> tup
 def config_curves(groups: dict[str, Sequence[Sequence[dict[str, Any]]]], *, highlight: str | None = None) -> bytes:
     """Train/val loss and accuracy and the lr per epoch, one line per configuration (the mean over
     its runs, with a ± one standard deviation band when it has several), the highlighted one thick."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = _subplots(2, 3, figsize=(15, 8))
     flat = list(axes.flat)
     n = len(groups)
-    cmap = plt.get_cmap("tab10" if n <= 10 else "viridis")
+    cmap = matplotlib.colormaps.get_cmap("tab10" if n <= 10 else "viridis")
     for i, (label, hists) in enumerate(groups.items()):
         c = cmap(i if n <= 10 else i / max(n - 1, 1))
         thick = label == highlight
@@ -154,7 +162,7 @@ def per_class(acc: Sequence[float], classes: Sequence[str]) -> bytes:
     """Per-class accuracy as bars, sorted from worst to best."""
     order = np.argsort(acc)
     n = len(acc)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.18 * n, 20), 4))
+    fig, ax = _subplots(figsize=(min(4 + 0.18 * n, 20), 4))
     ax.bar(range(n), [acc[i] for i in order], color="steelblue")
     if n <= 60:
         ax.set_xticks(range(n), [str(classes[i]) for i in order], rotation=90, fontsize=7)
@@ -187,7 +195,7 @@ def metric_vs_params(rows: list[dict[str, Any]], params: list[str], metric: str)
     """One panel per varied parameter: the metric of each trial against its value."""
     cols = min(len(params), 3)
     nrows = math.ceil(len(params) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.8 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, cols, figsize=(5 * cols, 3.8 * nrows), squeeze=False)
     for ax, p in zip(axes.flat, params):
         pts = [(r.get(p), r.get(metric)) for r in rows if r.get(metric) is not None and r.get(p) is not None]
         xs = [x for x, _ in pts]
@@ -248,10 +256,10 @@ def parallel_coordinates(rows: list[dict[str, Any]], params: list[str], metric: 
             pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
             scaled[k] = [pos[label(v)] for v in vals]
             ticks[k] = (list(pos.values()), cats)
-    fig, ax = plt.subplots(figsize=(max(7, 2.3 * len(axes_keys)), 5))
+    fig, ax = _subplots(figsize=(max(7, 2.3 * len(axes_keys)), 5))
     metric_vals = [float(r[metric]) for r in rows]
     lo, hi = (min(metric_vals), max(metric_vals)) if metric_vals else (0.0, 1.0)
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps.get_cmap("viridis")
     order = np.argsort(metric_vals) if goal == "maximize" else np.argsort(metric_vals)[::-1]
     for i in order:  # best trials drawn last, on top
         ys = [scaled[k][i] for k in axes_keys]
@@ -266,7 +274,7 @@ def parallel_coordinates(rows: list[dict[str, Any]], params: list[str], metric: 
     ax.set_xlim(-0.1, len(axes_keys) - 1 + 0.5)
     ax.set_ylim(-0.05, 1.05)
     if hi > lo:
-        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
+        sm = ScalarMappable(cmap=cmap, norm=Normalize(lo, hi))
         fig.colorbar(sm, ax=ax, label=metric)
     fig.tight_layout()
     return _png(fig)
@@ -275,7 +283,7 @@ def parallel_coordinates(rows: list[dict[str, Any]], params: list[str], metric: 
 def importance(values: dict[str, float]) -> bytes:
     """Horizontal bars of parameter importance (Optuna), largest on top."""
     items = sorted(values.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(items) + 1.2))
+    fig, ax = _subplots(figsize=(7, 0.5 * len(items) + 1.2))
     ax.barh([k for k, _ in items], [v for _, v in items], color="steelblue")
     ax.set_xlabel("importance (share of the metric's variance)")
     ax.grid(axis="x", alpha=0.3)

@@ -1,8 +1,13 @@
 """What a run prints: a start line, a progress bar per epoch, epoch lines, a final table.
 
-The progress bar appears only on an interactive terminal (or in Jupyter), never when
+The progress bar appears only on an interactive terminal or in a notebook, never when
 the output is a file or the CI environment variable is set; epoch lines and the final
 table are printed unless the run is quiet.
+
+In a notebook (a Jupyter kernel: JupyterLab, Colab, Kaggle, VS Code) every line is
+plain text on the cell's stdout, so the start line, each epoch's line and the final
+table stay in the cell (and in the saved notebook); the live bar of the current epoch
+is one display that is updated in place and emptied when the epoch ends.
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ class ConsoleReport(Callback):
         from rich.console import Console
 
         self.quiet = quiet
+        self.notebook = in_notebook()
         # Without a terminal (a log file, CI, a pipe) rich would wrap at 80 columns and cut each
-        # epoch's line in two: there, every line is printed whole, one per epoch.
-        self.console = Console(highlight=False, soft_wrap=not console_is_interactive())
+        # epoch's line in two: there, every line is printed whole, one per epoch. In a notebook,
+        # rich would send each print as an HTML display of its own: plain text on the cell's
+        # stdout reads the same and is what a saved notebook keeps.
+        self.console = Console(highlight=False, soft_wrap=self.notebook or not console_is_interactive(),
+                               force_jupyter=False if self.notebook else None)
 
     def start(self, cfg: "RunConfig", run_dir: Path, summary: dict[str, Any]) -> None:
         if self.quiet:
@@ -54,6 +63,8 @@ class ConsoleReport(Callback):
         mode = cfg.tracking.progress
         if self.quiet or mode == "none" or (mode == "auto" and not console_is_interactive()):
             return None
+        if self.notebook:
+            return NotebookProgress(cfg.train.epochs)
         return ProgressBar(cfg.train.epochs, lambda: data.train.batch_size)
 
     def on_epoch_end(self, trainer: "Trainer") -> None:
@@ -93,14 +104,18 @@ def console_report(quiet: bool) -> ConsoleReport:
 def console_is_interactive() -> bool:
     if os.environ.get("CI"):
         return False
-    try:
-        from IPython import get_ipython  # noqa: F401
+    return in_notebook() or sys.stdout.isatty()
 
-        if get_ipython() is not None:  # Jupyter: rich renders its live widgets there
-            return True
-    except ImportError:
-        pass
-    return sys.stdout.isatty()
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (JupyterLab, Colab, Kaggle, VS Code), whose output goes to
+    a notebook's cell rather than a terminal. IPython in a terminal is a terminal."""
+    if "IPython" not in sys.modules:  # never imported: not in IPython (and importing it costs time)
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and (type(shell).__name__ == "ZMQInteractiveShell" or "google.colab" in sys.modules)
 
 
 class ProgressBar:
@@ -145,3 +160,62 @@ class ProgressBar:
     def end_epoch(self) -> None:
         self._progress.remove_task(self._task)
         self._progress.stop()
+
+    def close(self) -> None:
+        """Stop the live display whatever happened (an interrupt mid-epoch): rich's live display
+        replaces sys.stdout and sys.stderr while it runs, and gives them back only here."""
+        self._progress.stop()
+
+
+class NotebookProgress:
+    """The current epoch's bar in a notebook: one display, updated in place, emptied at the
+    epoch's end (the epoch's line printed below it stays).
+
+    An IPython display handle rather than a widget (rich's live display, tqdm.notebook):
+    every frontend updates a display handle in place, with or without ipywidgets, and
+    nothing closes or clears the cell's other outputs, so nothing printed before is lost.
+    """
+
+    REFRESH_S = 0.2  # each update is a message to the frontend
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self._handle: Any = None
+        self._t0 = 0.0
+        self._drawn = 0.0
+        self._total = 0
+
+    def start_epoch(self, epoch: int, n_batches: int) -> None:
+        from IPython.display import display
+
+        self._t0 = self._drawn = time.perf_counter()
+        self._epoch, self._total = epoch + 1, n_batches
+        self._handle = display(self._bundle(0, ""), raw=True, display_id=True)
+
+    def update(self, done: int, loss_sum: Any, correct: Any, seen: int) -> None:
+        now = time.perf_counter()
+        if now - self._drawn < self.REFRESH_S and done < self._total:
+            return
+        self._drawn = now
+        elapsed = max(now - self._t0, 1e-9)
+        eta = elapsed / done * (self._total - done) if done else 0.0
+        stats = (f"loss {float(loss_sum) / seen:.4f}  acc {int(correct) / seen:.4f}  "
+                 f"{seen / elapsed:,.0f} img/s  {eta:.0f}s left")
+        self._handle.update(self._bundle(done, stats), raw=True)
+
+    def end_epoch(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)
+            self._handle = None
+
+    def _bundle(self, done: int, stats: str) -> dict[str, str]:
+        import html
+
+        head = f"epoch {self._epoch}/{self.epochs}  {done}/{self._total}"
+        return {"text/plain": f"{head}  {stats}",
+                "text/html": f'<div style="font-family:monospace"><progress value="{done}" max="{self._total}" '
+                             f'style="width:300px;vertical-align:middle"></progress> {html.escape(head)}  '
+                             f'{html.escape(stats)}</div>'}

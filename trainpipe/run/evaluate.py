@@ -25,7 +25,7 @@ from trainpipe.run import rundir
 from trainpipe.errors import ConfigError
 
 
-@dataclass
+@dataclass(repr=False)
 class EvalResult:
     checkpoint: Path
     split: str
@@ -36,6 +36,10 @@ class EvalResult:
     confusion: np.ndarray  # confusion[i, j]: samples of true class i predicted as j
     json_path: Path
     image_path: Path
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if isinstance(v, float))
+        return f"EvalResult({self.split}{' with tta' if self.tta else ''}: {shown}, checkpoint={str(self.checkpoint)!r})"
 
 
 def locate(target: str | Path) -> tuple[Path, Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,24 +23,12 @@ from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.loop.callbacks import BatchSizeSchedule, Callback, EarlyStopping
 from trainpipe.run.checkpoints import Checkpoint
+from trainpipe.run.result import RunResult
 from trainpipe.config import RunConfig
-from trainpipe.errors import ConfigError, StorageError
-from trainpipe.loop.rng import seed_everything
+from trainpipe.errors import ConfigError, StorageError, TrainingInterrupted
+from trainpipe.loop.rng import global_rng_kept, seed_everything
 
 ConfigLike = str | Path | Mapping[str, Any] | RunConfig | None
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    summary: dict[str, Any]
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    config: RunConfig | None = None
-    model: Any = None  # the evaluated weights left in memory (the best ones with early_stopping.restore_best)
-
-    @property
-    def status(self) -> str:
-        return self.summary.get("status", "unknown")
 
 
 def resolve(config: ConfigLike = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> RunConfig:
@@ -161,7 +148,14 @@ def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
     return [str(o) for o in overrides]
 
 
-def execute(
+def execute(cfg: RunConfig, run_dir: Path, **kw: Any) -> RunResult:
+    """Build everything from `cfg` and run the loop in `run_dir` (see `_execute`); the global
+    random generators are given back as they were before (see the README, "In a notebook")."""
+    with global_rng_kept():
+        return _execute(cfg, run_dir, **kw)
+
+
+def _execute(
     cfg: RunConfig,
     run_dir: Path,
     *,
@@ -210,8 +204,8 @@ def execute(
     if written:
         begin()
     out = console_report(quiet or not main)
-    trainer = None
-    failing = False
+    trainer = progress = None
+    failing = interrupted = False
     try:
         data, model, optimizer, stats = build_parts(cfg, device)
         s = cfg.sched
@@ -243,11 +237,9 @@ def execute(
         summary.update(state.final)
         summary["status"] = {"non_finite_loss": "failed", "pruned": "pruned"}.get(state.stop_reason, "completed")
         summary["stop_reason"] = state.stop_reason
-    except KeyboardInterrupt as e:
-        failing = True
+    except KeyboardInterrupt:
+        failing = interrupted = True
         summary.update({"status": "interrupted", "stop_reason": "interrupted"})
-        e.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names the resume command
-        raise
     except StorageError as e:
         failing = True
         summary.update({"status": "failed", "stop_reason": "storage", "error": str(e)})
@@ -261,6 +253,8 @@ def execute(
         summary.update({"status": "failed", "stop_reason": "error", "error": f"{type(e).__name__}: {e}"})
         raise
     finally:
+        if progress is not None:
+            progress.close()  # a live display gives the console's streams back
         if trainer is not None:
             st = trainer.state
             summary.setdefault("best_epoch", st.best_epoch)
@@ -276,7 +270,13 @@ def execute(
         except StorageError as e:
             if not failing:  # otherwise the error already on its way says the same
                 raise _resumable(e, run_dir) from None
-    result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
+    if trainer is None:  # interrupted while the data or the model was being built
+        result = RunResult(run_dir, summary, [], cfg)
+    else:
+        result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
+    if interrupted:
+        # The CLI and a notebook name the run directory and how to continue it.
+        raise TrainingInterrupted(run_dir, result) from None
     out.finish(result)
     return result
 

@@ -1,5 +1,8 @@
 """Sweeps: a W&B-format sweep file run as an Optuna study, one `trainpipe.train()` per trial.
 
+`trainpipe.sweep(SWEEP, overrides)` (this package, called) runs or resumes a sweep as
+`trainpipe sweep` does and returns its `SweepOutcome`.
+
     spec.py     the sweep file -> SweepSpec (method, metric, base, fixed, hyperband)
     params.py   one parameter: its W&B distribution parsed and checked, its finite values
     methods/    grid, random, bayes: one module per `method:`, registered in SWEEP_METHODS
@@ -21,7 +24,11 @@ the sweep methods) does not import Optuna.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from trainpipe import callable_package
 
 _LAZY = {
     "check_against_config": "trainpipe.sweep.check",
@@ -58,3 +65,26 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def run_or_resume(
+    sweep: str | Path,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    output: str | Path | None = None,
+    *,
+    workers: int = 1,
+    devices: str | None = None,
+    storage: str | None = None,
+    trials: int | None = None,
+) -> SweepOutcome:
+    """Run a sweep file, or resume the sweep in a sweep directory, exactly as `trainpipe sweep`
+    does (the same arguments: `overrides` for every trial, --output, --workers, --devices,
+    --storage, --trials). Returns the SweepOutcome: `.trials` and `.configurations` as tables,
+    `.interrupted` when Ctrl-C (a notebook's stop button) ended it early."""
+    from trainpipe.sweep.run import run_sweep
+
+    return run_sweep(sweep, output, workers=workers, devices=devices, storage=storage, trials=trials,
+                     overrides=overrides)
+
+
+callable_package(__name__, run_or_resume)

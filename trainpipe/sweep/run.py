@@ -44,13 +44,49 @@ from trainpipe.sweep.worker import WorkerConfig, check_stop, install_signal_hand
 META = "study.json"
 
 
-@dataclass
+@dataclass(repr=False)
 class SweepOutcome:
+    """What `trainpipe.sweep()` returns: the trials' rows (best first), and the same as tables."""
+
     sweep_dir: Path
     study_name: str
     storage: str  # password hidden
     rows: list[TrialRow]
     interrupted: bool = False
+    spec: SweepSpec | None = None
+
+    @property
+    def trials(self) -> Any:
+        """One row per trial, best first (results.csv): a pandas DataFrame when pandas is
+        installed, else a `Table`."""
+        from trainpipe.run.result import as_table
+
+        return as_table([{"trial": r.name, "state": r.state, **r.shown, "best": r.value, "test/acc": r.test_acc,
+                          "epochs": r.epochs, "wall_time_s": r.wall_time_s, "reason": r.reason} for r in self.rows],
+                        index="trial")
+
+    @property
+    def configurations(self) -> Any:
+        """One row per configuration (trials that differ only in their seed), best mean first:
+        its rank, parameters, mean and std of the sweep metric over its seeds, n and its trials."""
+        from trainpipe.run.result import as_table
+        from trainpipe.sweep.groups import config_groups
+
+        if self.spec is None:
+            return as_table([])
+        return as_table([{"rank": g.rank, **g.shown, "mean": g.mean, "std": g.std, "n": g.n, "trials": g.trials}
+                         for g in config_groups(self.rows, self.spec)])
+
+    def __repr__(self) -> str:
+        states: dict[str, int] = {}
+        for r in self.rows:
+            states[r.state] = states.get(r.state, 0) + 1
+        counts = ", ".join(f"{n} {state}" for state, n in states.items()) or "no trials"
+        best = next((r for r in self.rows if r.state == "completed" and r.value is not None), None)
+        metric = self.spec.metric if self.spec is not None else "best"
+        shown = f", best {metric}={best.value:.4f} (trial {best.name})" if best is not None else ""
+        return (f"SweepOutcome({counts}{shown}{', interrupted' if self.interrupted else ''}, "
+                f"sweep_dir={str(self.sweep_dir)!r})")
 
 
 def read_meta(d: Path) -> dict[str, Any] | None:
@@ -210,7 +246,7 @@ def run_sweep(
               f"{'' if storage is None else ' --storage URL'}"
               f"{' (the best configuration is evaluated on the test split when the sweep ends)' if spec.test == 'best' else ''}",
               file=sys.stderr)
-    return SweepOutcome(d, study_name, st.redact(url), rows, interrupted)
+    return SweepOutcome(d, study_name, st.redact(url), rows, interrupted, spec)
 
 
 def planned_total(spec: SweepSpec, trials: int | None) -> int | None:

@@ -28,11 +28,19 @@ def curve_points(history: list[dict[str, Any]], key: str) -> list[tuple[int, flo
 
 def draw_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """train/val loss, train/val accuracy and the lr per epoch, side by side, as a PNG."""
+    fig = curves_figure(history, title)
+    path = Path(path)
+    files.atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    return path
+
+
+def curves_figure(history: list[dict[str, Any]], title: str = "", figure_class: Any = None) -> Any:
+    """The figure of `draw_curves` (a matplotlib Figure, or an instance of `figure_class`)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     # A bare Figure renders with Agg and never touches pyplot's global state or a GUI backend.
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = (figure_class or Figure)(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
     panels = (("loss", ("train/loss", "val/loss"), "log"), ("accuracy", ("train/acc", "val/acc"), "linear"),
               ("learning rate", ("lr",), "linear"))
@@ -52,9 +60,7 @@ def draw_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    files.atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-    return path
+    return fig
 
 
 class PlotsTracker(Callback):
