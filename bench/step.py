@@ -270,7 +270,7 @@ def measure_clocks(w: Workload, *, rounds: int, folder: Path, clocks: Sequence[C
     t, o = tr.cfg.train, tr.cfg.optim.options()
     plain = PlainLoop(copy.deepcopy(tr.model), loader.split.x, loader.split.y, tr.data.mean, tr.data.std,
                       batch_size=loader.batch_size, epochs=t.epochs, lr=tr.cfg.optim.lr, seed=1,
-                      amp_dtype=tr.amp_dtype, channels_last=t.channels_last, compile=t.compile,
+                      amp_dtype=tr.amp_dtype, channels_last=loader.channels_last, compile=t.compile,
                       momentum=o.get("momentum", 0.9), nesterov=o.get("nesterov", True),
                       weight_decay=tr.cfg.optim.weight_decay, schedule=tr.cfg.sched.name,
                       val=(val.split.x, val.split.y) if val is not None else None,

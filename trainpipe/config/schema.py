@@ -134,7 +134,9 @@ class TrainConfig(Section):
     monitor: str = "val/acc"
     monitor_mode: Literal["max", "min"] = "max"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = False
+    # auto: on for models with 2-D convolutions on the CPU and CUDA, off elsewhere
+    # (trainpipe.loop.device.resolve_channels_last says why)
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     grad_accum_steps: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
@@ -157,6 +159,14 @@ class TrainConfig(Section):
         if not ok:
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return d
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, v: Any) -> Any:
+        # One message instead of pydantic's one per member of the union.
+        if isinstance(v, bool) or v == "auto":
+            return v
+        raise ValueError("channels_last must be auto, true or false")
 
 
 # ----------------------------------------------------------------------- tracking

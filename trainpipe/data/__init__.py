@@ -1,4 +1,5 @@
-"""The data front door: `build(cfg, seed=, device=)` -> train / val / test loaders."""
+"""The data front door: `build(cfg, seed=, device=)` -> train / val / test loaders
+(`load_splits` first, when the spec must be known before the loaders are built)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from trainpipe.registry import DATASETS
 if TYPE_CHECKING:
     from trainpipe.config import DataConfig
 
-__all__ = ["DataBundle", "DataSpec", "DeviceLoader", "SourceData", "Split", "StreamLoader", "build", "load_source"]
+__all__ = ["DataBundle", "DataSpec", "DeviceLoader", "SourceData", "Split", "Splits", "StreamLoader", "build",
+           "load_source", "load_splits"]
 
 # DeviceLoader only when the data take at most this share of the free device memory
 # (or of the host RAM on CPU): the model, activations and optimizer state need the rest.
@@ -87,15 +89,31 @@ def choose_loader(requested: str, ops: list, nbytes: int, device: torch.device) 
     return "device", f"data ({nbytes / 2**20:.0f} MiB) fit in {device.type} memory"
 
 
-def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: bool = False) -> DataBundle:
-    from trainpipe.data.augment import build_pipeline, stream_transform
+@dataclass
+class Splits:
+    """The data of a run before any loader: its splits, their spec and normalisation.
 
-    device = torch.device(device)
+    A run reads the spec (input shape, classes) to build the model, and the model decides
+    the batches' memory format, before `build` lays the data out in its loaders.
+    """
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    spec: DataSpec
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    official_val: bool
+    extra: dict = field(default_factory=dict)
+
+
+def load_splits(cfg: "DataConfig", *, seed: int) -> Splits:
+    """The train / val / test splits of `cfg` (val carved from train when the source has
+    none, `data.fraction` applied) with their spec and normalisation statistics."""
     src = load_source(cfg)
     official_val = src.val is not None
     train, val = (src.train, src.val) if official_val else carve_val(src.train, cfg.val_split, seed)
     train = take_fraction(train, cfg.fraction, seed)
-    test = src.test
     if src.normalized:
         mean = std = None
     elif src.mean is not None:
@@ -103,13 +121,25 @@ def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: 
     else:
         mean, std = feature_stats(src.train.x)
     spec = DataSpec(tuple(train.sample_shape), len(src.classes), tuple(src.classes))
-
-    ops = build_pipeline(cfg.augment)
-    if ops and not train.is_image:
+    if cfg.augment and not train.is_image:
         raise ConfigError(
             f"data.augment: image augmentations need image data, but {cfg.dataset} gives feature vectors of "
             f"shape {spec.in_shape}; remove data.augment."
         )
+    return Splits(train, val, src.test, spec, mean, std, official_val, src.extra)
+
+
+def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: bool = False,
+          splits: Splits | None = None) -> DataBundle:
+    """Train / val / test loaders on `device`, from `splits` when the caller has loaded them."""
+    from trainpipe.data.augment import build_pipeline, stream_transform
+
+    device = torch.device(device)
+    loaded = splits if splits is not None else load_splits(cfg, seed=seed)
+    train, val, test, spec = loaded.train, loaded.val, loaded.test, loaded.spec
+    mean, std, official_val = loaded.mean, loaded.std, loaded.official_val
+
+    ops = build_pipeline(cfg.augment)
     mix = None
     if cfg.mix is not None:
         from trainpipe.data.augment.mix import build_mix
@@ -154,7 +184,7 @@ def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: 
         "val_size": len(val) if val is not None else 0,
         "val_source": "official" if official_val else ("carved from train" if val is not None else "none"),
         "test_size": len(test) if test is not None else 0,
-        "cache": src.extra.get("cache", "off"),
-        "skipped_corrupt": src.extra.get("skipped", 0),
+        "cache": loaded.extra.get("cache", "off"),
+        "skipped_corrupt": loaded.extra.get("skipped", 0),
     }
     return DataBundle(train_loader, make_eval(val), make_eval(test), spec, mean, std, info)

@@ -124,6 +124,11 @@ class _Base:
         return num_batches(self._n, self.batch_size, self.drop_last)
 
     @property
+    def channels_last(self) -> bool:
+        """True when image batches come in the channels-last memory format."""
+        return self._normalize.channels_last
+
+    @property
     def num_samples(self) -> int:
         """Samples seen per epoch (fewer than the split when drop_last drops a tail)."""
         return min(self._n, len(self) * self.batch_size)

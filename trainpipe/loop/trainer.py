@@ -96,6 +96,18 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, prefix: str) -> d
     return {k: float(v) for k, v in out.items()}
 
 
+def conform_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (momentum, Adam's moments) its parameter's memory
+    format. `Optimizer.load_state_dict` keeps the strides a tensor was saved with, so a
+    checkpoint from a channels-last run resumed in the default format (or the reverse) would
+    mix formats in one update, which the fused and foreach kernels leave their fast path for."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    optimizer.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 # Each rollback halves the lr; after this many the run is declared failed (an lr
 # divided by 8 that still diverges points at something other than the step size).
 MAX_ROLLBACKS = 3
@@ -192,6 +204,7 @@ class Trainer:
         after the callbacks' `on_fit_start`, so that nothing they do can shift it."""
         self.model.load_state_dict(d["model"])
         self.optimizer.load_state_dict(d["optimizer"])
+        conform_optimizer_state(self.optimizer)
         self.state.load_state_dict(d["state"])
         self.schedule.load_state_dict(d["schedule"])
         self.apply_config_hparams()

@@ -32,6 +32,12 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def _memory_format(summary: dict[str, Any]) -> str:
+    if "channels_last" not in summary:
+        return ""
+    return f", channels_last {str(summary['channels_last']).lower()} ({summary.get('channels_last_reason')})"
+
+
 class ConsoleReport(Callback):
     def __init__(self, quiet: bool) -> None:
         from rich.console import Console
@@ -54,7 +60,7 @@ class ConsoleReport(Callback):
             f"[bold]{cfg.name}[/]: {cfg.data.dataset} ({summary.get('train_size')} train / "
             f"{summary.get('val_size')} val / {summary.get('test_size')} test, {summary.get('loader')} loader), "
             f"{cfg.model.name} ({params:,} params, {macs / 1e6:.2f} MMACs/image), {cfg.optim.name}, "
-            f"{cfg.sched.name}, on {summary.get('device')} -> {run_dir}"
+            f"{cfg.sched.name}, on {summary.get('device')}{_memory_format(summary)} -> {run_dir}"
             if params is not None and macs is not None
             else f"[bold]{cfg.name}[/] -> {run_dir}"
         )

@@ -78,7 +78,7 @@ def evaluate_checkpoint(
     from trainpipe import config as config_mod
     from trainpipe import data as data_mod
     from trainpipe import models
-    from trainpipe.loop.device import resolve_device, resolve_precision
+    from trainpipe.loop.device import memory_format, resolve_channels_last, resolve_device, resolve_precision
     from trainpipe.loop.trainer import metrics_from_logits, predict
 
     path, out_dir = locate(target)
@@ -88,18 +88,21 @@ def evaluate_checkpoint(
                           f"written by trainpipe (checkpoints/best.pt, last.pt) can be evaluated.")
     cfg = config_mod.validate(state["config"])
     dev = resolve_device(device or cfg.train.device)
-    data = data_mod.build(cfg.data, seed=cfg.seed, device=dev, channels_last=cfg.train.channels_last)
+    splits = data_mod.load_splits(cfg.data, seed=cfg.seed)
+    m = cfg.model
+    model = models.build(m.name, m.options(), splits.spec, pretrained=False, weights=None,
+                         input_size=m.input_size, freeze="none")
+    # The same choice as the run made on this device; the weights load in either format.
+    channels_last, _ = resolve_channels_last(cfg.train.channels_last, model, dev)
+    data = data_mod.build(cfg.data, seed=cfg.seed, device=dev, channels_last=channels_last, splits=splits)
     loader = data.test if split == "test" else data.val
     if loader is None:
         other = "val" if split == "test" else "test"
         hint = ("the run used data.val_split=0" if split == "val"
                 else f"dataset {cfg.data.dataset} has no test split")
         raise ConfigError(f"eval: --split {split}: this run has no {split} split ({hint}); try --split {other}.")
-    m = cfg.model
-    model = models.build(m.name, m.options(), data.spec, pretrained=False, weights=None,
-                         input_size=m.input_size, freeze="none")
     model.load_state_dict(_weights(state))
-    model = model.to(dev, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    model = model.to(dev, memory_format=memory_format(channels_last))
     logits, y = predict(model, loader, device=dev, amp_dtype=resolve_precision(cfg.train.precision, dev),
                         tta="flip" if tta else "none")
     metrics = metrics_from_logits(logits, y, split)

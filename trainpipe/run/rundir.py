@@ -191,6 +191,22 @@ def write_config(run_dir: Path, cfg: Any, command: str) -> None:
     files.write_text(run_dir / CONFIG, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+AUTO_NOTE = "# auto chose: "
+
+
+def note_auto_choices(run_dir: Path, choices: dict[str, str]) -> None:
+    """Add to config.yaml's header what its `auto` values chose on this machine, e.g.
+    `# auto chose: train.channels_last=true (2-D convolutions on cpu)`; a resumed run
+    replaces the note of the process before it."""
+    if not choices:
+        return
+    path = run_dir / CONFIG
+    lines = [line for line in path.read_text().splitlines(keepends=True) if not line.startswith(AUTO_NOTE)]
+    end = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    note = AUTO_NOTE + "; ".join(f"{k}={v}" for k, v in choices.items()) + "\n"
+    files.write_text(path, "".join([*lines[:end], note, *lines[end:]]))
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     files.write_json(run_dir / SUMMARY, summary)
 

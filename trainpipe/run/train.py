@@ -227,6 +227,8 @@ def _execute(
             load_resume_state(trainer, resume_state, resume_path)
         if not written:
             begin()
+        if main:
+            rundir.note_auto_choices(run_dir, auto_choices(cfg, summary))
         out.start(cfg, run_dir, summary)
 
         def finalize(tr: Any) -> dict[str, Any]:
@@ -281,11 +283,22 @@ def _execute(
     return result
 
 
+def auto_choices(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, str]:
+    """What the config's `auto` settings chose for this run ({dotted key: value and why})."""
+    out = {}
+    if cfg.train.device == "auto":
+        out["train.device"] = summary["device"]
+    if cfg.train.channels_last == "auto":
+        why = summary["channels_last_reason"].removeprefix("auto: ")
+        out["train.channels_last"] = f"{str(summary['channels_last']).lower()} ({why})"
+    return out
+
+
 class Parts(NamedTuple):
     data: Any  # data.DataBundle: train / val / test loaders, spec, info
     model: Any
     optimizer: Any
-    stats: dict[str, Any]  # parameters and MACs per image
+    stats: dict[str, Any]  # parameters and MACs per image, and what train.channels_last chose
 
 
 def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
@@ -293,6 +306,7 @@ def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
     (and `lr-find`) builds them from a config. Under DDP each rank keeps its shard."""
     from trainpipe import data as data_mod
     from trainpipe import models, optim
+    from trainpipe.loop.device import memory_format, resolve_channels_last
 
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
@@ -303,13 +317,17 @@ def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=cfg.train.channels_last)
-    distributed.shard(data, cfg)
+    splits = data_mod.load_splits(cfg.data, seed=cfg.seed)
     m = cfg.model
-    model = models.build(m.name, m.options(), data.spec, pretrained=m.pretrained, weights=m.weights,
+    model = models.build(m.name, m.options(), splits.spec, pretrained=m.pretrained, weights=m.weights,
                          input_size=m.input_size, freeze=m.freeze)
-    stats = models.model_stats(model, data.spec)
-    model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    stats = models.model_stats(model, splits.spec)
+    # The model decides the batches' memory format, before the loaders lay the data out.
+    channels_last, why = resolve_channels_last(cfg.train.channels_last, model, device)
+    stats.update(channels_last=channels_last, channels_last_reason=why)
+    data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=channels_last, splits=splits)
+    distributed.shard(data, cfg)
+    model = model.to(device, memory_format=memory_format(channels_last))
     o = cfg.optim
     optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,
                             decay_norm_and_bias=o.decay_norm_and_bias, backbone_lr_mult=o.backbone_lr_mult)
