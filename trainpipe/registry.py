@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from trainpipe.errors import ConfigError, did_you_mean
@@ -30,6 +31,9 @@ class Entry:
     name: str
     fn: Callable[..., Any]
     description: str
+    # What the entry declares about itself beyond its options, read by the code that uses
+    # the family (an optimizer's `step="closure"`: it re-evaluates the loss inside step()).
+    traits: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def options(self) -> dict[str, inspect.Parameter]:
         """The keyword-only parameters: what a config may set for this entry."""
@@ -61,14 +65,17 @@ class Registry:
         self._fallback_names: Callable[[], Iterable[str]] = lambda: ()
         self._fallback_hint = ""
 
-    def register(self, name: str, description: str | None = None) -> Callable[[Callable], Callable]:
+    def register(self, name: str, description: str | None = None, **traits: Any) -> Callable[[Callable], Callable]:
+        """Register the decorated function as `name`; `traits` are what the entry declares
+        about itself beyond its options (kept in `Entry.traits`)."""
+
         def deco(fn: Callable) -> Callable:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} is registered twice")
             # The description is the docstring's first paragraph, joined onto one line.
             first = (inspect.getdoc(fn) or "").strip().split("\n\n")[0]
             text = description or " ".join(first.split())
-            self._entries[name] = Entry(name, fn, text)
+            self._entries[name] = Entry(name, fn, text, MappingProxyType(dict(traits)))
             return fn
 
         return deco

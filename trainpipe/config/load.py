@@ -32,7 +32,7 @@ from trainpipe.config.schema import (
 )
 from trainpipe.config.types import ComponentList, ComponentName
 from trainpipe.errors import ConfigError
-from trainpipe.registry import AUGMENTS, FAMILIES, TRACKERS, Entry
+from trainpipe.registry import AUGMENTS, FAMILIES, OPTIMIZERS, TRACKERS, Entry
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -336,16 +336,19 @@ def _cross_checks(cfg: RunConfig) -> None:
     if epochs and s.warmup_epochs >= epochs:
         raise ConfigError(f"sched.warmup_epochs: warmup ({s.warmup_epochs:g} epochs) must end before training "
                           f"does ({epochs} epochs).")
-    closure_optim = cfg.optim.name == "sam"
+    # The optimizer's entry declares a closure step (step="closure", trainpipe.loop.step): its
+    # second forward/backward runs outside the GradScaler and on the current batch only.
+    name = cfg.optim.name
+    closure_optim = OPTIMIZERS.get(name, key="optim.name").traits.get("step") == "closure"
     if closure_optim and cfg.train.precision == "fp16":
         raise ConfigError(
-            "train.precision: fp16 cannot be combined with optim.name=sam: SAM's second forward/backward "
-            "pass runs outside the fp16 GradScaler, so its gradients would stay scaled. Use "
+            f"train.precision: fp16 cannot be combined with optim.name={name}: a SAM-style optimizer's second "
+            "forward/backward pass runs outside the fp16 GradScaler, so its gradients would stay scaled. Use "
             "train.precision=bf16 (no scaler needed) or fp32."
         )
     if closure_optim and cfg.train.grad_accum_steps > 1:
         raise ConfigError(
-            "train.grad_accum_steps: SAM re-evaluates the loss on the current batch at perturbed weights, "
-            "which would see only the last of the accumulated batches. Use train.grad_accum_steps=1 with "
-            "optim.name=sam (raise data.batch_size instead)."
+            f"train.grad_accum_steps: SAM-style optimizers (optim.name={name}) re-evaluate the loss on the "
+            "current batch at perturbed weights, which would see only the last of the accumulated batches. "
+            f"Use train.grad_accum_steps=1 with optim.name={name} (raise data.batch_size instead)."
         )

@@ -1,7 +1,8 @@
 """The training loop: `Trainer.fit()` and `Trainer.evaluate()`.
 
 The loop reads top to bottom. Precision, gradient accumulation, clipping and EMA
-live here, not in callbacks; callbacks observe `trainer.state` and may set
+live here (the optimizer step itself, with clipping and the non-finite check, in
+`trainpipe.loop.step`), not in callbacks; callbacks observe `trainer.state` and may set
 `state.should_stop` with a reason. Metrics are summed on the device and read once
 per epoch (and every `train.log_every` steps when a progress bar is shown), so a
 step never waits for the host. The one exception is `train.on_nonfinite:
@@ -28,6 +29,7 @@ from trainpipe.config import RunConfig
 from trainpipe.loop.device import all_finite, autocast, is_better, resolve_precision
 from trainpipe.loop.ema import ModelEma
 from trainpipe.loop.rng import restore_rng
+from trainpipe.loop.step import step_class
 
 
 @dataclass
@@ -148,11 +150,12 @@ class Trainer:
         self.resumed = False
         self._pending_rng: dict[str, Any] | None = None
         t = cfg.train
-        self.amp_dtype = resolve_precision(t.precision, device,
-                                           fp16_ok=not getattr(optimizer, "requires_closure", False))
+        step_cls = step_class(cfg.optim.name)  # plain or closure, as the optimizer's entry declares
+        self.amp_dtype = resolve_precision(t.precision, device, fp16_ok=step_cls.fp16_ok)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.ema = ModelEma(model, t.ema.decay, t.ema.warmup) if t.ema is not None else None
         self.skip_nonfinite = t.on_nonfinite == "skip_step"
+        self.step = step_cls(model, optimizer, self.scaler, grad_clip=t.grad_clip, skip_nonfinite=self.skip_nonfinite)
         self._skipped_this_epoch = 0
         self._config_hparams = self._group_hparams() if optimizer is not None else []
         step_model = distributed.wrap(model, device, sync_bn=t.sync_bn)  # DDP under several processes, else `model`
@@ -366,17 +369,11 @@ class Trainer:
             logits = self.forward(x)
         return soft_cross_entropy(logits, y, self.cfg.train.label_smoothing), logits
 
-    def _grads_finite(self, loss: torch.Tensor) -> bool:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        # The documented host sync of skip_step: the step must be decided now.
-        return bool(all_finite(grads) & loss.detach().isfinite())
-
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, group: int, step_now: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward of one batch (1/group of an optimizer step); the step
-        itself when `step_now` (the group's last batch)."""
-        t = self.cfg.train
+        itself (`self.step`: see `trainpipe.loop.step`) when `step_now` (the group's last batch)."""
         # Under DDP, the micro-batches before a group's last keep their gradients local
         # (no_sync); the last one's backward all-reduces the accumulated sum, once per step.
         local = not step_now and self._ddp is not None
@@ -386,35 +383,12 @@ class Trainer:
             self.scaler.scale(loss / group if group > 1 else loss).backward()
         if not step_now:
             return loss, logits
-        if t.grad_clip is not None or self.skip_nonfinite:
-            self.scaler.unscale_(self.optimizer)
-        if self.skip_nonfinite and not self._grads_finite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # with fp16, an overflow also lowers the loss scale
+        if not self.step(loss, lambda: self._loss(x, y)[0]):
             self.state.skipped_steps += 1
             self._skipped_this_epoch += 1
             return loss, logits
-        closure_optim = getattr(self.optimizer, "requires_closure", False)
-        if t.grad_clip is not None and not closure_optim:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
-        if closure_optim:
-            # SAM-style optimizers re-evaluate the loss at perturbed weights and step with
-            # that second gradient, so it is the one clipped (the first is only normalised).
-            def closure() -> torch.Tensor:
-                with self.optimizer.second_pass(self.model):
-                    loss2, _ = self._loss(x, y)
-                loss2.backward()
-                if t.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True)
-                return loss2
-
-            self.optimizer.step(closure)
-        else:
-            self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        if self.ema is not None and self.state.step % t.ema.every == 0:
+        if self.ema is not None and self.state.step % self.cfg.train.ema.every == 0:
             self.ema.update(self.model)
         return loss, logits
 

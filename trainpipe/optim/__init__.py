@@ -19,14 +19,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, PositiveFloat
+from pydantic import Field
 from torch import nn
 from torch.optim import Optimizer
 
-from trainpipe.config.types import ComponentName
 from trainpipe.errors import ConfigError
 from trainpipe.optim.muon import KernelMuon, OptimizerSet
-from trainpipe.optim.sam import SAM
+from trainpipe.optim.sam import SAM  # noqa: F401  (registers sam)
 from trainpipe.registry import OPTIMIZERS, Entry
 
 
@@ -142,19 +141,6 @@ def rmsprop(param_groups: list[dict[str, Any]], /, *, alpha: float = 0.99, eps: 
     """RMSprop."""
     return torch.optim.RMSprop(param_groups, lr=param_groups[0]["lr"], alpha=alpha, eps=eps,
                                momentum=momentum, centered=centered)
-
-
-@OPTIMIZERS.register("sam")
-def sam(param_groups: list[dict[str, Any]], /, *,
-        base: Annotated[str, ComponentName("optimizer", options="base_options")] = "sgd",
-        rho: PositiveFloat = 0.05, adaptive: bool = False, base_options: dict[str, Any] | None = None,
-        freeze_bn: bool = True) -> Optimizer:
-    """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM;
-    freeze_bn=false lets the second pass update BatchNorm's running statistics too."""
-    entry = OPTIMIZERS.get(base, key="optim.base")
-    opts = dict(base_options or {})  # checked against `base` with the config
-    return SAM(param_groups, lambda groups: entry.fn(groups, **opts), rho=rho, adaptive=adaptive,
-               freeze_bn=freeze_bn)
 
 
 @OPTIMIZERS.register("muon")

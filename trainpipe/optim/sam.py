@@ -1,6 +1,7 @@
 """SAM (sharpness-aware minimization), an optimizer torch does not ship.
 
-`trainpipe.optim` registers it; this module holds the class. It behaves like a plain
+This module holds the class and its registry entry (`optim.name: sam`), which declares
+the closure step (`step="closure"`); a new closure optimizer is one module like this. It behaves like a plain
 `torch.optim.Optimizer` towards the loop and the schedule: `param_groups` are the dicts
 the schedule writes `lr` into, and `state_dict()` round-trips everything a resume needs.
 """
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import PositiveFloat
 from torch import nn
 from torch.optim import Optimizer
+
+from trainpipe.config.types import ComponentName
+from trainpipe.registry import OPTIMIZERS
 
 
 class SAM(Optimizer):
@@ -33,7 +38,8 @@ class SAM(Optimizer):
     pulled towards the statistics of the perturbed weights.
     """
 
-    # The training loop checks this to pass a closure that re-runs forward and backward.
+    # For code that drives a bare SAM (tests, notebooks): step() needs a closure. The loop
+    # reads the registry entry's step="closure" instead.
     requires_closure = True
 
     def __init__(
@@ -108,3 +114,18 @@ class SAM(Optimizer):
         self.base_optimizer.load_state_dict(state_dict)
         # Loading replaces the base's group dicts; share the new ones again.
         self.param_groups = self.base_optimizer.param_groups
+
+
+# step="closure": the loop passes step() a closure that re-runs forward and backward
+# (trainpipe.loop.step.ClosureStep), and the config refuses what that step cannot do.
+@OPTIMIZERS.register("sam", step="closure")
+def sam(param_groups: list[dict[str, Any]], /, *,
+        base: Annotated[str, ComponentName("optimizer", options="base_options")] = "sgd",
+        rho: PositiveFloat = 0.05, adaptive: bool = False, base_options: dict[str, Any] | None = None,
+        freeze_bn: bool = True) -> Optimizer:
+    """Sharpness-Aware Minimization around any other optimizer (`base`); adaptive=true is ASAM;
+    freeze_bn=false lets the second pass update BatchNorm's running statistics too."""
+    entry = OPTIMIZERS.get(base, key="optim.base")
+    opts = dict(base_options or {})  # checked against `base` with the config
+    return SAM(param_groups, lambda groups: entry.fn(groups, **opts), rho=rho, adaptive=adaptive,
+               freeze_bn=freeze_bn)
