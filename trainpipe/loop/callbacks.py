@@ -28,6 +28,7 @@ import torch
 
 from trainpipe.errors import ConfigError, did_you_mean
 from trainpipe.loop.device import is_better
+from trainpipe.loop.stop import StopReason
 
 if TYPE_CHECKING:
     from trainpipe.loop.trainer import Trainer
@@ -100,7 +101,7 @@ class EarlyStopping(Callback):
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
                 trainer.state.should_stop = True
-                trainer.state.stop_reason = "early_stopping"
+                trainer.state.stop_reason = StopReason.EARLY_STOPPING
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         # stop_reason stays None when the loop was cut by an exception or Ctrl-C.

@@ -30,6 +30,7 @@ from trainpipe.loop.device import all_finite, autocast, is_better, resolve_preci
 from trainpipe.loop.ema import ModelEma
 from trainpipe.loop.rng import restore_rng
 from trainpipe.loop.step import step_class
+from trainpipe.loop.stop import StopReason
 
 
 @dataclass
@@ -49,7 +50,10 @@ class TrainState:
     final: dict[str, Any] = field(default_factory=dict)  # after the loop: test metrics, bests
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        # A plain str in checkpoints (which load with weights_only=True) and summaries.
+        d["stop_reason"] = None if self.stop_reason is None else str(self.stop_reason)
+        return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -256,8 +260,8 @@ class Trainer:
                 if self.state.nonfinite:
                     self._after_nonfinite()
             if self.state.stop_reason is None:
-                self.state.stop_reason = "max_epochs"
-            if finalize is not None and self.state.stop_reason != "non_finite_loss":
+                self.state.stop_reason = StopReason.MAX_EPOCHS
+            if finalize is not None and self.state.stop_reason != StopReason.NON_FINITE:
                 self.state.final = finalize(self)
         finally:
             run_hooks(self.callbacks, "on_fit_end", self)
@@ -278,7 +282,7 @@ class Trainer:
         st = self.state
         if self.cfg.train.on_nonfinite == "rollback" and st.rollbacks < MAX_ROLLBACKS and self._rollback():
             return
-        st.should_stop, st.stop_reason = True, "non_finite_loss"
+        st.should_stop, st.stop_reason = True, StopReason.NON_FINITE
 
     def _rollback(self) -> bool:
         found = self.last_good_state() if self.last_good_state is not None else None

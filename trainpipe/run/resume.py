@@ -26,7 +26,7 @@ from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.errors import ConfigError
 from trainpipe.run import rundir
-from trainpipe.run.train import RunResult, execute
+from trainpipe.run.train import RunResult, execute, run_device
 
 
 def resume(
@@ -62,14 +62,12 @@ def resume(
         raise ConfigError(f"resume: {str(run_dir)!r} is still being trained by another process "
                           f"({rundir.describe_owner(owner)}); wait for it to end, or stop it first.")
     found = ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, warn=warn)
-    from trainpipe.loop.device import resolve_device
-
-    distributed.setup(resolve_device(cfg.train.device))
+    device = run_device(cfg)
     distributed.barrier()
     if found is None:
         # Killed before its first checkpoint: nothing to continue, so start over in place.
         warn(f"{run_dir / rundir.CHECKPOINTS} holds no checkpoint yet; starting the run over.")
-        return execute(cfg, run_dir, quiet=quiet,
+        return execute(cfg, run_dir, device=device, quiet=quiet,
                        on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=None, epoch=0))
     state, path = found
     st = state["state"]
@@ -87,7 +85,7 @@ def resume(
         print(f"resuming {run_dir}{was} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
     # Nothing is written (config.yaml, history, summary.json) until the data, the model and
     # this checkpoint are loaded: a resume that cannot start leaves the run as it was.
-    return execute(cfg, run_dir, quiet=quiet, resume_state=state, resume_path=path,
+    return execute(cfg, run_dir, device=device, quiet=quiet, resume_state=state, resume_path=path,
                    prior_wall_time=float(summary.get("wall_time_s") or 0.0),
                    on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch))
 

@@ -9,7 +9,6 @@ the run fails or is interrupted.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.loop.callbacks import BatchSizeSchedule, Callback, EarlyStopping
 from trainpipe.run.checkpoints import Checkpoint
+from trainpipe.run.record import RunRecord, bests
 from trainpipe.run.result import RunResult
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError, StorageError, TrainingInterrupted
@@ -72,11 +72,9 @@ def train(
     run is refused (ConfigError) unless `overwrite`, which deletes that run first.
     """
     cfg = resolve(config, overrides)
-    from trainpipe.loop.device import resolve_device
-
     if not distributed.launched():  # under torchrun, the launching command did this once
         claim_output(output, overwrite=overwrite)
-    distributed.setup(resolve_device(cfg.train.device))
+    device = run_device(cfg)
     # rank 0's choice, under DDP
     run_dir = distributed.broadcast_object(new_run_dir(cfg, output, default_run_name(cfg, config, overrides)))
     command = command or f"trainpipe.train({config!r}, overrides={list(overrides)!r})"
@@ -86,7 +84,7 @@ def train(
         rundir.write_config(run_dir, cfg, command)
         rundir.append_history(run_dir, {"event": "train", "command": command, "overrides": _as_list(overrides)})
     try:
-        return execute(cfg, run_dir, quiet=quiet, extra_callbacks=callbacks)
+        return execute(cfg, run_dir, device=device, quiet=quiet, extra_callbacks=callbacks)
     except ConfigError as e:
         # Bad input found before the first epoch (a data file, a model that does not fit the
         # data): the directory holds nothing worth keeping, so it is not left behind.
@@ -159,6 +157,7 @@ def _execute(
     cfg: RunConfig,
     run_dir: Path,
     *,
+    device: torch.device,
     quiet: bool = False,
     extra_callbacks: Sequence[Callback] = (),
     resume_state: dict[str, Any] | None = None,
@@ -166,119 +165,54 @@ def _execute(
     prior_wall_time: float = 0.0,
     on_start: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Build everything from `cfg` and run the loop in `run_dir`; with `resume_state` (a full
-    checkpoint read from `resume_path`), continue from it. `prior_wall_time` is the time the
-    run's earlier processes spent, added to summary.json's wall_time_s.
+    """Build everything from `cfg` and run the loop in `run_dir` on `device` (`run_device`);
+    with `resume_state` (a full checkpoint read from `resume_path`), continue from it.
+    `prior_wall_time` is the time the run's earlier processes spent (see `RunRecord`).
 
     With `on_start` (a resume), nothing is written into `run_dir` until the run can start:
     the data, the model and the checkpoint's state are built and loaded first, then
     `on_start()` records the resume, then summary.json says "running". An error before that
     leaves every file of the run as it was."""
-    from trainpipe import sched
-    from trainpipe.loop.device import resolve_device
     from trainpipe.loop.trainer import Trainer
     from trainpipe.run.console import console_report
 
-    started = time.perf_counter()
-    prior_wall = prior_wall_time
-    summary: dict[str, Any] = {"status": "running", "name": cfg.name, "seed": cfg.seed, "run_dir": str(run_dir)}
-    # Joining the DDP process group (when launched as one of several ranks) comes first:
-    # only rank 0 writes and prints.
-    device = distributed.setup(resolve_device(cfg.train.device))
-    main = distributed.is_main()
-    written = on_start is None  # whether this process has started writing the run's files
-
-    def save_summary() -> None:
-        if main and written:
-            rundir.write_summary(run_dir, summary)
-
-    def begin() -> None:
-        nonlocal written
-        if on_start is not None:
-            on_start()
-        written = True
-        save_summary()
-        if main:
-            rundir.write_process(run_dir)
-
-    if written:
-        begin()
+    main = distributed.is_main()  # only rank 0 writes and prints
+    record = RunRecord(run_dir, cfg, main=main, prior_wall_time=prior_wall_time, on_start=on_start)
     out = console_report(quiet or not main)
-    trainer = progress = None
-    failing = interrupted = False
+    progress = None
     try:
-        data, model, optimizer, stats = build_parts(cfg, device)
-        s = cfg.sched
-        schedule = sched.build(s.name, s.options(), optimizer, epochs=cfg.train.epochs,
-                               steps_per_epoch=max(len(data.train), 1), warmup_epochs=s.warmup_epochs,
-                               warmup_steps=s.warmup_steps, monitor_mode=cfg.train.monitor_mode)
-        summary.update({"device": str(device), "loader": data.info.get("loader"), **stats,
-                        "train_size": data.info.get("train_size"), "val_size": data.info.get("val_size"),
-                        "test_size": data.info.get("test_size"), "processes": distributed.world_size()})
-        save_summary()
+        with record.recording():
+            data, model, optimizer, stats = build_parts(cfg, device)
+            schedule = build_schedule(cfg, optimizer, data)
+            record.note({"device": str(device), "loader": data.info.get("loader"), **stats,
+                         **{f"{split}_size": data.info.get(f"{split}_size") for split in ("train", "val", "test")},
+                         "processes": distributed.world_size()})
+            callbacks = callbacks_for(cfg, run_dir, main=main, console=out, extra=extra_callbacks)
+            progress = out.progress(cfg, data)
+            trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
+                              progress=progress, last_good_state=lambda: ckpt.find_resumable(
+                                  run_dir / rundir.CHECKPOINTS, map_location=device),
+                              on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
+            record.follow(trainer)
+            if resume_state is not None:
+                load_resume_state(trainer, resume_state, resume_path)
+            record.begin()  # a resume writes its first file here, once everything has loaded
+            if main:
+                rundir.note_auto_choices(run_dir, auto_choices(cfg, record.summary))
+            out.start(cfg, run_dir, record.summary)
 
-        callbacks = callbacks_for(cfg, run_dir, main=main, console=out, extra=extra_callbacks)
-        progress = out.progress(cfg, data)
-        trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
-                          progress=progress,
-                          last_good_state=lambda: ckpt.find_resumable(run_dir / rundir.CHECKPOINTS, map_location=device),
-                          on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
-        if resume_state is not None:
-            load_resume_state(trainer, resume_state, resume_path)
-        if not written:
-            begin()
-        if main:
-            rundir.note_auto_choices(run_dir, auto_choices(cfg, summary))
-        out.start(cfg, run_dir, summary)
+            def finalize(tr: Any) -> dict[str, Any]:
+                distributed.barrier()  # rank 0 has written best.pt before any rank reads it
+                return final_summary(tr, cfg, run_dir)
 
-        def finalize(tr: Any) -> dict[str, Any]:
-            distributed.barrier()  # rank 0 has written best.pt before any rank reads it
-            return final_summary(tr, cfg, run_dir)
-
-        state = trainer.fit(finalize)
-        summary.update(state.final)
-        summary["status"] = {"non_finite_loss": "failed", "pruned": "pruned"}.get(state.stop_reason, "completed")
-        summary["stop_reason"] = state.stop_reason
+            record.finished(trainer.fit(finalize))
     except KeyboardInterrupt:
-        failing = interrupted = True
-        summary.update({"status": "interrupted", "stop_reason": "interrupted"})
-    except StorageError as e:
-        failing = True
-        summary.update({"status": "failed", "stop_reason": "storage", "error": str(e)})
-        raise _resumable(e, run_dir) from None
-    except ConfigError as e:
-        failing = True
-        summary.update({"status": "failed", "stop_reason": "config_error", "error": str(e)})
-        raise
-    except Exception as e:
-        failing = True
-        summary.update({"status": "failed", "stop_reason": "error", "error": f"{type(e).__name__}: {e}"})
-        raise
+        # The CLI and a notebook name the run directory and how to continue it.
+        raise TrainingInterrupted(run_dir, record.result()) from None
     finally:
         if progress is not None:
             progress.close()  # a live display gives the console's streams back
-        if trainer is not None:
-            st = trainer.state
-            summary.setdefault("best_epoch", st.best_epoch)
-            summary["epochs_run"] = st.epoch
-            summary.setdefault(f"best/{cfg.train.monitor}", st.best_metric)
-            if cfg.train.on_nonfinite == "skip_step":
-                summary["skipped_steps"] = st.skipped_steps
-            if st.rollbacks:
-                summary.update({"rollbacks": st.rollbacks, "lr_factor": trainer.schedule.factor("rollback")})
-        summary["wall_time_s"] = prior_wall + (time.perf_counter() - started)
-        try:
-            save_summary()
-        except StorageError as e:
-            if not failing:  # otherwise the error already on its way says the same
-                raise _resumable(e, run_dir) from None
-    if trainer is None:  # interrupted while the data or the model was being built
-        result = RunResult(run_dir, summary, [], cfg)
-    else:
-        result = RunResult(run_dir, summary, list(trainer.state.history), cfg, trainer.eval_model)
-    if interrupted:
-        # The CLI and a notebook name the run directory and how to continue it.
-        raise TrainingInterrupted(run_dir, result) from None
+    result = record.result()
     out.finish(result)
     return result
 
@@ -292,6 +226,24 @@ def auto_choices(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, str]:
         why = summary["channels_last_reason"].removeprefix("auto: ")
         out["train.channels_last"] = f"{str(summary['channels_last']).lower()} ({why})"
     return out
+
+
+def run_device(cfg: RunConfig) -> torch.device:
+    """This process's device; when launched as one of several DDP ranks, joining the process
+    group first (the one place a run sets up DDP: `train` and `resume` call it before anything
+    that involves the other ranks)."""
+    from trainpipe.loop.device import resolve_device
+
+    return distributed.setup(resolve_device(cfg.train.device))
+
+
+def build_schedule(cfg: RunConfig, optimizer: Any, data: Any) -> Any:
+    from trainpipe import sched
+
+    s = cfg.sched
+    return sched.build(s.name, s.options(), optimizer, epochs=cfg.train.epochs,
+                       steps_per_epoch=max(len(data.train), 1), warmup_epochs=s.warmup_epochs,
+                       warmup_steps=s.warmup_steps, monitor_mode=cfg.train.monitor_mode)
 
 
 class Parts(NamedTuple):
@@ -332,14 +284,6 @@ def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
     optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,
                             decay_norm_and_bias=o.decay_norm_and_bias, backbone_lr_mult=o.backbone_lr_mult)
     return Parts(data, model, optimizer, stats)
-
-
-def _resumable(e: StorageError, run_dir: Path) -> StorageError:
-    """The storage error, plus what the user does next: checkpoints are replaced only by a
-    complete new file, so the last one written is intact."""
-    return StorageError(f"{e} The run stopped; its last complete checkpoint in {run_dir / rundir.CHECKPOINTS} "
-                        f"is intact: free some space, then `{rundir.resume_command(run_dir)}` continues the run.",
-                        path=e.path, errno=e.errno)
 
 
 def load_resume_state(trainer: Any, state: dict[str, Any], path: Path | None) -> None:
@@ -397,8 +341,7 @@ def callbacks_for(cfg: RunConfig, run_dir: Path, *, main: bool, console: Callbac
 def final_summary(trainer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Test metrics of the best checkpoint (never used for selection), plus the run's bests."""
     st = trainer.state
-    out: dict[str, Any] = {"best_epoch": st.best_epoch, "epochs_run": st.epoch,
-                           f"best/{cfg.train.monitor}": st.best_metric}
+    out: dict[str, Any] = bests(st, cfg.train.monitor)
     if st.history:
         last = st.history[-1]
         out.update({f"final/{k}": v for k, v in last.items() if k.startswith("train/")})

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from trainpipe.loop.callbacks import Callback
+from trainpipe.loop.stop import StopReason
 from trainpipe.run import rundir
 from trainpipe.sweep import study as st
 from trainpipe.sweep.final_test import SkipTestSplit
@@ -88,7 +89,7 @@ class ReportToStudy(Callback):
         self.trial.report(float(value), step=int(m["epoch"]))
         if self.prune and self.trial.should_prune():
             trainer.state.should_stop = True
-            trainer.state.stop_reason = "pruned"
+            trainer.state.stop_reason = StopReason.PRUNED
 
 
 def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
@@ -158,7 +159,7 @@ class Objective:
                "epoch_time_s": s.get("epoch_time_s"), "wall_time_s": s.get("wall_time_s")}
         if s.get("status") == "failed":
             return self.fail(trial, s.get("error") or s.get("stop_reason") or "failed", res=res)
-        if s.get("stop_reason") == "pruned":
+        if s.get("stop_reason") == StopReason.PRUNED:
             res["status"], res["reason"] = "pruned", f"pruned after epoch {s.get('epochs_run')}"
             trial.set_user_attr("result", res)
             wc.say(f"trial {trial.number:04d} pruned after epoch {s.get('epochs_run')}: "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from trainpipe.config.schema import WandbConfig
 from trainpipe import files
 from trainpipe.loop.callbacks import Callback
+from trainpipe.loop.stop import Status, stop_status
 from trainpipe.run import rundir
 from trainpipe.registry import TRACKERS
 from trainpipe.track import require_library
@@ -74,8 +75,8 @@ class WandbTracker(Callback):
             return
         st = trainer.state
         self.run.summary.update({k: v for k, v in st.final.items() if isinstance(v, (int, float, str))})
-        self.run.summary["stop_reason"] = st.stop_reason
-        failed = st.stop_reason in (None, "non_finite_loss")
+        self.run.summary["stop_reason"] = None if st.stop_reason is None else str(st.stop_reason)
+        failed = stop_status(st.stop_reason) in (Status.FAILED, Status.INTERRUPTED)
         self.run.finish(exit_code=1 if failed else 0)
         self.run = None
 
