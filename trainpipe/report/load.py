@@ -202,3 +202,16 @@ def fmt_seconds(s: float) -> str:
     if s < 3600:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.2f} h"
+
+
+def mean_spread(key: str, values: list[Any]) -> str:
+    """The mean ± sample standard deviation of the numbers in `values`, written the way
+    `fmt_metric` writes `key` (accuracies `97.12 ± 0.31%`); one number as `fmt_metric` does."""
+    from trainpipe.sweep.ranking import mean_spread as spread
+
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(nums) == 1:
+        return fmt_metric(key, nums[0])
+    if key.endswith(("acc", "top5")):
+        return spread(nums, lambda v: f"{100 * v:.2f}", unit="%", n=False, empty=MISSING)
+    return spread(nums, fmt_seconds if key.endswith("_s") else (lambda v: f"{v:.4f}"), n=False, empty=MISSING)

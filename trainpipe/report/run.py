@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
@@ -20,8 +19,8 @@ from trainpipe.report.load import (
     differs_from_defaults,
     flatten,
     fmt_metric,
-    fmt_seconds,
     fmt_value,
+    mean_spread,
 )
 
 # Rows of the summary table, in reading order; keys absent from a run are left out.
@@ -211,18 +210,3 @@ def seed_groups(runs: list[Run], keys: list[str]) -> list[tuple[str, list[Run]]]
         label = ", ".join(fmt_value(f.get(k, MISSING)) for k in varied)
         groups.setdefault(label, []).append(r)
     return list(groups.items())
-
-
-def mean_spread(key: str, values: list[Any]) -> str:
-    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not nums:
-        return MISSING
-    mean = statistics.fmean(nums)
-    if len(nums) == 1:
-        return fmt_metric(key, mean)
-    sd = statistics.stdev(nums)
-    if key.endswith(("acc", "top5")):
-        return f"{100 * mean:.2f} ± {100 * sd:.2f}%"
-    if key.endswith("_s"):
-        return f"{fmt_seconds(mean)} ± {fmt_seconds(sd)}"
-    return f"{mean:.4f} ± {sd:.4f}"

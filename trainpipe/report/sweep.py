@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +31,12 @@ from trainpipe.report.load import (
     fmt_value,
     is_run_dir,
     load_run,
+    mean_spread,
     same,
 )
 from trainpipe.sweep.names import derive_label, metric_key
 from trainpipe.sweep.params import Param, file_params
+from trainpipe.sweep.ranking import Configuration, best_configuration, configurations, finite, rank_trials
 from trainpipe.sweep.spec import TEST_MODES
 
 # Keys that differ between trials without being searched: where each trial ran.
@@ -55,6 +56,18 @@ class Trial:
     run: Run | None = None
     csv: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def number(self) -> int:
+        return int(self.name)
+
+    @property
+    def shown(self) -> dict[str, Any]:
+        return self.params
+
+    @property
+    def histories(self) -> list[list[dict[str, Any]]]:
+        return [self.run.history] if self.run is not None and self.run.history else []
+
     def get(self, key: str) -> Any:
         if self.run is not None and key in self.run.summary:
             return self.run.summary[key]
@@ -63,31 +76,6 @@ class Trial:
     @property
     def test_acc(self) -> float | None:
         return as_float(self.get("test/acc") if self.run is not None else _cell(self.csv.get("test/acc")))
-
-
-@dataclass
-class Group:
-    """A configuration: the trials that differ only in their seed."""
-
-    params: dict[str, Any]
-    trials: list[Trial] = field(default_factory=list)
-    rank: int | None = None
-
-    @property
-    def label(self) -> str:
-        return f"#{self.rank}" if self.rank is not None else "-"
-
-    @property
-    def values(self) -> list[float]:
-        return [t.value for t in self.trials if t.state == "completed" and _finite(t.value)]
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def histories(self) -> list[list[dict[str, Any]]]:
-        return [t.run.history for t in self.trials if t.run is not None and t.run.history]
 
 
 @dataclass
@@ -107,21 +95,10 @@ class Sweep:
     def config_params(self) -> list[str]:
         return [p for p in self.params if p != self.seed]
 
-    def groups(self) -> list[Group]:
-        """Configurations, best mean first (one per trial when no seed is varied)."""
-        by: dict[tuple, Group] = {}
-        for t in self.trials:
-            key = tuple(repr(t.params.get(p)) for p in self.config_params) if self.seed else (t.name,)
-            by.setdefault(key, Group({p: t.params.get(p) for p in self.config_params})).trials.append(t)
-        sign = -1.0 if self.goal == "maximize" else 1.0
-        scored = sorted((g for g in by.values() if g.mean is not None), key=lambda g: (sign * g.mean, g.trials[0].name))
-        for i, g in enumerate(scored):
-            g.rank = i + 1
-        return scored + [g for g in by.values() if g.mean is None]
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    def groups(self) -> list[Configuration]:
+        """Configurations, best mean first (one per trial when no seed is varied): `sweep.ranking`'s,
+        as results.md ranks them."""
+        return configurations(self.trials, self.config_params, self.goal, per_trial=not self.seed)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -239,9 +216,7 @@ def load_sweep(path: Path) -> Sweep:
     for t in trials:
         if t.run is not None:
             t.run.label = f"trial {t.name}"
-    sign = -1.0 if goal == "maximize" else 1.0
-    trials.sort(key=lambda t: (t.value is None or not math.isfinite(t.value),
-                               sign * t.value if t.value is not None and math.isfinite(t.value) else 0.0, t.name))
+    trials = rank_trials(trials, goal)
     name = str(spec.get("name") or path.resolve().name)
     if (path / "study.json").is_file():  # the study name the sweep ran under
         with contextlib.suppress(ValueError, AttributeError):
@@ -287,26 +262,26 @@ FEW_CONFIGS = 10
 
 def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Path:
     sw = load_sweep(path)
-    m, ml = sw.metric, sw.metric_label
+    metric, label = sw.metric, sw.metric_label
     doc = Doc(f"Sweep report: {sw.name}")
     states: dict[str, int] = {}
     for t in sw.trials:
         states[t.state] = states.get(t.state, 0) + 1
-    scored = [t for t in sw.trials if t.value is not None and math.isfinite(t.value)]
+    scored = [t for t in sw.trials if finite(t.value)]
     groups = sw.groups()
-    doc.para(f"{sw.method + ' search, ' if sw.method else ''}metric `{ml}` ({sw.goal}); "
+    doc.para(f"{sw.method + ' search, ' if sw.method else ''}metric `{label}` ({sw.goal}); "
              f"{len(sw.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".")
     doc.para(f"Sweep directory: `{path}`; varied: " + (", ".join(f"`{p}`" for p in sw.params) or "nothing") + ".")
-    best_group = groups[0] if groups and groups[0].rank == 1 else None
+    best_group = best_configuration(groups)
     if sw.seed and best_group is not None:
-        doc.para(f"Best configuration by mean over seeds: **{best_group.label}**, {ml} "
-                 f"{_mean_n(m, best_group.values)}"
+        doc.para(f"Best configuration by mean over seeds: **{best_group.label}**, {label} "
+                 f"{_mean_n(metric, best_group.values)}"
                  + (f", test accuracy {_mean_n('test/acc', _tests(best_group))}" if _tests(best_group) else "")
-                 + "; " + (", ".join(f"`{k}`={fmt_value(v)}" for k, v in best_group.params.items()) or "-")
+                 + "; " + (", ".join(f"`{k}`={fmt_value(v)}" for k, v in best_group.shown.items()) or "-")
                  + (". Its complete config: `best.yaml`." if (path / "best.yaml").is_file() else "."))
     if scored:
         best = scored[0]
-        doc.para(f"Best{' single trial' if sw.seed else ''}: **trial {best.name}**, {ml} {fmt_metric(m, best.value)}"
+        doc.para(f"Best{' single trial' if sw.seed else ''}: **trial {best.name}**, {label} {fmt_metric(metric, best.value)}"
                  + (f", test accuracy {fmt_metric('test/acc', best.test_acc)}" if best.test_acc is not None else "")
                  + "; " + ", ".join(f"`{k}`={fmt_value(v)}" for k, v in best.params.items())
                  + (". Its complete config: `best.yaml`." if (path / "best.yaml").is_file() and not sw.seed else "."))
@@ -314,23 +289,23 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
 
     if sw.seed:
         doc.heading("Configurations (mean ± std over seeds)")
-        doc.table(["config"] + [f"`{p}`" for p in sw.config_params] + [f"{ml} mean ± std", "n", "test/acc", "trials"],
-                  [[g.label] + [fmt_value(g.params.get(p)) for p in sw.config_params]
-                   + [mean_spread(m, g.values), str(len(g.values)), mean_spread("test/acc", _tests(g)),
-                      ", ".join(t.name for t in sorted(g.trials, key=lambda t: t.name))] for g in groups])
+        doc.table(["config"] + [f"`{p}`" for p in sw.config_params] + [f"{label} mean ± std", "n", "test/acc", "trials"],
+                  [[g.label] + [fmt_value(g.shown.get(p)) for p in sw.config_params]
+                   + [mean_spread(metric, g.values), str(len(g.values)), mean_spread("test/acc", _tests(g)), g.trials]
+                   for g in groups])
         doc.note(f"Ranked by the mean of each configuration's completed trials (one per `{sw.seed}`); ± is the "
                  f"sample standard deviation, n the number of seeds completed.")
 
     doc.heading("Results")
-    config_of = {t.name: g.label for g in groups for t in g.trials} if sw.seed else {}
+    config_of = {t.name: g.label for g in groups for t in g.rows} if sw.seed else {}
     cols = (["trial", "state"] + [f"`{p}`" for p in sw.params] + (["config"] if sw.seed else [])
-            + [f"best {ml}", "test/acc", "train/acc", "epochs", "s/epoch", "reason"])
+            + [f"best {label}", "test/acc", "train/acc", "epochs", "s/epoch", "reason"])
     rows = []
     for t in sw.trials:
         reason = t.csv.get("reason") or (t.run.summary.get("error") or t.run.summary.get("stop_reason") if t.run else "")
         rows.append([t.name, t.state] + [fmt_value(t.params.get(p)) for p in sw.params]
                     + ([config_of.get(t.name, "-")] if sw.seed else []) + [
-            fmt_metric(m, t.value),
+            fmt_metric(metric, t.value),
             fmt_metric("test/acc", t.test_acc),
             fmt_metric("train/acc", t.get("final/train/acc") if t.run else _cell(t.csv.get("train/acc"))),
             fmt_value(t.get("epochs_run") if t.run else _cell(t.csv.get("epochs"))),
@@ -344,13 +319,13 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
         doc.heading("Curves of all trials")
         finals = {t.run.label: t.value for t in sw.trials if t.run is not None}
         best_label = scored[0].run.label if scored and scored[0].run is not None else None
-        keys = ["val/acc"] + ([m] if m != "val/acc" else [])
+        keys = ["val/acc"] + ([metric] if metric != "val/acc" else [])
         for key in keys:
             if any(key in h for hist in with_history.values() for h in hist):
                 doc.image(f"sweep_{key.replace('/', '_')}.png",
                           plots.overlay(with_history, key, highlight=best_label, values=finals),
-                          f"`{key}` per epoch of every trial, coloured by its best {ml}; the best trial in red.")
-        per_config = {f"{g.label} " + _short(g.params): g.histories for g in groups if g.histories}
+                          f"`{key}` per epoch of every trial, coloured by its best {label}; the best trial in red.")
+        per_config = {f"{g.label} " + _short(g.shown): h for g in groups if (h := _histories(g))}
         if per_config:
             doc.heading("Loss, accuracy and learning rate per configuration")
             doc.image("configuration_curves.png", plots.config_curves(per_config, highlight=next(iter(per_config))),
@@ -358,28 +333,32 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
                       + (" (the mean over its seeds; the band spans ± one standard deviation)" if sw.seed else "")
                       + "; the best configuration drawn thick.")
 
-    rows_for_plots = [{**t.params, m: t.value} for t in scored]
+    rows_for_plots = [{**t.params, metric: t.value} for t in scored]
     plotted = [p for p in sw.params if len({str(r.get(p)) for r in rows_for_plots}) > 1]
-    config_rows = [{**g.params, m: g.mean} for g in groups if g.mean is not None]
+    config_rows = [{**g.shown, metric: g.mean} for g in groups if g.mean is not None]
     config_plotted = [p for p in sw.config_params if len({str(r.get(p)) for r in config_rows}) > 1]
     if plotted and len(rows_for_plots) >= 2:
         doc.heading("Metric against each parameter")
-        doc.image("metric_vs_params.png", plots.metric_vs_params(rows_for_plots, plotted, m),
-                  f"Best {ml} of each trial against each varied parameter (categorical: red bar = mean).")
+        doc.image("metric_vs_params.png", plots.metric_vs_params(rows_for_plots, plotted, metric),
+                  f"Best {label} of each trial against each varied parameter (categorical: red bar = mean).")
     if config_plotted and len(config_rows) >= 2:
         doc.heading("Parallel coordinates")
         doc.image("parallel_coordinates.png",
-                  plots.parallel_coordinates(config_rows, config_plotted, m, goal=sw.goal),
+                  plots.parallel_coordinates(config_rows, config_plotted, metric, goal=sw.goal),
                   f"One line per {'configuration through its parameter values and its mean ' if sw.seed else 'trial through its parameter values and '}"
-                  f"{ml}; colour = {ml}.")
+                  f"{label}; colour = {label}.")
 
     doc.heading("Parameter importance")
     importance_section(doc, path, storage)
     return doc.write(output)
 
 
-def _tests(g: Group) -> list[float]:
-    return [t.test_acc for t in g.trials if t.test_acc is not None]
+def _tests(g: Configuration) -> list[float]:
+    return [t.test_acc for t in g.rows if t.test_acc is not None]
+
+
+def _histories(g: Configuration) -> list[list[dict[str, Any]]]:
+    return [h for t in g.rows for h in t.histories]
 
 
 def _mean_n(key: str, values: list[float]) -> str:
@@ -406,12 +385,6 @@ def test_protocol(sw: Sweep) -> str:
                 f"chosen on {sw.metric_label}, tested once): trial{'s' if len(done) > 1 else ''} {names}.")
     return (f"**Test split**: evaluated at the end of every trial (`test: all`), {len(done)} trials; the choice "
             f"is still made on {sw.metric_label}.")
-
-
-def mean_spread(key: str, values: list[Any]) -> str:
-    from trainpipe.report.run import mean_spread as spread
-
-    return spread(key, values)
 
 
 def importance_section(doc: Doc, path: Path, storage: str | None) -> None:

@@ -11,13 +11,15 @@
     space.py    Optuna trial -> config overrides (how each distribution is sampled)
     study.py    storage, sampler, pruner, heartbeats, dead-worker detection, the ledger
     worker.py   the objective and the worker loop (in process, or spawned per GPU)
-    groups.py   configurations: trials that differ only in their seed, as mean ± std
-    results.py  results.csv / results.md / best.yaml and `--status`
+    ranking.py  the results as data: trials ranked, configurations (trials that differ only
+                in their seed) as mean ± std, the one formatter of a mean and its spread
+    results.py  the study's trials as rows; results.csv / results.md / best.yaml and `--status`
     final_test.py  the `test:` protocol (all | best | none)
     run.py      `trainpipe sweep`: the directory, the workers, resume
 
-Reports read a sweep through `open_sweep(DIR)` (the spec and the Optuna study) and
-`trial_rows(study, spec)` (the table's rows, with each trial's per-epoch curve).
+`trainpipe report DIR` reads a sweep from its plain files (trials/NNNN/ and results.csv,
+so a copied sweep reports anywhere) and ranks it with `ranking.py`, as results.md does;
+it opens the study (`open_sweep(DIR)`) only for parameter importance.
 The names below are imported on first use, so that reading a sweep file (or listing
 the sweep methods) does not import Optuna.
 """
@@ -32,7 +34,7 @@ from trainpipe import callable_package
 
 _LAZY = {
     "check_against_config": "trainpipe.sweep.check",
-    "ConfigGroup": "trainpipe.sweep.groups", "config_groups": "trainpipe.sweep.groups",
+    "Configuration": "trainpipe.sweep.ranking", "config_groups": "trainpipe.sweep.results",
     "TrialRow": "trainpipe.sweep.results", "trial_rows": "trainpipe.sweep.results",
     "write_results": "trainpipe.sweep.results",
     "SweepOutcome": "trainpipe.sweep.run", "open_sweep": "trainpipe.sweep.run", "run_sweep": "trainpipe.sweep.run",
@@ -45,8 +47,8 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
     from trainpipe.sweep.check import check_against_config
-    from trainpipe.sweep.groups import ConfigGroup, config_groups
-    from trainpipe.sweep.results import TrialRow, trial_rows, write_results
+    from trainpipe.sweep.ranking import Configuration
+    from trainpipe.sweep.results import TrialRow, config_groups, trial_rows, write_results
     from trainpipe.sweep.run import SweepOutcome, open_sweep, run_sweep, sweep_status
     from trainpipe.sweep.space import trial_overrides
     from trainpipe.sweep.params import Param

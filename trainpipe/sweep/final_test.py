@@ -47,12 +47,12 @@ def recorded(study: optuna.Study) -> dict[int, dict[str, float]]:
 
 def to_evaluate(rows: list[Any], spec: SweepSpec) -> list[Any]:
     """The completed trials of the best configuration (every seed of it)."""
-    from trainpipe.sweep.groups import config_groups
+    from trainpipe.sweep.ranking import best_configuration, configurations
 
-    groups = config_groups(rows, spec)
-    if not groups or groups[0].rank != 1:
+    best = best_configuration(configurations(rows, [p.display for p in spec.config_params], spec.goal))
+    if best is None:
         return []
-    return sorted((r for r in groups[0].rows if r.state == "completed"), key=lambda r: r.number)
+    return sorted((r for r in best.rows if r.state == "completed"), key=lambda r: r.number)
 
 
 def evaluate_best(study: optuna.Study, spec: SweepSpec, rows: list[Any],

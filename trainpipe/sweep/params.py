@@ -1,31 +1,26 @@
-"""A sweep parameter: its W&B distribution, parsed and checked, and the values it stands for.
+"""A sweep parameter: its W&B distribution, parsed and checked, the values it stands for,
+and how Optuna samples it.
 
-`Param` is one swept config key and where its values come from (W&B's distributions,
-same names and meanings); `parse_params` reads a sweep file's `parameters:` block (nested
-blocks included), every problem collected in a `Problems`. How Optuna samples each
-distribution is in `space.py`; the rest of the sweep file is in `spec.py`.
+`Param` is one swept config key and where its values come from; `DISTRIBUTIONS` holds one
+`Distribution` entry per W&B distribution (same names and meanings): the shape of its
+block, its own range check, the values that stand for its range, and its sampler, so a
+new distribution is one entry here. `parse_params` reads a sweep file's `parameters:`
+block (nested blocks included), every problem collected in a `Problems`. `space.py` turns
+a whole trial into overrides; the rest of the sweep file is in `spec.py`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 from trainpipe.errors import ConfigError, did_you_mean
 from trainpipe.sweep.names import make_labels, needs_labels, param_key
 
-# W&B's distributions (https://docs.wandb.ai/guides/sweeps/sweep-config-keys), same names and meanings.
-DISTRIBUTIONS = (
-    "constant", "categorical", "int_uniform", "uniform", "q_uniform",
-    "log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
-    "inv_log_uniform", "inv_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal",
-)
-RANGED = ("int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values", "q_log_uniform",
-          "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values")
-NORMAL = ("normal", "q_normal", "log_normal", "q_log_normal")
 PARAM_KEYS = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "parameters")
 
 
@@ -68,31 +63,30 @@ class Param:
         v = round(x / self.q) * self.q
         return int(round(v)) if float(self.q).is_integer() else v
 
+    @property
+    def entry(self) -> Distribution:
+        return DISTRIBUTIONS[self.distribution]
+
     def grid_values(self) -> list[Any] | None:
         """Every value a grid visits, or None when the distribution is continuous."""
-        if self.distribution in ("constant", "categorical"):
-            return list(self.values)
-        if self.distribution == "int_uniform":
-            return list(range(int(self.low), int(self.high) + 1))
-        if self.distribution == "q_uniform":
-            start, stop = math.ceil(self.low / self.q - 1e-9), math.floor(self.high / self.q + 1e-9)
-            return [self.quantize(k * self.q) for k in range(start, stop + 1)]
-        return None
+        return self.entry.grid(self) if self.entry.grid is not None else None
 
     def candidates(self) -> list[Any]:
         """Values that stand for the whole range when checking the config accepts them."""
         grid = self.grid_values()
-        if grid is not None:
-            return grid
-        d, lo, hi = self.distribution, self.low, self.high
-        if d in ("log_uniform", "q_log_uniform"):
-            return [self.quantize(math.exp(lo)), self.quantize(math.exp(hi))]
-        if d == "inv_log_uniform":
-            return [math.exp(-hi), math.exp(-lo)]
-        if d in NORMAL:
-            x = [self.mu - 3 * self.sigma, self.mu, self.mu + 3 * self.sigma]
-            return [self.quantize(math.exp(v) if d.startswith(("log", "q_log")) else v) for v in x]
-        return [self.quantize(lo), self.quantize(hi)]
+        return grid if grid is not None else self.entry.candidates(self)
+
+    def sample(self, trial: Any) -> Any:
+        """This parameter's value in `trial` (an Optuna Trial or FixedTrial)."""
+        return self.entry.sample(trial, self)
+
+    def choices(self) -> list[Any]:
+        """What Optuna stores for a categorical: the values, or their labels for lists/dicts."""
+        return list(self.labels) if self.labels else list(self.values)
+
+    def from_stored(self, stored: Any) -> Any:
+        """The value behind a stored categorical choice (its label, for lists and dicts)."""
+        return self.values[self.labels.index(stored)] if self.labels else stored
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"distribution": self.distribution}
@@ -105,9 +99,100 @@ class Param:
         for k in ("low", "high", "q"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
-        if self.distribution in NORMAL:
+        if self.entry.shape == "normal":
             d.update(mu=self.mu, sigma=self.sigma)
         return d
+
+
+# ----------------------------------------------------------------- distributions
+@dataclass(frozen=True)
+class Distribution:
+    """One W&B distribution, everything about it in one entry.
+
+    `shape` says which keys its block takes: constant (value), categorical (values),
+    range (min, max; q for q_*), normal (mu, sigma; q for q_*). `check` is its own range
+    check beyond the shape's (the problem, or None); `grid` lists every value of a
+    discrete one; `candidates` the values that stand for a continuous range; `sample` is
+    how Optuna draws it, returning the value the config receives.
+    """
+
+    shape: str
+    sample: Callable[[Any, Param], Any]  # (Optuna Trial or FixedTrial, param) -> value
+    check: Callable[[Param], str | None] = lambda p: None
+    grid: Callable[[Param], list[Any]] | None = None
+    candidates: Callable[[Param], list[Any]] = lambda p: [p.quantize(p.low), p.quantize(p.high)]
+
+
+# Optuna has no normal or quantised-log distributions and stores only plain values (None,
+# bool, int, float, str) as choices, so some parameters are sampled in another form and
+# transformed by their sampler: the config always receives the W&B value. Normal ones are
+# sampled as a quantile u in (EPS, 1 - EPS) mapped through the inverse CDF: exact for random
+# search, and monotone, so TPE models it as well.
+EPS = 1e-6
+
+
+def _normal(log: bool) -> Distribution:
+    def value(p: Param, x: float) -> Any:
+        return p.quantize(math.exp(x) if log else x)
+
+    def sample(trial: Any, p: Param) -> Any:
+        return value(p, NormalDist(p.mu, p.sigma).inv_cdf(trial.suggest_float(p.display, EPS, 1 - EPS)))
+
+    return Distribution("normal", sample, candidates=lambda p: [value(p, p.mu + k * p.sigma) for k in (-3, 0, 3)])
+
+
+def _uniform(trial: Any, p: Param) -> Any:
+    return p.quantize(trial.suggest_float(p.display, p.low, p.high))
+
+
+def _log_uniform_values(trial: Any, p: Param) -> Any:
+    return p.quantize(trial.suggest_float(p.display, p.low, p.high, log=True))
+
+
+def _positive_min(p: Param) -> str | None:
+    if p.low <= 0:
+        return (f"{p.distribution} needs min > 0 (values are sampled on a log scale); got min {p.low}. For "
+                f"exponents of e use distribution log_uniform.")
+    return None
+
+
+def _q_grid(p: Param) -> list[Any]:
+    start, stop = math.ceil(p.low / p.q - 1e-9), math.floor(p.high / p.q + 1e-9)
+    return [p.quantize(k * p.q) for k in range(start, stop + 1)]
+
+
+def _e_power(trial: Any, p: Param) -> Any:  # min and max are exponents of e
+    return p.quantize(trial.suggest_float(p.display, math.exp(p.low), math.exp(p.high), log=True))
+
+
+_E_POWERS = Distribution("range", _e_power, candidates=lambda p: [p.quantize(math.exp(p.low)),
+                                                                  p.quantize(math.exp(p.high))])
+
+# W&B's distributions (https://docs.wandb.ai/guides/sweeps/sweep-config-keys), same names and meanings.
+DISTRIBUTIONS: dict[str, Distribution] = {
+    "constant": Distribution("constant", lambda trial, p: p.values[0], grid=lambda p: list(p.values)),
+    "categorical": Distribution("categorical", lambda trial, p: p.from_stored(
+        trial.suggest_categorical(p.display, p.choices())), grid=lambda p: list(p.values)),
+    "int_uniform": Distribution(
+        "range", lambda trial, p: trial.suggest_int(p.display, int(p.low), int(p.high)),
+        check=lambda p: None if float(p.low).is_integer() and float(p.high).is_integer() else
+        f"int_uniform needs whole-number min and max; got {p.low} and {p.high}.",
+        grid=lambda p: list(range(int(p.low), int(p.high) + 1))),
+    "uniform": Distribution("range", _uniform),
+    "q_uniform": Distribution("range", _uniform, grid=_q_grid),
+    "log_uniform": _E_POWERS,
+    "q_log_uniform": _E_POWERS,
+    "log_uniform_values": Distribution("range", _log_uniform_values, check=_positive_min),
+    "q_log_uniform_values": Distribution("range", _log_uniform_values, check=_positive_min),
+    "inv_log_uniform": Distribution(  # log(1/x) is uniform in [min, max]
+        "range", lambda trial, p: trial.suggest_float(p.display, math.exp(-p.high), math.exp(-p.low), log=True),
+        candidates=lambda p: [math.exp(-p.high), math.exp(-p.low)]),
+    "inv_log_uniform_values": Distribution("range", _log_uniform_values, check=_positive_min),
+    "normal": _normal(log=False),
+    "q_normal": _normal(log=False),
+    "log_normal": _normal(log=True),
+    "q_log_normal": _normal(log=True),
+}
 
 
 class Problems:
@@ -200,11 +285,12 @@ def _parse_param(key: str, body: dict[str, Any], where: str) -> Param:
     if dist not in DISTRIBUTIONS:
         raise ConfigError(f"{where}: parameters.{key}.distribution {dist!r} is unknown"
                           f"{did_you_mean(str(dist), DISTRIBUTIONS) or '.'} Valid: {', '.join(DISTRIBUTIONS)}.")
-    if dist == "constant":
+    shape = DISTRIBUTIONS[dist].shape
+    if shape == "constant":
         if "value" not in body:
             raise ConfigError(f"{where}: parameters.{key}: distribution constant needs value: x.")
         return Param(param_key(key, [body["value"]]), dist, (body["value"],), name=key)
-    if dist == "categorical":
+    if shape == "categorical":
         values = body.get("values")
         labels: tuple[str, ...] = ()
         if isinstance(values, Mapping) and values:  # {label: value}: the user names each value
@@ -221,22 +307,23 @@ def _parse_param(key: str, body: dict[str, Any], where: str) -> Param:
     q = _number(key, "q", body.get("q", 1), where) if dist.startswith("q_") else None
     if q is not None and q <= 0:
         raise ConfigError(f"{where}: parameters.{key}.q must be positive; got {q!r}.")
-    if dist in NORMAL:
+    if shape == "normal":
         mu = _number(key, "mu", body.get("mu", 0.0), where)
         sigma = _number(key, "sigma", body.get("sigma", 1.0), where)
         if sigma <= 0:
             raise ConfigError(f"{where}: parameters.{key}.sigma must be positive; got {sigma!r}.")
-        return Param(param_key(key), dist, q=q, mu=mu, sigma=sigma, name=key)
+        return _checked(Param(param_key(key), dist, q=q, mu=mu, sigma=sigma, name=key), where)
     for k in ("min", "max"):
         if k not in body:
             raise ConfigError(f"{where}: parameters.{key}: distribution {dist} needs min and max.")
     lo, hi = _number(key, "min", body["min"], where), _number(key, "max", body["max"], where)
     if lo > hi:
         raise ConfigError(f"{where}: parameters.{key}: min ({lo}) is greater than max ({hi}); swap them.")
-    if dist == "int_uniform" and not (float(lo).is_integer() and float(hi).is_integer()):
-        raise ConfigError(f"{where}: parameters.{key}: int_uniform needs whole-number min and max; "
-                          f"got {lo} and {hi}.")
-    if dist in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") and lo <= 0:
-        raise ConfigError(f"{where}: parameters.{key}: {dist} needs min > 0 (values are sampled on a "
-                          f"log scale); got min {lo}. For exponents of e use distribution log_uniform.")
-    return Param(param_key(key), dist, low=lo, high=hi, q=q, name=key)
+    return _checked(Param(param_key(key), dist, low=lo, high=hi, q=q, name=key), where)
+
+
+def _checked(p: Param, where: str) -> Param:
+    problem = p.entry.check(p)
+    if problem is not None:
+        raise ConfigError(f"{where}: parameters.{p.name}: {problem}")
+    return p

@@ -1,8 +1,9 @@
-"""The results of a sweep: one row per trial, as CSV and Markdown, and the best config.
+"""The results of a sweep written out: one row per trial as CSV and Markdown, the best
+config (best.yaml), and what `--status` prints.
 
 Everything is read from the study (not from the trial directories), so any machine
-that can reach the storage writes the same table. Rows are sorted by the sweep metric,
-best first; trials without a value (running, waiting, failed) follow by number.
+that can reach the storage writes the same table. The ranking of trials and
+configurations and their statistics are `sweep.ranking`'s, which the report shares.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import csv
 import datetime as dt
 import io
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainpipe import files
 from trainpipe.sweep import study as st
-from trainpipe.sweep.groups import ConfigGroup, config_groups, mean_std
-from trainpipe.sweep.space import sample
+from trainpipe.sweep.ranking import Configuration, best_configuration, best_trial, configurations, mean_spread, \
+    rank_trials
 from trainpipe.sweep.spec import SweepSpec
 
 STATE_NAMES = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
@@ -58,7 +58,7 @@ def trial_params(trial: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {p.key: sample(fixed, p) for p in spec.varied if p.display in trial.params}
+        return {p.key: p.sample(fixed) for p in spec.varied if p.display in trial.params}
 
 
 def shown_params(params: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
@@ -100,20 +100,17 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
     for r in rows:
         if r.number in tested:
             r.test_acc = tested[r.number].get("test/acc")
-    sign = -1.0 if spec.goal == "maximize" else 1.0
-    # A failed trial may have logged the metric before it failed; it is shown, not ranked.
-    ranked = [r for r in rows if _finite(r.value) and r.state != "failed"]
-    rest = [r for r in rows if not (_finite(r.value) and r.state != "failed")]
-    ranked.sort(key=lambda r: (sign * r.value, r.number))
-    return ranked + sorted(rest, key=lambda r: r.number)
+    return rank_trials(rows, spec.goal)
 
 
-def best_row(rows: list[TrialRow]) -> TrialRow | None:
-    return next((r for r in rows if r.state == "completed" and _finite(r.value)), None)
+def config_groups(rows: list[TrialRow], spec: SweepSpec) -> list[Configuration]:
+    """The sweep's configurations (trials that differ only in the seed), best mean first."""
+    return configurations(rows, [p.display for p in spec.config_params], spec.goal)
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
+def best_group(rows: list[TrialRow], spec: SweepSpec) -> Configuration | None:
+    """The best configuration by mean, for a sweep that varies the seed (else None)."""
+    return best_configuration(config_groups(rows, spec)) if spec.seed_param is not None else None
 
 
 def fmt(v: Any) -> str:
@@ -135,7 +132,7 @@ def columns(spec: SweepSpec) -> list[str]:
             + ["train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir"])
 
 
-def as_record(r: TrialRow, spec: SweepSpec, group: ConfigGroup | None = None) -> list[Any]:
+def as_record(r: TrialRow, spec: SweepSpec, group: Configuration | None = None) -> list[Any]:
     seeded = [group.label if group else "-"] if spec.seed_param is not None else []
     stats = [group.mean, group.std, group.n] if spec.seed_param is not None and group else \
         ([None, None, 0] if spec.seed_param is not None else [])
@@ -183,13 +180,8 @@ def config_table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c == "trials" else "---:" for c in cols) + "|"]
     for g in config_groups(rows, spec):
         lines.append(_md_row([g.label] + [fmt(g.shown.get(p.display)) for p in spec.config_params]
-                             + [mean_std(g.values), mean_std(g.test_values()), g.trials]))
+                             + [mean_spread(g.values), mean_spread(g.test_values()), g.trials]))
     return lines
-
-
-def best_group(rows: list[TrialRow], spec: SweepSpec) -> ConfigGroup | None:
-    groups = config_groups(rows, spec)
-    return groups[0] if groups and groups[0].rank == 1 else None
 
 
 def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
@@ -200,10 +192,10 @@ def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
         lines += [f"## Configurations, best mean {spec.metric_label} first", "", *config_table_lines(rows, spec), "",
                   f"## Trials (each {spec.seed_param.display})", ""]
     lines += table_lines(rows, spec)
-    best = best_row(rows)
-    g = best_group(rows, spec) if spec.seed_param is not None else None
+    best = best_trial(rows)
+    g = best_group(rows, spec)
     if g is not None:
-        lines += ["", f"Best configuration: {g.label} ({spec.metric_label} {mean_std(g.values)}, trials {g.trials}); "
+        lines += ["", f"Best configuration: {g.label} ({spec.metric_label} {mean_spread(g.values)}, trials {g.trials}); "
                       f"its complete config is best.yaml: `trainpipe train best.yaml`."]
     elif best is not None:
         lines += ["", f"Best: trial {best.name} ({spec.metric_label} {fmt(best.value)}); its complete config is "
@@ -241,13 +233,13 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
     rows = trial_rows(study, spec)
     files.write_text(d / "results.csv", to_csv(rows, spec))
     files.write_text(d / "results.md", to_markdown(rows, spec))
-    best, header = best_row(rows), ""
-    g = best_group(rows, spec) if spec.seed_param is not None else None
+    best, header = best_trial(rows), ""
+    g = best_group(rows, spec)
     if g is not None:
         # The best configuration by mean; the config is its first trial's, seed included.
         best = min((r for r in g.rows if r.state == "completed"), key=lambda r: r.number)
         header = (f"# Best configuration of sweep {spec.name} by mean {spec.metric_label} over seeds: "
-                  f"{mean_std(g.values)} ({spec.goal}), trials {g.trials}.\n# This is trial {best.name}'s "
+                  f"{mean_spread(g.values)} ({spec.goal}), trials {g.trials}.\n# This is trial {best.name}'s "
                   f"config ({spec.seed_param.display} {best.shown.get(spec.seed_param.display)}); "
                   f"run it with: trainpipe train {d / 'best.yaml'}\n")
     elif best is not None:
@@ -266,12 +258,12 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
 def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) -> str:
     """What `trainpipe sweep DIR --status` prints."""
     lines = [f"sweep {spec.name} ({sweep_dir})", summary_line(rows, spec)]
-    best = best_row(rows)
-    g = best_group(rows, spec) if spec.seed_param is not None else None
+    best = best_trial(rows)
+    g = best_group(rows, spec)
     if g is not None:
         params = " ".join(f"{k}={fmt(v)}" for k, v in g.shown.items())
-        lines.append(f"best configuration so far: {g.label}, {spec.metric_label} {mean_std(g.values)}, test/acc "
-                     f"{mean_std(g.test_values())}  {params}")
+        lines.append(f"best configuration so far: {g.label}, {spec.metric_label} {mean_spread(g.values)}, test/acc "
+                     f"{mean_spread(g.test_values())}  {params}")
     elif best is not None:
         params = " ".join(f"{k}={fmt(v)}" for k, v in best.shown.items())
         lines.append(f"best so far: trial {best.name}, {spec.metric_label} {fmt(best.value)}, test/acc "
