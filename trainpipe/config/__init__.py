@@ -30,12 +30,11 @@ from trainpipe.config.schema import (
     SchedConfig,
     TrackingConfig,
     TrainConfig,
-    WandbConfig,
 )
 
 __all__ = [
     "COMPONENT_SECTIONS", "PACKAGED_CONFIGS", "CheckpointConfig", "ComponentSection", "DataConfig",
     "EarlyStoppingConfig", "EmaConfig", "MixConfig", "ModelConfig", "OptimConfig", "RunConfig", "SchedConfig",
-    "TrackingConfig", "TrainConfig", "WandbConfig", "apply_overrides", "augment_specs", "load", "options_model", "parse_overrides",
+    "TrackingConfig", "TrainConfig", "apply_overrides", "augment_specs", "load", "options_model", "parse_overrides",
     "read_yaml", "resolve_config_path", "validate", "validate_options",
 ]

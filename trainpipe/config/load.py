@@ -21,17 +21,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from trainpipe.config.messages import explain
-from trainpipe.config.schema import (
-    COMPONENT_SECTIONS,
-    ComponentSection,
-    DataConfig,
-    ModelConfig,
-    OptimConfig,
-    RunConfig,
-    SchedConfig,
-)
+from trainpipe.config.schema import COMPONENT_CLASSES, COMPONENT_SECTIONS, ComponentSection, RunConfig, \
+    TrackingConfig
 from trainpipe.config.types import ComponentList, ComponentName
-from trainpipe.errors import ConfigError
+from trainpipe.errors import ConfigError, did_you_mean
 from trainpipe.registry import AUGMENTS, FAMILIES, OPTIMIZERS, TRACKERS, Entry
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -139,7 +132,7 @@ def _drop_switched_options(data: dict[str, Any], pairs: Mapping[str, Any]) -> di
     belonged to the old component (`optim.momentum`) are dropped unless the new one takes them
     too, so that sweeps over `optim.name` or `model.name` work from any base config."""
     out = _deepcopy(data)
-    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig), ("sched", SchedConfig)):
+    for section, cls in COMPONENT_CLASSES.items():
         name_key = f"{section}.{cls.name_field}"
         sec = out.get(section)
         if name_key not in pairs or not isinstance(sec, dict) or sec.get(cls.name_field) == pairs[name_key]:
@@ -221,9 +214,32 @@ def _complete_components(cfg: RunConfig) -> RunConfig:
         if section == "data":
             base["augment"] = augment_specs(cfg.data.augment)
         updates[section] = type(sec).model_validate({**base, **_json_ready(opts)})
+    updates["tracking"] = _complete_trackers(cfg.tracking)
     cfg = cfg.model_copy(update=updates)
     _cross_checks(cfg)
     return cfg
+
+
+def _complete_trackers(t: TrackingConfig) -> TrackingConfig:
+    """Each tracker's options section (`tracking.<name>: {...}`) checked against the tracker's
+    registered signature and completed, as a component's options are; a null section is dropped."""
+    extra = dict(t.__pydantic_extra__ or {})
+    sections = {}
+    for name, options in extra.items():
+        if options is None:
+            continue
+        if name not in TRACKERS:
+            fields = list(TrackingConfig.model_fields)
+            raise ConfigError(f"tracking.{name}: unknown key{did_you_mean(name, fields + TRACKERS.names()) or '.'} "
+                              f"Valid keys here: {', '.join(fields)}, or a tracker's name "
+                              f"({', '.join(TRACKERS.names())}) for its options.")
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"tracking.{name}: expected the {name} tracker's options as a mapping, e.g. "
+                              f"tracking.{name}={{...}}; got {options!r}. To turn it on with its defaults, list it "
+                              f"in tracking.trackers.")
+        sections[name] = _json_ready(validate_options(TRACKERS.get(name), options, key=f"tracking.{name}"))
+    base = t.model_dump(mode="json", exclude=set(extra))
+    return TrackingConfig.model_validate({**base, **sections})
 
 
 def augment_specs(specs: Sequence[Any], *, key: str = "data.augment") -> list[dict[str, Any]]:

@@ -170,27 +170,35 @@ class TrainConfig(Section):
 
 
 # ----------------------------------------------------------------------- tracking
-class WandbConfig(Section):
-    project: str = "trainpipe"
-    entity: str | None = None
-    mode: Literal["online", "offline", "disabled"] = "online"
-    tags: list[str] = Field(default_factory=list)
-
-
 class TrackingConfig(Section):
-    # Trackers by registered name (`trainpipe list tracker`); metrics.jsonl is always written.
+    """Which trackers run, and each one's options.
+
+    `trackers` turns trackers on by registered name (`trainpipe list tracker`);
+    metrics.jsonl is always written and curves.png unless `plots: false`. A tracker's
+    options are a section under its own name, `tracking.<name>: {...}` (checked against the
+    tracker's registered signature, like a component's), and such a section also turns
+    the tracker on. `tensorboard: true` is an alias of listing tensorboard.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # the extra keys are trackers' option sections
+
     trackers: list[str] = Field(default_factory=list)
-    # The switches configs used before `trackers`; each still turns its tracker on.
-    tensorboard: bool = False
-    wandb: WandbConfig | None = None  # W&B's options; the section alone also turns W&B on
-    plots: bool = True
+    tensorboard: bool = False  # alias of `trackers: [tensorboard]`
+    plots: bool = True  # curves.png; false turns the default plots tracker off
     progress: Literal["auto", "bar", "none"] = "auto"
 
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """{tracker name: its options}, for the trackers given an options section."""
+        return {k: dict(v) for k, v in (self.__pydantic_extra__ or {}).items() if v is not None}
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        return self.sections().get(name, {})
+
     def enabled(self) -> list[str]:
-        """The trackers of a run, in order: jsonl, then `trackers`, then the switches'."""
+        """The trackers of a run, in order: jsonl, then `trackers`, then the aliases'."""
         names = ["jsonl", *self.trackers]
         names += ["tensorboard"] * self.tensorboard
-        names += ["wandb"] * (self.wandb is not None and self.wandb.mode != "disabled")
+        names += list(self.sections())
         names += ["plots"] * self.plots
         return list(dict.fromkeys(names))
 
@@ -210,4 +218,10 @@ class RunConfig(Section):
         return self.model_dump(mode="json")
 
 
-COMPONENT_SECTIONS = ("data", "model", "optim", "sched")
+# The sections that name a registered component, and their classes: read off RunConfig, so a
+# new component section is one field there.
+COMPONENT_CLASSES: dict[str, type[ComponentSection]] = {
+    name: f.annotation for name, f in RunConfig.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, ComponentSection)
+}
+COMPONENT_SECTIONS = tuple(COMPONENT_CLASSES)

@@ -329,7 +329,8 @@ def callbacks_for(cfg: RunConfig, run_dir: Path, *, main: bool, console: Callbac
         cbs.append(EarlyStopping(es.monitor or t.monitor, es.mode or t.monitor_mode, es.patience,
                                  es.min_delta, es.restore_best))
     if main:
-        cbs += [TRACKERS.build(name, run_dir, cfg) for name in cfg.tracking.enabled()]
+        # Each tracker's options come from its own section, tracking.<name> (checked by the config).
+        cbs += [TRACKERS.build(name, run_dir, cfg, **cfg.tracking.options_for(name)) for name in cfg.tracking.enabled()]
     cbs += list(extra)
     if main:
         ck = t.checkpoint

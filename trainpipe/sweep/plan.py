@@ -107,8 +107,12 @@ def time_first_configuration(spec: SweepSpec) -> Timing:
     """Train the first configuration for a few steps in a temporary directory; nothing is kept."""
     from trainpipe.run.train import train
 
-    overrides = {**spec.constant_overrides(), **first_configuration(spec),
-                 "tracking.plots": False, "tracking.tensorboard": False, "tracking.wandb": None}
+    from trainpipe.registry import TRACKERS
+
+    # No tracker but metrics.jsonl: neither the list, nor the aliases, nor an options section.
+    quiet: dict[str, Any] = {"tracking.trackers": [], "tracking.plots": False, "tracking.tensorboard": False}
+    quiet.update({f"tracking.{n}": None for n in TRACKERS.names() if f"tracking.{n}" not in quiet})
+    overrides = {**spec.constant_overrides(), **first_configuration(spec), **quiet}
     timer = StepTimer(time.perf_counter())
     with tempfile.TemporaryDirectory(prefix="trainpipe-dry-run-") as tmp:
         try:

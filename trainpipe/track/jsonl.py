@@ -56,6 +56,3 @@ class JsonlTracker(Callback):
 def jsonl(run_dir: str | Path, cfg: "RunConfig", /) -> Callback:
     """metrics.jsonl in the run directory, one line per epoch (always on)."""
     return JsonlTracker(run_dir)
-
-
-# ------------------------------------------------------------------------ plots

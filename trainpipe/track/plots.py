@@ -83,6 +83,3 @@ class PlotsTracker(Callback):
 def plots(run_dir: str | Path, cfg: "RunConfig", /) -> Callback:
     """curves.png in the run directory: loss, accuracy and lr per epoch (tracking.plots)."""
     return PlotsTracker(run_dir, cfg.name)
-
-
-# ------------------------------------------------------------------ TensorBoard

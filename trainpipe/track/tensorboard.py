@@ -73,6 +73,3 @@ def tensorboard(run_dir: str | Path, cfg: "RunConfig", /) -> Callback:
     """TensorBoard event files in RUN_DIR/tb: scalars per epoch plus the config as hparams."""
     require_library("tensorboard", "tensorboard")
     return TensorBoardTracker(run_dir, cfg)
-
-
-# ------------------------------------------------------------------------- W&B

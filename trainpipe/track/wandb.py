@@ -7,9 +7,9 @@ import random
 import secrets
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-from trainpipe.config.schema import WandbConfig
 from trainpipe import files
 from trainpipe.loop.callbacks import Callback
 from trainpipe.loop.stop import Status, stop_status
@@ -29,9 +29,11 @@ class WandbTracker(Callback):
     W&B run (resume="allow"). W&B's files go under WANDB_DIR when it is set, else the run directory.
     """
 
-    def __init__(self, run_dir: str | Path, cfg: "RunConfig") -> None:
+    def __init__(self, run_dir: str | Path, cfg: "RunConfig", *, project: str, entity: str | None, mode: str,
+                 tags: Sequence[str]) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = cfg
+        self.init_args = {"project": project, "entity": entity, "mode": mode, "tags": list(tags) or None}
         self.run: Any = None
 
     def run_id(self) -> str:
@@ -47,8 +49,6 @@ class WandbTracker(Callback):
     def on_fit_start(self, trainer: "Trainer") -> None:
         import wandb
 
-        w = self.cfg.tracking.wandb or WandbConfig()  # `trackers: [wandb]` alone: W&B's defaults
-        assert w is not None
         # wandb draws ids and ports from the global RNGs; keep them out of the training's randomness.
         import numpy as np
         import torch
@@ -56,8 +56,7 @@ class WandbTracker(Callback):
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
             self.run = wandb.init(
-                project=w.project, entity=w.entity, mode=w.mode, tags=list(w.tags) or None,
-                name=self.run_dir.name, id=self.run_id(), resume="allow", config=self.cfg.to_dict(),
+                **self.init_args, name=self.run_dir.name, id=self.run_id(), resume="allow", config=self.cfg.to_dict(),
                 dir=None if os.environ.get("WANDB_DIR") else str(self.run_dir), reinit="finish_previous",
             )
         finally:
@@ -82,7 +81,10 @@ class WandbTracker(Callback):
 
 
 @TRACKERS.register("wandb")
-def wandb_tracker(run_dir: str | Path, cfg: "RunConfig", /) -> Callback:
-    """Weights & Biases: config and metrics; the run id kept for resume (tracking.wandb)."""
+def wandb_tracker(run_dir: str | Path, cfg: "RunConfig", /, *, project: str = "trainpipe", entity: str | None = None,
+                  mode: Literal["online", "offline", "disabled"] = "online", tags: tuple[str, ...] = ()) -> Callback:
+    """Weights & Biases: config and metrics; the run id kept for resume (options: tracking.wandb)."""
+    if mode == "disabled":
+        return Callback()  # W&B turned off in its own section: nothing to import or log
     require_library("wandb", "wandb")
-    return WandbTracker(run_dir, cfg)
+    return WandbTracker(run_dir, cfg, project=project, entity=entity, mode=mode, tags=tags)
