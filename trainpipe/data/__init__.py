@@ -157,12 +157,13 @@ def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: 
     # DeviceLoaders without augmentation convert and normalise their split once instead of
     # every batch, when the float32 copies (4 bytes a value, 4x uint8 images) fit in the
     # data's memory share beside the data themselves.
-    ahead = [s for s, k in ((train, "device" if not ops else ""), (val, eval_kind), (test, eval_kind))
-             if s is not None and k == "device"]
-    once = total + sum(4 * len(s) * math.prod(s.sample_shape) for s in ahead) <= memory_budget(device)
+    unaugmented_on_device = [s for s, k in ((train, "device" if not ops else ""), (val, eval_kind),
+                                            (test, eval_kind)) if s is not None and k == "device"]
+    float_copies = sum(4 * len(s) * math.prod(s.sample_shape) for s in unaugmented_on_device)
+    normalize_once = total + float_copies <= memory_budget(device)
     if kind == "device":
         train_loader: Any = DeviceLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
-                                         ops=ops, mix=mix, seed=seed, normalize_once=once, **common)
+                                         ops=ops, mix=mix, seed=seed, normalize_once=normalize_once, **common)
     else:
         train_loader = StreamLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last,
                                     transform=stream_transform(ops) if ops else None, mix=mix, seed=seed,
@@ -173,7 +174,7 @@ def build(cfg: "DataConfig", *, seed: int, device: torch.device, channels_last: 
         if s is None:
             return None
         if eval_kind == "device":
-            return DeviceLoader(s, batch_size=eval_bs, normalize_once=once, **common)
+            return DeviceLoader(s, batch_size=eval_bs, normalize_once=normalize_once, **common)
         return StreamLoader(s, batch_size=eval_bs, **common, **workers)
 
     info = {

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainpipe.data.augment import apply_batch
 from trainpipe.data.base import Split
 
 Mix = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -216,8 +217,7 @@ class DeviceLoader(_Base):
         """Raw gathered inputs -> augmented (when `g` is given), normalised float batch."""
         x = to_unit_float(x, self._is_image)
         if g is not None:
-            for op in self.ops:
-                x = op.batch(x, g)
+            x = apply_batch(self.ops, x, g)
         return self._normalize(x)
 
 

@@ -4,7 +4,7 @@ detectron2's `SimpleTrainer.run_step` / `AMPTrainer` is the model: the loop comp
 loss and its backward (with the precision, accumulation and DDP it owns), then hands the
 step to a `Step` chosen by what the optimizer's registry entry declares:
 
-    @OPTIMIZERS.register("sam", step="closure")     ->  ClosureStep
+    @OPTIMIZERS.register("name", step="closure")    ->  ClosureStep (SAM, in optim/sam.py)
     (no declaration)                                ->  PlainStep
 
 Every step does the same frame (unscale for clipping or the non-finite check, skip a

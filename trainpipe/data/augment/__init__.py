@@ -2,7 +2,7 @@
 
 Each op has a batched form for DeviceLoader (`op.batch(x, g)`: tensor ops on the whole
 batch, a draw per sample from `g`) and a torchvision v2 form for StreamLoader
-(`op.transform()`). The built-in ops live in `augment_ops`; any other torchvision v2
+(`op.transform()`). The built-in ops live in `ops.py` (label-mixing MixUp/CutMix in `mix.py`); any other torchvision v2
 class (RandAugment, TrivialAugmentWide, ...) is accepted by its exact name with its own
 keyword arguments, has no batched form, and so selects StreamLoader.
 """
