@@ -130,12 +130,12 @@ def bests(state: Any, monitor: str) -> dict[str, Any]:
 
 def trainer_facts(trainer: Any, cfg: Any) -> dict[str, Any]:
     """What the summary says of the loop, however it ended: bests, epochs, the loop's non-finite handling."""
-    st = trainer.state
-    out = bests(st, cfg.train.monitor)
+    state = trainer.state
+    out = bests(state, cfg.train.monitor)
     if cfg.train.on_nonfinite == "skip_step":
-        out["skipped_steps"] = st.skipped_steps
-    if st.rollbacks:
-        out.update({"rollbacks": st.rollbacks, "lr_factor": trainer.schedule.factor("rollback")})
+        out["skipped_steps"] = state.skipped_steps
+    if state.rollbacks:
+        out.update({"rollbacks": state.rollbacks, "lr_factor": trainer.schedule.factor("rollback")})
     return out
 
 

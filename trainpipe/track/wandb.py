@@ -72,10 +72,10 @@ class WandbTracker(Callback):
     def on_fit_end(self, trainer: "Trainer") -> None:
         if self.run is None:
             return
-        st = trainer.state
-        self.run.summary.update({k: v for k, v in st.final.items() if isinstance(v, (int, float, str))})
-        self.run.summary["stop_reason"] = None if st.stop_reason is None else str(st.stop_reason)
-        failed = stop_status(st.stop_reason) in (Status.FAILED, Status.INTERRUPTED)
+        state = trainer.state
+        self.run.summary.update({k: v for k, v in state.final.items() if isinstance(v, (int, float, str))})
+        self.run.summary["stop_reason"] = None if state.stop_reason is None else str(state.stop_reason)
+        failed = stop_status(state.stop_reason) in (Status.FAILED, Status.INTERRUPTED)
         self.run.finish(exit_code=1 if failed else 0)
         self.run = None
 
