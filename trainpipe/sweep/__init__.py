@@ -4,11 +4,11 @@
 `trainpipe sweep` does and returns its `SweepOutcome`.
 
     spec.py     the sweep file -> SweepSpec (method, metric, base, fixed, hyperband)
-    params.py   one parameter: its W&B distribution parsed and checked, its finite values
+    params.py   one parameter and its W&B distribution: one entry each (parsing, range check, sampler)
     methods/    grid, random, bayes: one module per `method:`, registered in SWEEP_METHODS
     names.py    W&B-style flat names and metric names -> config keys; labels for list/dict values
     check.py    every candidate value resolved through the config before anything runs
-    space.py    Optuna trial -> config overrides (how each distribution is sampled)
+    space.py    Optuna trial -> config overrides (each parameter sampled by its distribution's entry)
     study.py    storage, sampler, pruner, heartbeats, dead-worker detection, the ledger
     worker.py   the objective and the worker loop (in process, or spawned per GPU)
     ranking.py  the results as data: trials ranked, configurations (trials that differ only

@@ -82,8 +82,9 @@ class Configuration:
     def trials(self) -> str:
         return ", ".join(r.name for r in sorted(self.rows, key=lambda r: r.number))
 
-    # The statistics of a verdict between configurations (intervals, tests) belong here, next
-    # to `mean` and `std`, so that results.md, the report and --status show the same numbers.
+    # The statistics of a verdict between configurations (intervals, the best against the
+    # runner-up, seeds needed) are `sweep.verdict`'s, computed from these ranked configurations'
+    # `values`; results.md, the report and --status show them from the same objects.
 
 
 def configurations(trials: Sequence[Any], names: Sequence[str], goal: str, *,

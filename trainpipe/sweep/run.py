@@ -37,7 +37,8 @@ from trainpipe.errors import ConfigError
 from trainpipe.sweep import study as st
 from trainpipe.sweep.check import check_against_config, load_checked_spec
 from trainpipe.sweep.final_test import evaluate_best
-from trainpipe.sweep.results import TrialRow, status_text, trial_rows, write_results
+from trainpipe.sweep.ranking import best_trial
+from trainpipe.sweep.results import TrialRow, config_groups, status_text, trial_rows, write_results
 from trainpipe.sweep.spec import SweepSpec
 from trainpipe.sweep.worker import WorkerConfig, check_stop, install_signal_handlers, run_worker, worker_main
 
@@ -70,7 +71,6 @@ class SweepOutcome:
         """One row per configuration (trials that differ only in their seed), best mean first:
         its rank, parameters, mean and std of the sweep metric over its seeds, n and its trials."""
         from trainpipe.run.result import as_table
-        from trainpipe.sweep.groups import config_groups
 
         if self.spec is None:
             return as_table([])
@@ -82,7 +82,7 @@ class SweepOutcome:
         for r in self.rows:
             states[r.state] = states.get(r.state, 0) + 1
         counts = ", ".join(f"{n} {state}" for state, n in states.items()) or "no trials"
-        best = next((r for r in self.rows if r.state == "completed" and r.value is not None), None)
+        best = best_trial(self.rows)
         metric = self.spec.metric if self.spec is not None else "best"
         shown = f", best {metric}={best.value:.4f} (trial {best.name})" if best is not None else ""
         return (f"SweepOutcome({counts}{shown}{', interrupted' if self.interrupted else ''}, "
