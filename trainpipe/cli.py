@@ -204,7 +204,7 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
 
 def _key_for(family: str) -> str:
     return {"dataset": "data.dataset", "augment": "data.augment", "model": "model.name",
-            "optimizer": "optim.name", "scheduler": "sched.name", "tracker": "tracking.*",
+            "optimizer": "optim.name", "scheduler": "sched.name", "tracker": "tracking.trackers; options under tracking.<name>",
             "method": "method, in a sweep file"}.get(family, family)
 
 
