@@ -124,3 +124,24 @@ def test_help_and_argument_errors_do_not_import_torch() -> None:
 @pytest.mark.parametrize("args", [["check", "quickstart"], ["list"]])
 def test_check_and_list_import_no_heavy_library(args: list[str]) -> None:
     assert not _modules_after(args) & set(HEAVY)
+
+
+@pytest.mark.parametrize("output", ["", "  "])
+@pytest.mark.parametrize("command", [["train", "train.epochs=1"], ["lr-find"], ["sweep", "lr.yaml"], ["report", "runs/x"]])
+def test_empty_output_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                 command: list[str], output: str) -> None:
+    """An empty --output would name the current directory: refused before anything is written there."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--output", output]) == 2
+    assert "--output" in (err := capsys.readouterr().err) and "names no directory" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_output_is_refused_by_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainpipe.errors import ConfigError
+    from trainpipe.run.train import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="names no directory"):
+        train(None, ["train.epochs=1"], output="")
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainpipe.errors import ConfigError
+from trainpipe.errors import ConfigError, check_output
 
 EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -333,6 +333,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse(sys.argv[1:] if argv is None else argv)
     try:
+        if getattr(a, "output", None) is not None:
+            check_output(a.output)
         return a.func(a)
     except ConfigError as e:
         if a.debug:

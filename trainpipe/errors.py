@@ -65,3 +65,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return "; did you mean X?" for the closest choice, or "" when none is close."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def check_output(output: str | Path | None, flag: str = "--output") -> None:
+    """Refuse an empty or blank output path: it would name the current directory, where a
+    run's files would be mixed with the user's."""
+    if output is not None and isinstance(output, str) and not output.strip():
+        raise ConfigError(f"{flag} {output!r} names no directory (an empty path would write into the current "
+                          f"directory, among your files). Give a directory, e.g. {flag} runs/try1, or leave "
+                          f"{flag} out for the default.")

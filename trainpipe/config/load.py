@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from trainpipe.config.messages import explain
 from trainpipe.config.schema import COMPONENT_CLASSES, COMPONENT_SECTIONS, ComponentSection, RunConfig, \
     TrackingConfig
 from trainpipe.config.types import ComponentList, ComponentName
+from trainpipe.config.yamlfile import parse_yaml, read_yaml_file
 from trainpipe.errors import ConfigError, did_you_mean
 from trainpipe.registry import AUGMENTS, FAMILIES, OPTIMIZERS, TRACKERS, Entry
 
@@ -31,18 +33,17 @@ PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def read_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """A YAML file that holds a mapping (a config, a sweep file), read by `read_yaml_file`'s
+    rules (no duplicate keys, recursive anchors or alias bombs); {} when it is empty."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         packaged = PACKAGED_CONFIGS / p.name
         hint = f" A packaged config of that name exists: {packaged}." if packaged.is_file() else ""
         raise ConfigError(
             f"{what} {str(p)!r} does not exist.{hint} Pass the path of a YAML file, "
             f"or run `trainpipe list configs` to see the configs that ship with trainpipe."
         )
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {e}".replace("\n", " ")) from None
+    data = read_yaml_file(p, what=what)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -74,7 +75,7 @@ def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[tuple[
                 f"(dotted key, '=', a YAML value)."
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw, source=f"override {key}") if raw.strip() else None
         except yaml.YAMLError:
             value = raw  # an unparsable value stays a string; validation will say if that is wrong
         pairs.append((key, value))
@@ -123,8 +124,51 @@ def load(
         data = read_yaml(PACKAGED_CONFIGS / "quickstart.yaml")
     else:
         data = read_yaml(resolve_config_path(path))
+    data = nest_dotted_keys(data)
     pairs = parse_overrides(overrides)
     return validate(_apply_pairs(_drop_switched_options(data, dict(pairs)), pairs))
+
+
+def nest_dotted_keys(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config's mappings with dotted keys (`train.epochs: 1`, as overrides write them) nested
+    (`train: {epochs: 1}`), so a file may use either form; the same key given both ways is
+    refused. Only keys whose parts are all names are split (`"0.5"` stays a key)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        parts = key.split(".") if isinstance(key, str) else [key]
+        if len(parts) > 1 and not all(p.isidentifier() for p in parts):
+            parts = [key]
+        if isinstance(value, Mapping):
+            value = nest_dotted_keys(value, f"{prefix}{key}.")
+        node = out
+        for i, part in enumerate(parts):
+            where = prefix + ".".join(map(str, parts[: i + 1]))
+            last = i == len(parts) - 1
+            if part not in node:
+                node[part] = value if last else {}
+            elif last and isinstance(node[part], dict) and isinstance(value, dict):
+                node[part] = _merge_nested(node[part], value, where)
+            elif last:
+                raise ConfigError(f"{where}: is set twice in the config, once as a dotted key ({prefix}{key}) and "
+                                  f"once nested under its section; keep one of them.")
+            elif not isinstance(node[part], dict):
+                raise ConfigError(f"{where}: is set to {node[part]!r}, a value, but {prefix}{key} treats it as a "
+                                  f"section with keys; keep one of them.")
+            node = node[part]
+    return out
+
+
+def _merge_nested(a: dict[str, Any], b: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if k in out and isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = _merge_nested(out[k], v, f"{where}.{k}")
+        elif k in out:
+            raise ConfigError(f"{where}.{k}: is set twice in the config, once as a dotted key and once nested "
+                              f"under its section; keep one of them.")
+        else:
+            out[k] = v
+    return out
 
 
 def _drop_switched_options(data: dict[str, Any], pairs: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,7 +225,7 @@ def options_model(entry: Entry) -> type[BaseModel]:
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[n] = (ann, default)
     extra = "allow" if entry.accepts_any_option() else "forbid"
-    return create_model(f"{entry.name}_options", __config__=ConfigDict(extra=extra), **fields)
+    return create_model(f"{entry.name}_options", __config__=ConfigDict(extra=extra, allow_inf_nan=False), **fields)
 
 
 def validate_options(
@@ -216,6 +260,7 @@ def _complete_components(cfg: RunConfig) -> RunConfig:
         updates[section] = type(sec).model_validate({**base, **_json_ready(opts)})
     updates["tracking"] = _complete_trackers(cfg.tracking)
     cfg = cfg.model_copy(update=updates)
+    _refuse_non_finite(cfg.model_dump(), "")
     _cross_checks(cfg)
     return cfg
 
@@ -240,6 +285,20 @@ def _complete_trackers(t: TrackingConfig) -> TrackingConfig:
         sections[name] = _json_ready(validate_options(TRACKERS.get(name), options, key=f"tracking.{name}"))
     base = t.model_dump(mode="json", exclude=set(extra))
     return TrackingConfig.model_validate({**base, **sections})
+
+
+def _refuse_non_finite(value: Any, key: str) -> None:
+    """Typed floats refuse inf and nan themselves (`allow_inf_nan=False`); this covers the
+    options no signature types (a torchvision transform's keyword arguments)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number; no setting takes inf or nan. Give a finite "
+                          f"value in the config or override it with {key.split('[', 1)[0]}=VALUE.")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _refuse_non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _refuse_non_finite(v, f"{key}[{i}]")
 
 
 def augment_specs(specs: Sequence[Any], *, key: str = "data.augment") -> list[dict[str, Any]]:

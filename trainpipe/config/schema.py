@@ -16,7 +16,8 @@ from trainpipe.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS, Registr
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan pass range checks such as lr > 0 but cannot train (and YAML-dump as null).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ComponentSection(Section):

@@ -168,7 +168,9 @@ def load_sweep(path: Path) -> Sweep:
     cols, csv_rows = read_csv(path / "results.csv")
     spec: dict[str, Any] = {}
     if (path / "sweep.yaml").is_file():
-        spec = yaml.safe_load((path / "sweep.yaml").read_text()) or {}
+        from trainpipe.config import read_yaml
+
+        spec = read_yaml(path / "sweep.yaml", what="sweep file")
     declared = {p.display: p for p in file_params(spec)}
     runs: dict[str, Run] = {}
     trial_root = path / "trials"

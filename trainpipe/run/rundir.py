@@ -261,13 +261,14 @@ def read_summary(run_dir: str | Path, *, strict: bool = False) -> dict[str, Any]
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """config.yaml as a plain dict ({} when missing)."""
-    import yaml
+    """config.yaml as a plain dict ({} when missing); a file that is not a config is a
+    ConfigError naming it."""
+    from trainpipe.config import read_yaml
 
     p = Path(run_dir) / CONFIG
     if not p.is_file():
         return {}
-    return yaml.safe_load(p.read_text()) or {}
+    return read_yaml(p, what="run config")
 
 
 # ------------------------------------------------------------ is it still running?

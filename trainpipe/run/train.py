@@ -25,7 +25,7 @@ from trainpipe.run.checkpoints import Checkpoint
 from trainpipe.run.record import RunRecord, bests
 from trainpipe.run.result import RunResult
 from trainpipe.config import RunConfig
-from trainpipe.errors import ConfigError, StorageError, TrainingInterrupted
+from trainpipe.errors import ConfigError, StorageError, TrainingInterrupted, check_output
 from trainpipe.loop.rng import global_rng_kept, seed_everything
 
 ConfigLike = str | Path | Mapping[str, Any] | RunConfig | None
@@ -71,6 +71,7 @@ def train(
     strings or a {dotted key: value} dict. An `output` directory that already holds a
     run is refused (ConfigError) unless `overwrite`, which deletes that run first.
     """
+    check_output(output)
     cfg = resolve(config, overrides)
     if not distributed.launched():  # under torchrun, the launching command did this once
         claim_output(output, overwrite=overwrite)
