@@ -182,7 +182,12 @@ def test_batch_size_must_split_evenly(capsys: pytest.CaptureFixture[str]) -> Non
     assert err.count("error:") == 1 and "divisible by 2" in err
 
 
-def test_more_processes_than_gpus_is_refused() -> None:
+def test_more_processes_than_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One visible GPU (faked where there is none): train.device=cuda on a machine without
+    # any is refused earlier, by the device check.
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     nproc = torch.cuda.device_count() + 1
     with pytest.raises(ConfigError, match=rf"--nproc {nproc}: each process trains on its own GPU"):
         distributed.check(load(None, ["train.device=cuda"]), nproc)

@@ -6,21 +6,75 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from trainpipe.errors import ConfigError
 
-def resolve_device(name: str) -> torch.device:
+
+def resolve_device(name: str, *, key: str = "train.device") -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:N, mps) means on this machine.
+
+    A device this machine does not have is a ConfigError naming `key` and the devices it
+    has, raised before anything is written (callers resolve the device first).
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        _check_cuda(device, name, key)
+    elif device.type == "mps" and not _mps_available():
+        import platform
+
+        if sys.platform != "darwin":
+            why = f"MPS is Apple's Metal backend, found only on Macs (this is {platform.system() or sys.platform})"
+        elif not torch.backends.mps.is_built():
+            why = "this torch build has no MPS support"
+        else:
+            why = "this Mac has no Metal GPU that torch can use (MPS needs macOS 12.3 or later)"
+        raise ConfigError(f"{key}={name}: {why}. This machine has {_available()}. Use {key}=auto (the best "
+                          f"device here) or one of those.")
+    return device
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def _check_cuda(device: torch.device, name: str, key: str) -> None:
+    if not torch.cuda.is_available():
+        why = ("this torch build has no CUDA support (a CPU-only build)" if torch.version.cuda is None
+               else "no NVIDIA GPU is visible (no GPU or driver, or CUDA_VISIBLE_DEVICES hides them)")
+        raise ConfigError(f"{key}={name}: no CUDA GPU is available here: {why}. This machine has "
+                          f"{_available()}. Use {key}=auto (a GPU when there is one, else the CPU) or {key}=cpu.")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"{key}={name}: this machine has {count} visible GPU{'s' if count != 1 else ''}, "
+                          f"numbered from 0: {_available()}. Use {key}=cuda:N with N below {count} (or "
+                          f"{key}=cuda for the first).")
+
+
+def _available() -> str:
+    """The devices this process can use, e.g. `cpu, cuda:0 (NVIDIA H100, 79 GiB)`."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            try:
+                p = torch.cuda.get_device_properties(i)
+                names.append(f"cuda:{i} ({p.name}, {p.total_memory / 2**30:.0f} GiB)")
+            except (RuntimeError, AssertionError):
+                names.append(f"cuda:{i}")
+    if _mps_available():
+        names.append("mps")
+    return ", ".join(names)
 
 
 def resolve_precision(name: str, device: torch.device, *, fp16_ok: bool = True) -> torch.dtype | None:
@@ -98,3 +152,37 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.ones((), dtype=torch.bool)
     return torch.stack([t.detach().isfinite().all() for t in tensors]).all()
+
+
+def memory_of(device: torch.device) -> tuple[int, str] | None:
+    """(bytes, what they are) of the memory a run on `device` can use at most: a GPU's total
+    memory, or the machine's RAM (the container's limit when lower); None when unknown."""
+    if device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(device)
+        return total, f"{device} has {format_bytes(total)} of GPU memory"
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        total = torch.mps.recommended_max_memory()
+        return total, f"mps may use {format_bytes(total)} of this Mac's memory"
+    if device.type != "cpu":
+        return None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    what = f"this machine has {format_bytes(total)} of memory"
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = int(open(limit_file).read().strip())  # "max" (no limit) is not a number
+        except (OSError, ValueError):
+            continue
+        if limit < total:
+            total, what = limit, f"this process may use {format_bytes(limit)} of memory (its container's limit)"
+        break
+    return total, what
+
+
+def format_bytes(n: float) -> str:
+    for size, unit in ((2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB")):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,.0f} bytes"

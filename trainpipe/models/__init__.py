@@ -24,7 +24,7 @@ from trainpipe.models.weights import load_weights
 from trainpipe.models.wrap import add_input_resize, freeze_backbone, head_modules, split_head_parameters
 from trainpipe.registry import MODELS
 
-__all__ = ["build", "model_stats", "load_weights", "head_modules", "split_head_parameters"]
+__all__ = ["build", "model_stats", "parameters_on_meta", "load_weights", "head_modules", "split_head_parameters"]
 
 
 def _takes_pretrained(fn: object) -> bool:
@@ -83,6 +83,19 @@ def build(
     if freeze == "backbone":
         freeze_backbone(model)
     return model
+
+
+def parameters_on_meta(name: str, options: dict, spec: DataSpec, *, input_size: int | None = None) -> int | None:
+    """The number of parameters and buffer values model `name` would have, counted on a copy
+    built on torch's meta device (shapes, no memory), so that a model too large for the machine
+    is measured before anything is allocated. None when the model cannot be built there (a
+    library net that reads tensor values while it is built); the real build then decides."""
+    try:
+        with torch.device("meta"):
+            model = build(name, options, spec, input_size=input_size)
+    except Exception:  # noqa: BLE001 - any failure here is the real build's to report
+        return None
+    return sum(t.numel() for t in chain(model.parameters(), model.buffers()))
 
 
 def model_stats(model: nn.Module, spec: DataSpec) -> dict[str, int]:

@@ -87,7 +87,13 @@ def evaluate_checkpoint(
         raise ConfigError(f"eval: checkpoint {str(path)!r} holds no trainpipe config and weights; only files "
                           f"written by trainpipe (checkpoints/best.pt, last.pt) can be evaluated.")
     cfg = config_mod.validate(state["config"])
-    dev = resolve_device(device or cfg.train.device)
+    try:
+        dev = resolve_device(device or cfg.train.device, key="--device")
+    except ConfigError as e:
+        if device:
+            raise
+        raise ConfigError(f"eval: the run trained on train.device={cfg.train.device}, which this machine cannot "
+                          f"use; pass --device to evaluate on another device. {e}") from None
     splits = data_mod.load_splits(cfg.data, seed=cfg.seed)
     m = cfg.model
     model = models.build(m.name, m.options(), splits.spec, pretrained=False, weights=None,

@@ -23,6 +23,7 @@ from trainpipe.loop import distributed
 from trainpipe.loop.callbacks import BatchSizeSchedule, Callback, EarlyStopping
 from trainpipe.run.checkpoints import Checkpoint
 from trainpipe.run.record import RunRecord, bests
+from trainpipe.run.preflight import check_model_fits
 from trainpipe.run.result import RunResult
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError, StorageError, TrainingInterrupted, check_output
@@ -73,6 +74,9 @@ def train(
     """
     check_output(output)
     cfg = resolve(config, overrides)
+    from trainpipe.loop.device import resolve_device
+
+    resolve_device(cfg.train.device)  # a device this machine lacks: refused before anything is written
     if not distributed.launched():  # under torchrun, the launching command did this once
         claim_output(output, overwrite=overwrite)
     device = run_device(cfg)
@@ -272,6 +276,7 @@ def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
         torch.backends.cudnn.benchmark = True
     splits = data_mod.load_splits(cfg.data, seed=cfg.seed)
     m = cfg.model
+    check_model_fits(cfg, splits.spec, device)
     model = models.build(m.name, m.options(), splits.spec, pretrained=m.pretrained, weights=m.weights,
                          input_size=m.input_size, freeze=m.freeze)
     stats = models.model_stats(model, splits.spec)
