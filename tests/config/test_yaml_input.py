@@ -88,6 +88,11 @@ def test_aliases_within_the_limit_are_read(tmp_path: Path) -> None:
     assert (cfg.data.batch_size, cfg.data.eval_batch_size) == (32, 32)
 
 
+def test_too_many_values_without_aliases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _refused(tmp_path, "x: [" + "1," * (yamlfile.MAX_VALUES + 1) + "1]\n", capsys)
+    assert "holds more than 100,000 values" in err and "aliases" not in err
+
+
 def test_file_over_the_size_limit_is_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _refused(tmp_path, "# " + "x" * yamlfile.MAX_FILE_BYTES + "\n", capsys)
     assert "larger than 2 MiB" in err

@@ -145,6 +145,9 @@ def parse_yaml(text: str, *, source: str) -> Any:
         try:
             _expanded_size(node, loader.anchor_of, loader.path_of)
         except _TooLarge as e:
+            if not loader.aliases:
+                raise _Refused(f"holds more than {MAX_VALUES:,} values; trainpipe reads at most {MAX_VALUES:,}, "
+                               f"which no config needs. Is it a data file?") from None
             raise _Refused(
                 f"its {loader.aliases} aliases (*name) expand to more than {MAX_VALUES:,} values "
                 f"(at least {e.values:,}); trainpipe reads at most {MAX_VALUES:,}, which no config needs. "
