@@ -78,3 +78,20 @@ def test_eval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert main(["eval", str(tmp_path / "junk.pt")]) == 2
     assert "junk.pt" in capsys.readouterr().err
+
+
+def test_eval_of_a_gpu_run_on_a_machine_without_one(run: trainpipe.RunResult, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint trained on cuda, evaluated where there is no GPU: refused, saying to pass --device."""
+    from trainpipe.run import checkpoints as ckpt
+
+    state = ckpt.load(run.run_dir / "checkpoints" / "best.pt")
+    state["config"]["train"]["device"] = "cuda"
+    path = tmp_path / "gpu-run.pt"
+    ckpt.save_atomic(state, path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"eval: the run trained on train\.device=cuda.*pass --device") as e:
+        evaluate_checkpoint(path)
+    assert "This machine has cpu" in str(e.value)
+    assert evaluate_checkpoint(path, device="cpu").metrics["test/acc"] == pytest.approx(run.summary["test/acc"],
+                                                                                        abs=1e-6)
