@@ -105,3 +105,47 @@ def interrupt_in_epoch(monkeypatch: Any, epoch: int, before: Callable[[Any], Non
         return real(self, e)
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
+def train_and_signal(run_dir: Path, overrides: list[str], hook: Callable[[], None], *,
+                     timeout_s: float = 120) -> int:
+    """Train through the CLI in a child process, which `hook` makes signal itself; returns its exit code."""
+    child = mp.get_context("spawn").Process(target=_train_cli, args=(str(run_dir), overrides, hook))
+    child.start()
+    child.join(timeout_s)
+    if child.is_alive():
+        os.kill(child.pid, signal.SIGKILL)
+        raise AssertionError("the signalled run did not stop")
+    return child.exitcode
+
+
+def _train_cli(run_dir: str, overrides: list[str], hook: Callable[[], None]) -> None:
+    import sys
+
+    import torch
+
+    from trainpipe.cli import main
+
+    torch.set_num_threads(1)
+    hook()
+    sys.exit(main(["train", *overrides, "--output", run_dir, "--quiet"]))
+
+
+def _signal_at_step(n: int, signum: int) -> None:
+    from trainpipe.loop.trainer import Trainer
+
+    real = Trainer.train_step
+    calls = [0]
+
+    def step(self: Trainer, *a: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signum)  # delivered as from `kill -SIG PID`, while the step runs
+        return real(self, *a)
+
+    Trainer.train_step = step  # type: ignore[method-assign]
+
+
+def signal_at_step(n: int, signum: int) -> Callable[[], None]:
+    """A hook: the child sends itself `signum` during its n-th training step (counted from 1)."""
+    return partial(_signal_at_step, n, signum)

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 a crash inside training; 2 bad input (config, file,
 name), reported as one paragraph without a traceback (`--debug` shows it);
-130 interrupted with Ctrl-C.
+128 + the signal's number when a signal stopped it: 130 Ctrl-C (SIGINT), 143 SIGTERM,
+138 SIGUSR1 (trainpipe.run.signals).
 """
 
 from __future__ import annotations
@@ -287,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--output", "-o", help="the sweep directory (default sweeps/<name>)")
     sw.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     sw.add_argument("--devices", help="GPUs for the workers, round-robin, e.g. 0,1 (several workers may share one)")
-    sw.add_argument("--storage", help="a database URL shared by several machines, e.g. postgresql://user:pw@host/db "
+    sw.add_argument("--storage", help="where the study lives: `journal` (an Optuna journal file in the sweep "
+                                      "directory, for a shared file system, no server), journal:PATH, or a database "
+                                      "URL shared by several machines, e.g. postgresql://user:pw@host/db "
                                       "(default: SQLite in the sweep directory)")
     sw.add_argument("--trials", type=int, help="total number of trials (overrides the file's run_cap)")
     sw.add_argument("--status", action="store_true", help="print the sweep's progress and results table, run nothing")
@@ -330,6 +333,32 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return a
 
 
+def _interrupted(run_dir: Path | None) -> int:
+    """Say how an interrupted run continues; the exit code is 128 + the signal's number."""
+    signum = None
+    if "trainpipe.run.signals" in sys.modules:
+        from trainpipe.run import signals
+
+        signum = signals.received()
+    code = 128 + signum if signum else EXIT_INTERRUPTED
+    if run_dir is None:
+        print("interrupted.", file=sys.stderr)
+        return code
+    from trainpipe.run import rundir
+
+    at = rundir.read_summary(run_dir).get("stopped_at") if rundir.holds_run(run_dir) else None
+    if os.environ.get("RANK", "0") != "0":
+        return code
+    if at:
+        where = f"at epoch {at['epoch']}, batch {at['batch']}" if at.get("batch") else f"after epoch {at['epoch']}"
+        print(f"interrupted {where}: {run_dir} saved a checkpoint there; `{rundir.resume_command(run_dir)}` "
+              f"continues the run from that step.", file=sys.stderr)
+    else:
+        print(f"interrupted: {run_dir} keeps its last checkpoint; `{rundir.resume_command(run_dir)}` continues "
+              f"the run from there.", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse(sys.argv[1:] if argv is None else argv)
     try:
@@ -344,15 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
-        run_dir = getattr(e, "run_dir", None)
-        if run_dir is not None:
-            from trainpipe.run.rundir import resume_command
-
-            print(f"interrupted: {run_dir} keeps its last checkpoint; `{resume_command(run_dir)}` continues "
-                  f"the run from there.", file=sys.stderr)
-        else:
-            print("interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(getattr(e, "run_dir", None))
     except Exception as e:
         if a.debug:
             traceback.print_exc()

@@ -52,6 +52,10 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(self.message())
 
     def message(self) -> str:
+        stopped = (self.result.summary.get("stopped_at") if self.result is not None else None) or {}
+        if stopped.get("batch"):  # a signal's stop request: saved where it stopped, mid-epoch
+            return (f"interrupted at epoch {stopped['epoch']}, batch {stopped['batch']}: {self.run_dir} saved a "
+                    f"checkpoint there; trainpipe.resume({str(self.run_dir)!r}) continues the run from that step.")
         done = (self.result.summary.get("epochs_run") if self.result is not None else None) or 0
         at = f" after epoch {done}" if done else " before its first epoch ended"
         return (f"interrupted{at}: {self.run_dir} keeps its last checkpoint; "

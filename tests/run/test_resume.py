@@ -7,6 +7,7 @@ test process); the reference run and the resumes run in the test process. Equali
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 import yaml
 
 import trainpipe
-from kill_kit import die_at_step, die_in_save, train_and_kill
+from kill_kit import die_at_step, die_in_save, signal_at_step, train_and_kill, train_and_signal
 from trainpipe.run import checkpoints as ckpt
 from trainpipe.cli import main
 from trainpipe.errors import ConfigError
@@ -187,3 +188,37 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path: Path) ->
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     r = resume(tmp_path, quiet=True)
     assert r.status == "completed" and (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def _signalled_then_resumed(run_dir: Path, overrides: list[str], step: int, signum: int) -> dict[str, Any]:
+    assert train_and_signal(run_dir, overrides, signal_at_step(step, signum)) == 128 + signum
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["stop_reason"] == signal.Signals(signum).name.lower()
+    last = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert last["state"]["step"] == step and last["state"]["batch"] == step % STEPS_PER_EPOCH
+    resume(run_dir, quiet=True)
+    return summary
+
+
+def test_a_signal_mid_epoch_saves_there_and_resume_continues_bit_identically(tmp_path: Path, reference: Path) -> None:
+    run_dir = tmp_path / "run"
+    step = 3 * STEPS_PER_EPOCH + 7  # in epoch 4
+    summary = _signalled_then_resumed(run_dir, EXACT, step, signal.SIGUSR1)
+    assert summary["stopped_at"] == {"epoch": 4, "batch": 7, "step": step}
+    _assert_same_run(run_dir, reference)
+
+
+# The stream loader (per-sample seeds) and MixUp/CutMix (the mixing stream) continue mid-epoch too.
+STREAM_MIX = ["model.width=8", "data.loader=stream", "data.num_workers=1", "data.augment=[random_crop]",
+              "data.mix={mixup_alpha: 0.8, cutmix_alpha: 1.0, switch_prob: 0.5}", "train.deterministic=true",
+              "tracking.plots=false", "train.device=cpu", "train.epochs=2"]
+
+
+def test_a_sigterm_mid_epoch_resumes_exactly_with_the_stream_loader_and_mixing(tmp_path: Path) -> None:
+    reference = trainpipe.train(None, STREAM_MIX, output=tmp_path / "reference", quiet=True)
+    run_dir = tmp_path / "run"
+    _signalled_then_resumed(run_dir, STREAM_MIX, STEPS_PER_EPOCH + 5, signal.SIGTERM)
+    a = torch.load(reference.run_dir / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    assert _strip(_rows(run_dir)) == _strip(_rows(reference.run_dir))

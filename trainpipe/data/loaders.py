@@ -119,6 +119,9 @@ class _Base:
         self.mix = mix
         self._n = len(split)
         self.rank, self.world_size = 0, 1
+        # The random streams of the iteration in progress, and where the next one starts.
+        self._live: dict[str, torch.Generator] = {}
+        self._start: tuple[int, dict[str, torch.Tensor]] = (0, {})
         self._normalize = _Normalize(mean, std, image=split.is_image, channels_last=channels_last, device=self.device)
 
     def __len__(self) -> int:
@@ -137,6 +140,28 @@ class _Base:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def position(self) -> dict[str, torch.Tensor]:
+        """Where the iteration in progress is: the states of its random streams (augmentation,
+        mixing) after the last batch it yielded, for a checkpoint saved mid-epoch."""
+        return {name: g.get_state() for name, g in self._live.items()}
+
+    def start_at(self, batch: int, streams: dict[str, torch.Tensor]) -> None:
+        """Make the next iteration of this epoch start at `batch`, its random streams as `position()`
+        found them: the batches it yields are those an uninterrupted iteration yields from there."""
+        self._start = (batch, dict(streams))
+
+    def _begin(self) -> tuple[int, dict[str, torch.Tensor]]:
+        start, self._start = self._start, (0, {})
+        self._live = {}
+        return start
+
+    def _stream(self, name: str, stream: int, streams: dict[str, torch.Tensor]) -> torch.Generator:
+        g = generator(self.seed, self.epoch, stream, self.device, self.rank)
+        if name in streams:
+            g.set_state(streams[name])
+        self._live[name] = g
+        return g
+
     def shard(self, rank: int, world_size: int) -> None:
         """Yield only samples rank, rank + world_size, ... of each batch (DDP: trainpipe.loop.distributed).
 
@@ -145,11 +170,19 @@ class _Base:
         """
         self.rank, self.world_size = rank, world_size
 
-    def _mixed(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        first, streams = self._begin()
+        return self._mixed(self._batches(first, streams), streams)
+
+    def _batches(self, first: int, streams: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _mixed(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+               streams: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.mix is None:
             yield from batches
             return
-        g = generator(self.seed, self.epoch, MIX, self.device, self.rank)
+        g = self._stream("mix", MIX, streams)
         for x, y in batches:
             yield self.mix(x, y, g)
 
@@ -192,16 +225,13 @@ class DeviceLoader(_Base):
         assert rows is not None  # only called for a split with samples
         return rows, nhwc
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self._mixed(self._batches())
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, first: int, streams: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_order(self._n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle).to(self.device)
-        g = generator(self.seed, self.epoch, AUGMENT, self.device, self.rank) if self.ops else None
+        g = self._stream("augment", AUGMENT, streams) if self.ops else None
         bs = self.batch_size
         rank, world = self.rank, self.world_size
         rows, nhwc = self._ready if self._ready is not None else (None, False)
-        for b in range(len(self)):
+        for b in range(first, len(self)):
             idx = order[b * bs : (b + 1) * bs]
             if world > 1:  # a view per batch costs microseconds; one process needs none
                 idx = idx[rank::world]
@@ -292,7 +322,8 @@ class _EpochBatches:
         order = epoch_order(ld._n, seed=ld.seed, epoch=ld.epoch, shuffle=ld.shuffle).tolist()
         seeds = torch.randint(0, 2**62, (ld._n,), generator=generator(ld.seed, ld.epoch, AUGMENT)).tolist()
         bs = ld.batch_size
-        for b in range(len(ld)):
+        # The per-sample seeds above are drawn for the whole epoch, so starting later needs no state.
+        for b in range(ld._first, len(ld)):
             idx = order[b * bs : (b + 1) * bs][ld.rank :: ld.world_size]
             yield [(i, seeds[i]) for i in idx]
 
@@ -312,6 +343,7 @@ class StreamLoader(_Base):
         """`transform`: per sample, in the workers; `common`: see `_Base.__init__`."""
         super().__init__(split, **common)
         self.split = split
+        self._first = 0
         pin = self.device.type == "cuda"
         self._pin = pin
         g = torch.Generator()
@@ -328,10 +360,8 @@ class StreamLoader(_Base):
             generator=g,
         )
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self._mixed(self._batches())
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, first: int, streams: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._first = first  # read by the batch sampler when the DataLoader starts its iteration
         for x, y in self.dataloader:
             x = x.to(self.device, non_blocking=self._pin)
             y = y.to(self.device, non_blocking=self._pin)

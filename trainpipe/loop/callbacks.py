@@ -104,8 +104,10 @@ class EarlyStopping(Callback):
                 trainer.state.stop_reason = StopReason.EARLY_STOPPING
 
     def on_fit_end(self, trainer: "Trainer") -> None:
-        # stop_reason stays None when the loop was cut by an exception or Ctrl-C.
-        if self.restore_best and self._best_weights is not None and trainer.state.stop_reason is not None:
+        # stop_reason stays None when the loop was cut by an exception or Ctrl-C; a stop request
+        # (a signal) ends a run that will be resumed: its weights are saved as they are.
+        if (self.restore_best and self._best_weights is not None and trainer.state.stop_reason is not None
+                and not trainer.stopped_by_request):
             trainer.eval_model.load_state_dict(self._best_weights)
 
     def state_dict(self) -> dict[str, Any]:

@@ -159,6 +159,15 @@ def _comm_device() -> torch.device:
 
 
 # ------------------------------------------------------------------- collectives
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any (one all-reduce; call it rarely)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_object(obj: T, src: int = 0) -> T:
     """Rank `src`'s `obj` on every rank (e.g. the run directory rank 0 picked)."""
     if not is_distributed():

@@ -29,7 +29,10 @@ class StopReason(StrEnum):
     EARLY_STOPPING = "early_stopping"
     NON_FINITE = "non_finite_loss"  # train.on_nonfinite gave up
     PRUNED = "pruned"  # a sweep's pruner stopped the trial
-    INTERRUPTED = "interrupted"  # Ctrl-C
+    INTERRUPTED = "interrupted"  # Ctrl-C that stopped the run at once (a second one, or before training)
+    SIGINT = "sigint"  # a signal's stop request, honoured at a step boundary (trainpipe.run.signals)
+    SIGTERM = "sigterm"
+    SIGUSR1 = "sigusr1"
     STORAGE = "storage"  # a file could not be written (disk full, ...)
     CONFIG_ERROR = "config_error"  # bad input found once the run had started
     ERROR = "error"  # any other exception
@@ -43,6 +46,9 @@ _STATUS = {
     StopReason.NON_FINITE: Status.FAILED,
     StopReason.PRUNED: Status.PRUNED,
     StopReason.INTERRUPTED: Status.INTERRUPTED,
+    StopReason.SIGINT: Status.INTERRUPTED,
+    StopReason.SIGTERM: Status.INTERRUPTED,
+    StopReason.SIGUSR1: Status.INTERRUPTED,
     StopReason.STORAGE: Status.FAILED,
     StopReason.CONFIG_ERROR: Status.FAILED,
     StopReason.ERROR: Status.FAILED,

@@ -48,6 +48,7 @@ class TrainState:
     rollbacks: int = 0  # reloads of the last good checkpoint by on_nonfinite=rollback (each halves
     # the lr through the schedule's "rollback" factor)
     final: dict[str, Any] = field(default_factory=dict)  # after the loop: test metrics, bests
+    batch: int = 0  # batches done in the epoch in progress: 0 except in a checkpoint saved mid-epoch
 
     def state_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,6 +61,15 @@ class TrainState:
         for k, v in d.items():
             if k in known:
                 setattr(self, k, v)
+
+
+@dataclass
+class StopRequest:
+    """A request from outside the loop (a signal handler, `trainpipe.run.signals`) to stop the run
+    at the next step boundary; `reason` becomes the run's stop reason. Reading an attribute per
+    step costs nothing next to a step."""
+
+    reason: str | None = None
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -137,6 +147,7 @@ class Trainer:
         progress: Any = None,
         last_good_state: Callable[[], tuple[dict[str, Any], Any] | None] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        stop_request: StopRequest | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -150,7 +161,12 @@ class Trainer:
         # (the run's checkpoints); `on_event` hears of each rollback.
         self.last_good_state = last_good_state
         self.on_event = on_event
+        self.stop_request = stop_request if stop_request is not None else StopRequest()
         self.state = TrainState()
+        # The epoch in progress when a stop request cut it (its sums, the loader's random
+        # streams), saved in a checkpoint; on resume, where that epoch continues from.
+        self._in_epoch: dict[str, Any] | None = None
+        self._resumed_train_time = 0.0  # seconds the cut epoch trained before it was resumed
         self.resumed = False
         self._pending_rng: dict[str, Any] | None = None
         t = cfg.train
@@ -204,7 +220,14 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "state": self.state.state_dict(),
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "in_epoch": self._in_epoch if self.state.batch else None,
         }
+
+    @property
+    def stopped_by_request(self) -> bool:
+        """The loop ended on a stop request (a signal): the state must be saved where it stopped."""
+        reason = self.stop_request.reason
+        return reason is not None and self.state.stop_reason == reason
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore a full checkpoint; its RNG state (if any) is restored when `fit` starts,
@@ -225,6 +248,7 @@ class Trainer:
             if state is not None:
                 cb.load_state_dict(state)
         self._pending_rng = d.get("rng")
+        self._in_epoch = d.get("in_epoch") if self.state.batch else None
         self.resumed = True
 
     # --------------------------------------------------------------------- loop
@@ -237,17 +261,20 @@ class Trainer:
             if self._pending_rng is not None:
                 restore_rng(self._pending_rng)
                 self._pending_rng = None
-            while self.state.epoch < t.epochs and not self.state.should_stop:
+            while self.state.epoch < t.epochs and not self.state.should_stop and not self._honour_stop_request():
                 run_hooks(self.callbacks, "on_epoch_start", self)
                 epoch = self.state.epoch
                 start = time.perf_counter()
                 metrics: dict[str, float] = {"epoch": epoch + 1}
                 metrics.update(self.train_epoch(epoch))
-                train_time = time.perf_counter() - start
+                if self.state.batch:  # a stop request cut the epoch at a step boundary
+                    self._honour_stop_request()
+                    break
+                train_time = time.perf_counter() - start + self._resumed_train_time
                 if self.data.val is not None:
                     metrics.update(self.evaluate(self.data.val, prefix="val"))
                 metrics["lr"] = self.schedule.current_lrs()[0]
-                metrics["epoch_time_s"] = time.perf_counter() - start
+                metrics["epoch_time_s"] = time.perf_counter() - start + self._resumed_train_time
                 metrics["images_per_s"] = self.data.train.num_samples / max(train_time, 1e-9)
                 self.state.epoch = epoch + 1
                 self.state.metrics = metrics
@@ -261,11 +288,25 @@ class Trainer:
                     self._after_nonfinite()
             if self.state.stop_reason is None:
                 self.state.stop_reason = StopReason.MAX_EPOCHS
-            if finalize is not None and self.state.stop_reason != StopReason.NON_FINITE:
+            if finalize is not None and self.state.stop_reason != StopReason.NON_FINITE and not self.stopped_by_request:
                 self.state.final = finalize(self)
         finally:
             run_hooks(self.callbacks, "on_fit_end", self)
         return self.state
+
+    def _honour_stop_request(self) -> bool:
+        """True (and the stop recorded) when a stop was requested; under DDP, when any rank's was,
+        so that every rank stops at the same epoch boundary."""
+        reason = self.stop_request.reason
+        if distributed.is_distributed():
+            if not distributed.any_rank(reason is not None, self.device):
+                return False
+            reason = reason or StopReason.INTERRUPTED
+            self.stop_request.reason = reason
+        elif reason is None:
+            return False
+        self.state.should_stop, self.state.stop_reason = True, reason
+        return True
 
     def _after_nonfinite(self) -> None:
         """What an epoch that left a non-finite loss or weight leads to (`train.on_nonfinite`).
@@ -330,10 +371,26 @@ class Trainer:
         seen = 0
         accum = t.grad_accum_steps
         self._skipped_this_epoch = 0
+        self._resumed_train_time = 0.0
+        first = 0
+        cut, self._in_epoch = self._in_epoch, None
+        if cut is not None and self.state.batch:
+            # Continue an epoch that a stop request cut: its sums so far, and the loader where it was.
+            first = self.state.batch
+            loss_sum.copy_(cut["loss_sum"])
+            loss_count.copy_(cut["loss_count"])
+            correct.copy_(cut["correct"])
+            seen, self._skipped_this_epoch = int(cut["seen"]), int(cut["skipped"])
+            self._resumed_train_time = float(cut.get("train_time_s", 0.0))
+            loader.start_at(first, cut["loader"])
+        self.state.batch = 0
+        # Under DDP the ranks must agree where to stop; they do so at the epoch's end.
+        can_cut = not distributed.is_distributed()
+        started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         if self.progress is not None:
             self.progress.start_epoch(epoch, n_batches)
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y) in enumerate(loader, first):
             group_start = i - i % accum
             if i == group_start:
                 self.schedule.step(epoch + i / n_batches)
@@ -353,8 +410,18 @@ class Trainer:
             seen += bs
             if self.progress is not None and ((i + 1) % t.log_every == 0 or i + 1 == n_batches):
                 self.progress.update(i + 1, loss_sum, correct, seen)
+            if self.stop_request.reason is not None and can_cut and i + 1 < n_batches \
+                    and i + 1 == group_start + group:
+                # A step boundary: the state is whole (no gradients pending), so it can be saved here.
+                self.state.batch = i + 1
+                self._in_epoch = {"loss_sum": loss_sum.cpu(), "loss_count": loss_count.cpu(), "correct": correct.cpu(),
+                                  "seen": seen, "skipped": self._skipped_this_epoch, "loader": loader.position(),
+                                  "train_time_s": self._resumed_train_time + time.perf_counter() - started}
+                break
         if self.progress is not None:
             self.progress.end_epoch()
+        if self.state.batch:
+            return {}
         if not self.skip_nonfinite:
             # Set once instead of summed per step (a device op per step); the same value as the
             # float32 running sum of the batch sizes, which is exact up to 2**24 samples an epoch.

@@ -108,8 +108,8 @@ def find_resumable(
 
 
 class Checkpoint(Callback):
-    """checkpoints/last.pt (the full state, for resume; the one before it kept as previous.pt),
-    best.pt (the evaluated weights of the best epoch by `train.monitor`), and with `keep`
+    """checkpoints/last.pt (the full state, for resume; the one before it kept as previous.pt;
+    also written where a stop request ends the loop, mid-epoch), best.pt (the evaluated weights of the best epoch by `train.monitor`), and with `keep`
     the K newest epoch-NNNN.pt snapshots. An epoch that left non-finite values is never saved.
     """
 
@@ -153,6 +153,12 @@ class Checkpoint(Callback):
             save_keeping_previous(self.full_state(trainer), last)
             if self.keep > 0:
                 self._snapshot(last, self.dir / f"epoch-{st.epoch:04d}.pt")
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        # A stop request (a signal) ends the loop at a step boundary, often mid-epoch: the state
+        # there is saved as last.pt, so that resume continues from that very step.
+        if trainer.stopped_by_request and not trainer.state.nonfinite:
+            save_keeping_previous(self.full_state(trainer), self.dir / LAST)
 
     def _snapshot(self, last: Path, snap: Path) -> None:
         # Checkpoint files are only ever replaced by rename, never rewritten in place, so

@@ -17,7 +17,7 @@ from typing import Any
 
 from trainpipe.errors import ConfigError, StorageError
 from trainpipe.loop.stop import Status, StopReason, stop_status
-from trainpipe.run import rundir
+from trainpipe.run import rundir, signals
 from trainpipe.run.result import RunResult
 
 
@@ -77,9 +77,13 @@ class RunRecord:
             self.summary["error"] = error
 
     def finished(self, state: Any) -> None:
-        """The loop ended by itself: its final metrics (`state.final`) and its stop reason."""
+        """The loop ended by itself: its final metrics (`state.final`) and its stop reason; for a
+        signal's stop request, where it stopped (`stopped_at`: the checkpoint resumes there)."""
         self.summary.update(state.final)
         self.stop(state.stop_reason)
+        if signals.signal_of(state.stop_reason) is not None:
+            self.summary["stopped_at"] = {"epoch": state.epoch + (1 if state.batch else 0), "batch": state.batch,
+                                          "step": state.step}
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[RunRecord]:
@@ -90,7 +94,8 @@ class RunRecord:
             yield self
             failing = False
         except KeyboardInterrupt:
-            self.stop(StopReason.INTERRUPTED)
+            if self.status != Status.INTERRUPTED:  # else a signal's stop request, recorded by `finished`
+                self.stop(signals.interrupted_reason())
             raise
         except StorageError as e:
             self.stop(StopReason.STORAGE, str(e))

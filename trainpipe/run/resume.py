@@ -2,10 +2,12 @@
 
 The checkpoint holds the model, optimizer, schedule, GradScaler, EMA, callback
 states (early-stopping counters and best weights), epoch and step, and every global
-RNG. The loaders need no state of their own: an epoch's order and augmentation
-draws are functions of (seed, epoch). A run killed at any moment therefore resumes
-from the end of its last checkpointed epoch and reaches the same weights as a run
-never stopped (bit for bit on the CPU with `train.deterministic`).
+RNG. An epoch's order and augmentation draws are functions of (seed, epoch), so a
+run killed at any moment resumes from the end of its last checkpointed epoch and
+reaches the same weights as a run never stopped (bit for bit on the CPU with
+`train.deterministic`). A run stopped by a signal (`trainpipe.run.signals`) saved its
+checkpoint at a step boundary mid-epoch, with the epoch's sums so far and the
+loader's random streams there: it continues from that very step.
 
 Overrides given at resume time are applied to the run's config.yaml; the new
 resolved config replaces it and history.jsonl records the overrides together with
@@ -25,6 +27,7 @@ from trainpipe.run import checkpoints as ckpt
 from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.errors import ConfigError
+from trainpipe.loop.callbacks import Callback
 from trainpipe.run import rundir
 from trainpipe.run.train import RunResult, execute, run_device
 
@@ -35,9 +38,11 @@ def resume(
     *,
     quiet: bool = False,
     command: str | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Continue the run in `run_dir` from checkpoints/last.pt (falling back to previous.pt
-    and epoch snapshots when it is unreadable), with `overrides` applied to its config."""
+    and epoch snapshots when it is unreadable), with `overrides` applied to its config;
+    `callbacks` are added to the run's own, as in `train`."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / rundir.CONFIG
     if not cfg_path.is_file():
@@ -67,7 +72,7 @@ def resume(
     if found is None:
         # Killed before its first checkpoint: nothing to continue, so start over in place.
         warn(f"{run_dir / rundir.CHECKPOINTS} holds no checkpoint yet; starting the run over.")
-        return execute(cfg, run_dir, device=device, quiet=quiet,
+        return execute(cfg, run_dir, device=device, quiet=quiet, extra_callbacks=callbacks,
                        on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=None, epoch=0))
     state, path = found
     st = state["state"]
@@ -82,10 +87,13 @@ def resume(
     st["should_stop"], st["stop_reason"] = False, None
     if not quiet and main:
         was = " after it was interrupted (its process is gone)" if rundir.status(run_dir, summary) == "interrupted" else ""
-        print(f"resuming {run_dir}{was} from {path.name} (epoch {epoch} of {cfg.train.epochs})")
+        at = (f"epoch {epoch + 1} of {cfg.train.epochs}, batch {st['batch']}" if st.get("batch")
+              else f"epoch {epoch} of {cfg.train.epochs}")
+        print(f"resuming {run_dir}{was} from {path.name} ({at})")
     # Nothing is written (config.yaml, history, summary.json) until the data, the model and
     # this checkpoint are loaded: a resume that cannot start leaves the run as it was.
-    return execute(cfg, run_dir, device=device, quiet=quiet, resume_state=state, resume_path=path,
+    return execute(cfg, run_dir, device=device, quiet=quiet, extra_callbacks=callbacks, resume_state=state,
+                   resume_path=path,
                    prior_wall_time=float(summary.get("wall_time_s") or 0.0),
                    on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch))
 

@@ -18,6 +18,7 @@ import torch
 from trainpipe import files
 from trainpipe.run import checkpoints as ckpt
 from trainpipe.run import rundir
+from trainpipe.run import signals
 from trainpipe import config as config_mod
 from trainpipe.loop import distributed
 from trainpipe.loop.callbacks import BatchSizeSchedule, Callback, EarlyStopping
@@ -28,6 +29,7 @@ from trainpipe.run.result import RunResult
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError, StorageError, TrainingInterrupted, check_output
 from trainpipe.loop.rng import global_rng_kept, seed_everything
+from trainpipe.loop.trainer import StopRequest
 
 ConfigLike = str | Path | Mapping[str, Any] | RunConfig | None
 
@@ -185,6 +187,9 @@ def _execute(
     record = RunRecord(run_dir, cfg, main=main, prior_wall_time=prior_wall_time, on_start=on_start)
     out = console_report(quiet or not main)
     progress = None
+    # A signal while the loop runs becomes a stop at the next step boundary (run/signals.py).
+    request = StopRequest()
+    end_signals = signals.install(request)
     try:
         with record.recording():
             data, model, optimizer, stats = build_parts(cfg, device)
@@ -195,7 +200,7 @@ def _execute(
             callbacks = callbacks_for(cfg, run_dir, main=main, console=out, extra=extra_callbacks)
             progress = out.progress(cfg, data)
             trainer = Trainer(cfg, model, optimizer, schedule, data, device=device, callbacks=callbacks,
-                              progress=progress, last_good_state=lambda: ckpt.find_resumable(
+                              progress=progress, stop_request=request, last_good_state=lambda: ckpt.find_resumable(
                                   run_dir / rundir.CHECKPOINTS, map_location=device),
                               on_event=(lambda e: _log_event(run_dir, e, quiet)) if main else None)
             record.follow(trainer)
@@ -211,10 +216,15 @@ def _execute(
                 return final_summary(tr, cfg, run_dir)
 
             record.finished(trainer.fit(finalize))
+            if trainer.stopped_by_request:
+                # The state where the loop stopped is saved: raised as Ctrl-C is, so that a
+                # script or a sweep stops here too.
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         # The CLI and a notebook name the run directory and how to continue it.
         raise TrainingInterrupted(run_dir, record.result()) from None
     finally:
+        end_signals()
         if progress is not None:
             progress.close()  # a live display gives the console's streams back
     result = record.result()
