@@ -6,6 +6,8 @@ The sweep directory (default `sweeps/<name>/`, the name being the sweep file's
     sweep.yaml     the sweep file as given (resuming reads this copy)
     study.json     study name, storage (password hidden), base config, fingerprint
     optuna.db      the Optuna study, SQLite (unless --storage names another database)
+    optuna.journal the Optuna study as a journal file instead, with --storage journal (no server,
+                   safe on a shared file system); workers/ then holds their liveness files
     results.csv    one row per trial, best first (rewritten after every trial)
     results.md     the same table in Markdown
     best.yaml      the best completed trial's complete config: `trainpipe train best.yaml`
@@ -148,6 +150,8 @@ def storage_url(d: Path, storage: str | None, meta: dict[str, Any] | None) -> st
     if meta is not None and recorded is None and storage:
         raise ConfigError(f"the sweep in {d} keeps its study in {d / 'optuna.db'}; leave --storage out to "
                           f"resume it, or use another --output for a sweep in {st.redact(storage)}.")
+    if storage == "journal":  # an Optuna journal file in the sweep directory
+        storage = st.journal_url(d / st.JOURNAL_FILE)
     if storage:
         if recorded is not None and st.redact(storage) != recorded:
             raise ConfigError(f"the sweep in {d} keeps its study in {recorded}, not {st.redact(storage)}; pass "
@@ -203,8 +207,9 @@ def run_sweep(
                           f"another --output for the new sweep.")
     url = storage_url(d, storage, meta)
     study_name = meta["study_name"] if meta else spec.name
-    if storage is None:
+    if storage is None or st.is_journal(url):
         d.mkdir(parents=True, exist_ok=True)  # for optuna.db; another database is opened first
+    st.refuse_sqlite_on_network_fs(url)
     storage_obj = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     study = st.open_study(spec, storage_obj, study_name=study_name, epochs=base_cfg.train.epochs)
     (d / "trials").mkdir(parents=True, exist_ok=True)
@@ -243,7 +248,7 @@ def run_sweep(
     print(status_text(rows, spec, d).rstrip(), flush=True)
     if interrupted:
         print(f"interrupted: running trials were marked and queued again; resume with: trainpipe sweep {d}"
-              f"{'' if storage is None else ' --storage URL'}"
+              f"{'' if storage is None or st.is_journal(url) else ' --storage URL'}"
               f"{' (the best configuration is evaluated on the test split when the sweep ends)' if spec.test == 'best' else ''}",
               file=sys.stderr)
     return SweepOutcome(d, study_name, st.redact(url), rows, interrupted, spec)

@@ -75,9 +75,70 @@ def with_driver(url: str) -> str:
     return url
 
 
+JOURNAL = "journal:"  # the storage URL of an Optuna journal file: journal:/path/to/optuna.journal
+JOURNAL_FILE = "optuna.journal"
+# File systems where SQLite's locks do not hold between machines (and can corrupt the database).
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.glusterfs",
+              "glusterfs", "fuse.sshfs", "afs", "panfs", "wekafs")
+
+
+def journal_url(path: str | Path) -> str:
+    return JOURNAL + str(Path(path).resolve())
+
+
+def is_journal(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(JOURNAL)
+
+
+def filesystem_type(path: str | Path) -> str | None:
+    """The type of the file system holding `path` (from /proc/mounts), or None where unknown."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    best, kind = "", None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (str(p) == point or str(p).startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def refuse_sqlite_on_network_fs(url: str) -> None:
+    """SQLite's file locks are not reliable on network file systems: workers on several machines
+    would corrupt the study. Refused where /proc/mounts says so."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url[len("sqlite:///"):])
+    kind = filesystem_type(path.parent)
+    if kind in NETWORK_FS:
+        raise ConfigError(
+            f"the study database {path} would be on a network file system ({kind}), where SQLite is not safe "
+            f"(its locks do not hold between machines and the database can be corrupted). Use --storage journal "
+            f"(an Optuna journal file in the sweep directory, made for shared file systems), or a PostgreSQL URL.")
+
+
 def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-                 grace_period: int = GRACE_PERIOD_S) -> optuna.storages.RDBStorage:
+                 grace_period: int = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
     quiet_optuna()
+    if is_journal(url):
+        # Optuna's journal file: an append-only log on a (shared) file system, no server. It has no
+        # heartbeat; trials of dead workers are found from trainpipe's worker records instead
+        # (`reap_dead_trials`, `beat`).
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len(JOURNAL):])
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise ConfigError(f"--storage {url}: cannot open the journal file ({e.strerror or e}); check that "
+                              f"its directory exists and is writable.") from None
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Several worker processes write to one file; wait for the lock instead of failing.
@@ -203,19 +264,66 @@ def retry_interrupted(study: optuna.Study, trial_id: int) -> None:
         _RETRY_CLS(max_retry=None)(study, frozen)
 
 
-def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S) -> list[int]:
+# --------------------------------------------------- liveness without a heartbeat
+def beat_file(sweep_dir: str | Path, rec: dict[str, Any]) -> Path:
+    """Where the worker process `rec` (`rundir.this_process()`) records that it is alive."""
+    name = f"{rec.get('host')}-{rec.get('pid')}-{rec.get('start')}".replace("/", "_")
+    return Path(sweep_dir) / "workers" / f"{name}.alive"
+
+
+class Beat:
+    """Touches this process's file in `sweep_dir/workers/` every `interval` seconds, from a thread:
+    the heartbeat of storages that have none (Optuna's journal file), read by `reap_dead_trials`."""
+
+    def __init__(self, sweep_dir: str | Path, interval: float) -> None:
+        import threading
+
+        self.path = beat_file(sweep_dir, rundir.this_process())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="trainpipe-beat")
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.path.touch()
+            except OSError:
+                pass  # a full or unreachable disk: the next beat tries again
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+
+def _silent_for(sweep_dir: str | Path, rec: dict[str, Any], started: dt.datetime | None) -> float:
+    """Seconds since the worker `rec` last beat (since the trial started when it never did)."""
+    try:
+        return time.time() - beat_file(sweep_dir, rec).stat().st_mtime
+    except OSError:
+        return (dt.datetime.now() - (started or dt.datetime.now())).total_seconds()
+
+
+def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S,
+                     sweep_dir: str | Path | None = None) -> list[int]:
     """Re-queue running trials whose worker is gone; returns their numbers.
 
     Same machine: the worker's process id is checked directly. Elsewhere: Optuna's
-    heartbeat (`fail_stale_trials`). A trial that died before it recorded its worker
-    is judged by its age.
+    heartbeat (`fail_stale_trials`), or for a storage without one (the journal file) the
+    worker's beat file in `sweep_dir/workers/`, silent for `grace_period`. A trial that
+    died before it recorded its worker is judged by its age.
     """
     reaped = []
     now = dt.datetime.now()
+    own_beats = sweep_dir is not None and not isinstance(study._storage, optuna.storages.RDBStorage)
     for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker")
         if w is not None and w.get("since") == (t.datetime_start.isoformat() if t.datetime_start else None):
-            dead = not rundir.is_current(w) and rundir.gone(w) is True
+            verdict = None if rundir.is_current(w) else rundir.gone(w)
+            if verdict is None and own_beats and not rundir.is_current(w):
+                verdict = _silent_for(sweep_dir, w, t.datetime_start) > grace_period
+            dead = verdict is True
         else:
             started = t.datetime_start or now
             # The worker records itself first thing; a trial this old without a record

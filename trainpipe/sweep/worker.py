@@ -16,9 +16,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from optuna.trial import TrialState
 
 from trainpipe.loop.callbacks import Callback
 from trainpipe.loop.stop import StopReason
-from trainpipe.run import rundir
+from trainpipe.run import rundir, signals
 from trainpipe.sweep import study as st
 from trainpipe.sweep.final_test import SkipTestSplit
 from trainpipe.sweep.results import shown_params
@@ -80,16 +78,23 @@ class ReportToStudy(Callback):
     def __init__(self, trial: optuna.Trial, metric: str, prune: bool) -> None:
         self.trial, self.metric, self.prune = trial, metric, prune
 
+    def on_fit_start(self, trainer: Any) -> None:
+        # A resumed trial (the queued copy of an interrupted one) reports its earlier epochs again.
+        for row in trainer.state.history:
+            self._report(row)
+
     def on_epoch_end(self, trainer: Any) -> None:
         check_stop()
-        m = trainer.state.metrics
-        value = m.get(self.metric)
-        if value is None or not math.isfinite(value):
-            return
-        self.trial.report(float(value), step=int(m["epoch"]))
-        if self.prune and self.trial.should_prune():
+        if self._report(trainer.state.metrics) and self.prune and self.trial.should_prune():
             trainer.state.should_stop = True
             trainer.state.stop_reason = StopReason.PRUNED
+
+    def _report(self, m: dict[str, Any]) -> bool:
+        value = m.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        self.trial.report(float(value), step=int(m["epoch"]))
+        return True
 
 
 def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
@@ -131,24 +136,37 @@ class Objective:
             trial.set_user_attr("discarded", why)
             raise TrialDiscarded(why)
         run_dir = (Path(wc.sweep_dir) / "trials" / f"{trial.number:04d}").resolve()
+        history = self.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history") or []
+        # A queued copy of a trial that was interrupted or lost its worker continues that trial's
+        # run from its last checkpoint (mid-epoch after a signal), in its directory renamed to
+        # this trial's number: no finished step is trained twice.
+        resumed = bool(history) and _take_over(Path(str(trial.user_attrs.get("run_dir", ""))), run_dir)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("result", {"status": "running"})
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if not resumed and run_dir.exists() and any(run_dir.iterdir()):
             return self.fail(trial, f"{run_dir} already exists (from another study?); move it away")
-        retry = self.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-        again = f" (again: trial {retry:04d} lost its worker or was interrupted)" if retry is not None else ""
+        again = (f" (again: trial {history[-1]:04d} lost its worker or was interrupted"
+                 f"{'; continuing its run' if resumed else ''})") if history else ""
         wc.say(f"trial {trial.number:04d} started{again}: {describe(shown_params(overrides, spec))}")
+        from trainpipe.run.resume import resume
         from trainpipe.run.train import train
 
-        all_overrides = {**spec.constant_overrides(), **overrides, **device_overrides(wc.device, wc.spawned)}
+        device = device_overrides(wc.device, wc.spawned)
+        all_overrides = {**spec.constant_overrides(), **overrides, **device}
         callbacks: list[Callback] = [ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)]
         if spec.test != "all":
             callbacks.append(SkipTestSplit())
+        command = f"{wc.command} (trial {trial.number:04d})"
         try:
-            result = train(spec.base, all_overrides, run_dir, quiet=wc.workers > 1, callbacks=callbacks,
-                           command=f"{wc.command} (trial {trial.number:04d})")
+            if resumed:
+                result = resume(run_dir, [f"{k}={v}" for k, v in device.items()], quiet=wc.workers > 1,
+                                command=command, callbacks=callbacks)
+            else:
+                result = train(spec.base, all_overrides, run_dir, quiet=wc.workers > 1, callbacks=callbacks,
+                               command=command)
         except KeyboardInterrupt:
-            trial.set_user_attr("result", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
+            reason = rundir.read_summary(run_dir).get("stop_reason") or "interrupted"
+            trial.set_user_attr("result", {"status": "interrupted", "reason": f"interrupted ({reason})"})
             raise
         except Exception as e:
             return self.fail(trial, f"{type(e).__name__}: {e}", run_dir=run_dir)
@@ -210,6 +228,23 @@ class Objective:
         return None
 
 
+def _take_over(previous: Path, run_dir: Path) -> bool:
+    """Move an earlier attempt's run directory to `run_dir` when it holds a checkpoint to resume."""
+    from trainpipe.run.checkpoints import resume_candidates
+
+    if previous == run_dir:
+        return bool(resume_candidates(run_dir / rundir.CHECKPOINTS))
+    if not resume_candidates(previous / rundir.CHECKPOINTS) or (run_dir.exists() and any(run_dir.iterdir())):
+        return False
+    try:
+        if run_dir.exists():
+            run_dir.rmdir()
+        previous.rename(run_dir)
+    except OSError:
+        return False
+    return True
+
+
 def _num(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -240,13 +275,14 @@ def run_worker(wc: WorkerConfig) -> None:
     objective = Objective(wc, study, distinct_points=search.points is not None)
     points = None if search.points is None else len(search.points)
     said_wait = False
+    beat = None if isinstance(storage, optuna.storages.RDBStorage) else st.Beat(wc.sweep_dir, wc.heartbeat_interval)
     try:
         while True:
             check_stop()
             if wc.spawned and _parent_gone():
                 wc.say("the sweep command is gone; this worker stops")
                 return
-            for n in st.reap_dead_trials(study, grace_period=wc.grace_period):
+            for n in st.reap_dead_trials(study, grace_period=wc.grace_period, sweep_dir=wc.sweep_dir):
                 wc.say(f"trial {n:04d} lost its worker; queued again")
             led = st.ledger(storage.get_all_trials(study._study_id, deepcopy=False))
             action = next_action(wc.spec, led, wc.total, points)
@@ -267,6 +303,9 @@ def run_worker(wc: WorkerConfig) -> None:
         release(study, objective.trial_id)
         write_results(wc.sweep_dir, study, wc.spec)
         raise
+    finally:
+        if beat is not None:
+            beat.stop()
 
 
 def release(study: optuna.Study, trial_id: int | None) -> None:
@@ -283,45 +322,23 @@ def release(study: optuna.Study, trial_id: int | None) -> None:
               file=sys.stderr)
 
 
-class _Stop:
-    requested = False
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    # The terminal sends Ctrl-C to every worker and the parent forwards it too: only the
-    # first one raises, later ones must not break the clean-up. The flag stays set
-    # because Python drops an exception raised while it runs a finaliser (a weakref
-    # callback in SQLAlchemy, say); `check_stop` raises it again at the next safe point.
-    if _Stop.requested:
-        return
-    _Stop.requested = True
-    raise KeyboardInterrupt
-
-
 def check_stop() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived (called between epochs and trials)."""
-    if _Stop.requested:
-        raise KeyboardInterrupt
+    """Raise KeyboardInterrupt if a signal stopped the worker outside a trial's training loop
+    (called between epochs and trials): the terminal sends Ctrl-C to every worker and the
+    parent forwards it too, and Python drops an exception raised while it runs a finaliser
+    (a weakref callback in SQLAlchemy, say)."""
+    signals.check()
 
 
 def install_signal_handlers() -> Callable[[], None]:
-    """SIGINT and SIGTERM (a scheduler's stop) both stop the sweep cleanly, once.
+    """SIGINT, SIGTERM and SIGUSR1 (a scheduler's stop) stop the sweep cleanly, once
+    (`trainpipe.run.signals`): during a trial at its next step boundary, with a checkpoint
+    there that the trial's queued copy resumes from; between trials at once.
 
     Returns a function that puts the previous handlers back. Outside the main thread
     (Python only lets that one handle signals) this does nothing.
     """
-    _Stop.requested = False
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in old:
-        signal.signal(sig, _on_signal)
-
-    def restore() -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-    return restore
+    return signals.install()
 
 
 def _parent_gone() -> bool:
