@@ -108,7 +108,7 @@ def interrupt_in_epoch(monkeypatch: Any, epoch: int, before: Callable[[Any], Non
 
 
 def train_and_signal(run_dir: Path, overrides: list[str], hook: Callable[[], None], *,
-                     timeout_s: float = 120) -> int:
+                     timeout_s: float = 300) -> int:
     """Train through the CLI in a child process, which `hook` makes signal itself; returns its exit code."""
     child = mp.get_context("spawn").Process(target=_train_cli, args=(str(run_dir), overrides, hook))
     child.start()
