@@ -62,3 +62,17 @@ def test_outside_a_training_loop_a_signal_stops_at_once() -> None:
         with pytest.raises(KeyboardInterrupt):
             _send(signal.SIGTERM)
     assert signals.exit_code(signals.received()) == 143
+
+
+def test_a_workers_request_is_honoured_at_its_checks_and_by_the_next_run() -> None:
+    worker = StopRequest()
+    with signals.handling(worker):
+        signals.check()
+        _send(signal.SIGTERM)  # between trials: nothing breaks where the worker happens to be
+        assert worker.reason == "sigterm"
+        run = StopRequest()
+        with signals.handling(run):
+            assert run.reason == "sigterm"  # a run started now stops at its first step boundary
+            signals.check()  # inside a run, the run's loop decides
+        with pytest.raises(KeyboardInterrupt):
+            signals.check()

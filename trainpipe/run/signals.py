@@ -40,6 +40,7 @@ SAME_REQUEST_S = 1.0
 
 class _State:
     target: StopRequest | None = None  # the training run's request, while one trains
+    outer: StopRequest | None = None  # the outermost block's request (a worker between its runs)
     first_at: float | None = None  # when the first signal came (monotonic seconds)
     signum: int | None = None  # the first signal
     stop_now: bool = False  # a KeyboardInterrupt was raised; `check` raises it again
@@ -75,11 +76,12 @@ def received() -> int | None:
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt again if a signal already stopped the program at once.
-
-    Python drops an exception raised while it runs a finaliser (a weakref callback in
-    SQLAlchemy, say); code outside the loop calls this at its safe points."""
-    if _State.stop_now:
+    """Raise KeyboardInterrupt if a signal stopped the program at once (again: Python drops an
+    exception raised while it runs a finaliser, a weakref callback in SQLAlchemy, say), or
+    if the outermost block's request was set while no run trains. Code outside the training
+    loop calls this at its safe points."""
+    outer = _State.outer
+    if _State.stop_now or (outer is not None and outer.reason is not None and _State.target is outer):
         raise KeyboardInterrupt
 
 
@@ -94,8 +96,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if first and target is not None and target.reason is None:
         target.reason = reason_of(signum)
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{what}: stopping at the end of this step and saving a checkpoint; Ctrl-C again stops at once "
-              f"(the last checkpoint is kept).", file=sys.stderr, flush=True)
+        print(f"\n{what}: stopping at the next step boundary, with a checkpoint there; Ctrl-C again stops at "
+              f"once (the last checkpoint is kept).", file=sys.stderr, flush=True)
         return
     if _State.stop_now:
         return  # stopping already; `check` raises again where it is safe
@@ -106,13 +108,18 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def handling(request: StopRequest | None = None) -> Iterator[None]:
     """Within this block SIGINT, SIGTERM and SIGUSR1 go to `request` (when given and not yet
-    set) or raise KeyboardInterrupt. Blocks nest: a sweep worker's block holds its runs'."""
+    set) or raise KeyboardInterrupt. Blocks nest: a sweep worker's block holds its runs'. A
+    request given to the outermost block (a worker's) is honoured by `check()`; a run started
+    after it was set stops at its first step boundary."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     outer = _State.depth == 0
     if outer:
         _State.first_at, _State.signum, _State.stop_now = None, None, False
+        _State.outer = request
+    elif request is not None and _State.outer is not None and _State.outer.reason is not None:
+        request.reason = _State.outer.reason
     saved_target = _State.target
     old = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
@@ -125,6 +132,8 @@ def handling(request: StopRequest | None = None) -> Iterator[None]:
     finally:
         _State.target = saved_target
         _State.depth -= 1
+        if outer:
+            _State.outer = None
         for sig, handler in old.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
