@@ -51,6 +51,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     from trainpipe.run.train import claim_output, train
 
     config, overrides = _split_config_and_overrides(a.args)
+    if a.slurm or a.dry_run:
+        if not a.slurm:
+            raise ConfigError("--dry-run of `trainpipe train` shows what --slurm would submit; add --slurm.")
+        from trainpipe.launch.slurm import submit_train
+
+        return submit_train(a.args, a.output, overwrite=a.overwrite, nproc=a.nproc, flags=_slurm_values(a),
+                            dry_run=a.dry_run, wait=a.wait)
     if getattr(a, "nproc", None):
         from trainpipe.config import load
         from trainpipe.loop.distributed import check, launch
@@ -62,6 +69,35 @@ def cmd_train(a: argparse.Namespace) -> int:
     command = "trainpipe " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "trainpipe train"
     result = train(config, overrides, a.output, quiet=a.quiet, command=command, overwrite=a.overwrite)
     return EXIT_OK if result.status == "completed" else EXIT_CRASH
+
+
+SLURM_FLAGS = ("partition", "time", "gpus_per_task", "cpus_per_task", "mem", "account", "qos", "array_parallelism",
+               "signal_lead_s", "nodes")
+
+
+def _slurm_arguments(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    g = p.add_argument_group("Slurm (with --slurm; a sweep file's slurm: block sets the same)")
+    g.add_argument("--slurm", action="store_true", help="submit to Slurm through submitit instead of running here"
+                   + (" (a job array of workers; storage: the journal file)" if sweep else ""))
+    g.add_argument("--wait", action="store_true", help="follow the job to its end (default: return once submitted)")
+    g.add_argument("--partition")
+    g.add_argument("--time", help="time limit per task: minutes or [D-]HH:MM:SS (default 1:00:00)")
+    g.add_argument("--gpus-per-task", type=int)
+    g.add_argument("--cpus-per-task", type=int, help="default 2")
+    g.add_argument("--mem", help="memory per node, e.g. 16G")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    if sweep:
+        g.add_argument("--array-parallelism", type=int, help="array tasks that run at once (default: all)")
+    else:
+        g.add_argument("--nodes", type=int, help="nodes for DDP (with --nproc tasks on each; default 1)")
+    g.add_argument("--signal-lead", dest="signal_lead_s", type=int,
+                   help="seconds before the time limit that Slurm sends SIGUSR1 (default 120): the run checkpoints "
+                        "and is requeued")
+
+
+def _slurm_values(a: argparse.Namespace) -> dict[str, object]:
+    return {k: getattr(a, k, None) for k in SLURM_FLAGS}
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
@@ -176,12 +212,23 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
     if a.status:
         sys.stdout.write(sweep_status(a.sweep, a.output, a.storage, a.overrides))
+        slurm_dir = (Path(a.sweep) if Path(a.sweep).is_dir() else None)
+        if slurm_dir is not None and (slurm_dir / "slurm").is_dir():
+            from trainpipe.launch.slurm import status_lines
+
+            print("\n".join(status_lines(slurm_dir / "slurm")))
         return EXIT_OK
+    if a.slurm:
+        from trainpipe.launch.slurm import submit_sweep
+
+        return submit_sweep(a.sweep, a.output, storage=a.storage, trials=a.trials, overrides=a.overrides,
+                            workers=a.workers, flags=_slurm_values(a), dry_run=a.dry_run, wait=a.wait)
     if a.dry_run:
-        dry_run(a.sweep, a.output, workers=a.workers, trials=a.trials, overrides=a.overrides)
+        dry_run(a.sweep, a.output, workers=1 if a.workers is None else a.workers, trials=a.trials,
+                overrides=a.overrides)
         return EXIT_OK
-    outcome = run_sweep(a.sweep, a.output, workers=a.workers, devices=a.devices, storage=a.storage, trials=a.trials,
-                        overrides=a.overrides)
+    outcome = run_sweep(a.sweep, a.output, workers=1 if a.workers is None else a.workers, devices=a.devices,
+                        storage=a.storage, trials=a.trials, overrides=a.overrides)
     return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
 
 
@@ -241,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", "-o", help="the run directory (default runs/<name>-<time>)")
     t.add_argument("--overwrite", action="store_true",
                    help="when --output already holds a run, delete it and start over (default: refuse)")
-    t.add_argument("--nproc", type=int, default=None, help="train on N processes with DDP (torchrun)")
+    t.add_argument("--nproc", type=int, default=None, help="train on N processes with DDP (torchrun; with --slurm: "
+                                                           "N Slurm tasks per node)")
+    _slurm_arguments(t)
+    t.add_argument("--dry-run", action="store_true", help="with --slurm: show the sbatch script, submit nothing")
     t.set_defaults(func=cmd_train)
 
     rs = sub.add_parser("resume", parents=[common], help="continue a run from its last checkpoint, optionally with KEY=VALUE overrides")
@@ -286,13 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="config overrides for every trial, e.g. train.epochs=1 data.fraction=0.05 for a smoke test "
                          "(its own directory: sweeps/<name>-<overrides>)")
     sw.add_argument("--output", "-o", help="the sweep directory (default sweeps/<name>)")
-    sw.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sw.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 1); with "
+                                                              "--slurm: array tasks (default: up to 4)")
     sw.add_argument("--devices", help="GPUs for the workers, round-robin, e.g. 0,1 (several workers may share one)")
     sw.add_argument("--storage", help="where the study lives: `journal` (an Optuna journal file in the sweep "
                                       "directory, for a shared file system, no server), journal:PATH, or a database "
                                       "URL shared by several machines, e.g. postgresql://user:pw@host/db "
                                       "(default: SQLite in the sweep directory)")
     sw.add_argument("--trials", type=int, help="total number of trials (overrides the file's run_cap)")
+    _slurm_arguments(sw, sweep=True)
     sw.add_argument("--status", action="store_true", help="print the sweep's progress and results table, run nothing")
     sw.add_argument("--dry-run", action="store_true", help="list the trials that would run and estimate the wall "
                                                           "time from a few timed steps; write nothing")

@@ -95,15 +95,18 @@ def resume(
     return execute(cfg, run_dir, device=device, quiet=quiet, extra_callbacks=callbacks, resume_state=state,
                    resume_path=path,
                    prior_wall_time=float(summary.get("wall_time_s") or 0.0),
-                   on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch))
+                   on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch,
+                                            batch=int(st.get("batch") or 0)))
 
 
 def _record(run_dir: Path, cfg: config_mod.RunConfig, old: config_mod.RunConfig, overrides: list[str],
-            command: str, *, checkpoint: str | None, epoch: int) -> None:
+            command: str, *, checkpoint: str | None, epoch: int, batch: int = 0) -> None:
     if not distributed.is_main():
         return
     event: dict[str, Any] = {"event": "resume", "command": command, "overrides": overrides,
                              "checkpoint": checkpoint, "from_epoch": epoch}
+    if batch:
+        event["from_batch"] = batch  # a checkpoint saved mid-epoch: epoch from_epoch + 1 continues there
     if overrides:
         event["previous_config"] = old.to_dict()
         rundir.write_config(run_dir, cfg, command)

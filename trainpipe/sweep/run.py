@@ -194,12 +194,47 @@ def run_sweep(
     `trials` caps the sweep's total number of trials (it overrides run_cap).
     `overrides` (`key=value` strings or a dict) apply to every trial, after `fixed`.
     """
+    devs = parse_devices(devices)
+    p = prepare_sweep(sweep, output, workers=workers, storage=storage, trials=trials, overrides=overrides,
+                      heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
+                            cwd=os.getcwd() if workers > 1 else None,
+                            env=dict(os.environ) if workers > 1 else None, **p.common) for i in range(workers)]
+    interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
+    return finish_sweep(p, interrupted)
+
+
+@dataclass
+class PreparedSweep:
+    """A checked sweep whose directory and study exist, ready for workers (`WorkerConfig(**common)`)."""
+
+    spec: SweepSpec
+    sweep_dir: Path
+    study: Any  # optuna.Study
+    url: str
+    own_storage: bool  # the study lives in the sweep directory (SQLite or journal file): resuming needs no --storage
+    common: dict[str, Any]
+
+
+def prepare_sweep(
+    sweep: str | Path,
+    output: str | Path | None = None,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    trials: int | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S,
+    grace_period: int = st.GRACE_PERIOD_S,
+    where: str = "",
+) -> PreparedSweep:
+    """Check the sweep, create (or open) its directory and study, and say what will run; `where`
+    is added to the first line (e.g. " on Slurm")."""
     spec, d, meta = locate(sweep, output, overrides)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {workers}.")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1; got {trials}.")
-    devs = parse_devices(devices)
     base_cfg = check_against_config(spec)
     if meta is not None and meta.get("fingerprint") != spec.fingerprint():
         raise ConfigError(f"{d} holds a sweep started from a different sweep file (method, metric, parameters, "
@@ -227,7 +262,7 @@ def run_sweep(
     total = planned_total(spec, trials)
     planned = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
     print(f"sweep {study_name}: {spec.method} over {', '.join(p.display for p in spec.varied) or 'nothing'}, "
-          f"{spec.metric} ({spec.goal}), {planned}, {workers} worker{'s' if workers > 1 else ''} -> {d}"
+          f"{spec.metric} ({spec.goal}), {planned}, {workers} worker{'s' if workers > 1 else ''}{where} -> {d}"
           f"{'' if storage is None else ' (study in ' + st.redact(url) + ')'}", flush=True)
 
     if spec.ignored:
@@ -238,17 +273,21 @@ def run_sweep(
     common = dict(spec=spec, sweep_dir=str(d), storage_url=url, study_name=study_name, total=total,
                   epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,
                   grace_period=grace_period, command=command)
-    configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
-                            cwd=os.getcwd() if workers > 1 else None,
-                            env=dict(os.environ) if workers > 1 else None, **common) for i in range(workers)]
-    interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
+    own = storage is None or (st.is_journal(url) and Path(url[len(st.JOURNAL):]).parent == d.resolve())
+    return PreparedSweep(spec, d, study, url, own, common)
+
+
+def finish_sweep(p: PreparedSweep, interrupted: bool) -> SweepOutcome:
+    """After the workers: results, the test evaluation of the best configuration, the summary."""
+    spec, d, study, url = p.spec, p.sweep_dir, p.study, p.url
+    study_name = p.common["study_name"]
     rows = write_results(d, study, spec)
     if spec.test == "best" and not interrupted and evaluate_best(study, spec, rows):
         rows = write_results(d, study, spec)
     print(status_text(rows, spec, d).rstrip(), flush=True)
     if interrupted:
         print(f"interrupted: running trials were marked and queued again; resume with: trainpipe sweep {d}"
-              f"{'' if storage is None or st.is_journal(url) else ' --storage URL'}"
+              f"{'' if p.own_storage else ' --storage URL'}"
               f"{' (the best configuration is evaluated on the test split when the sweep ends)' if spec.test == 'best' else ''}",
               file=sys.stderr)
     return SweepOutcome(d, study_name, st.redact(url), rows, interrupted, spec)

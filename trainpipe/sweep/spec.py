@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # existing files work unchanged.
 IGNORED_KEYS = ("program", "command", "project", "entity", "description", "controller")
 TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "base", "fixed", "test",
-            *IGNORED_KEYS)
+            "slurm", *IGNORED_KEYS)  # slurm: read by `trainpipe sweep --slurm` (trainpipe.launch.slurm)
 # `test: best` by default: the configuration is chosen on val and the test split is
 # evaluated once, for the winner only (reporting every trial's test accuracy invites
 # choosing on it); it also spares a test pass per trial.
