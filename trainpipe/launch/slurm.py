@@ -333,8 +333,11 @@ def _wait_for(folder: Path, poll_s: float = 3.0) -> None:
             if seen.get(t) != s and "[" not in t:
                 print(f"slurm task {t}: {s}", flush=True)
         seen = states
-        # `123_[4-7%2]`: array tasks not started yet
-        if states and all(s in DONE_STATES for s in states.values()):
+        # `123_[4-7%2]`: array tasks not started yet. A job just submitted may not be in the
+        # accounting database yet: it counts as not ended until sacct lists it.
+        listed = {t.split("_")[0] for t in states}
+        ids = {str(j["job_id"]) for j in read_jobs(folder)}
+        if ids <= listed and all(s in DONE_STATES for s in states.values()):
             return
         time.sleep(poll_s)
 
