@@ -23,6 +23,7 @@ SECTIONS = {
     "step": ("bench.step", True),
     "sweep": ("bench.sweep", True),
     "gpu": ("bench.gpu", False),
+    "defaults": ("bench.defaults", False),  # whole processes, minutes: `python -m bench defaults`
     "profile": ("bench.profile", False),  # a tool, not a measurement: `python -m bench profile CONFIG`
 }
 

@@ -11,6 +11,8 @@
 #   3. cifar10_speed time to 94% on the --cifar10 data, 2 seeds (speed.json), and the airbench94
 #      script on the same data when --airbench names it (airbench.json)
 #   4. the rest of the table: CIFAR-100 shape, DeviceLoader images/s (rest.json)
+#   5. the defaults against every speed option set by hand and a hand-written loop, whole
+#      processes (`python -m bench defaults --device cuda`; its table in session.log)
 # then summary.md (the table for BENCHMARKS.md; `python -m bench gpu --collect OUT_DIR` writes it
 # there). session.log has every step's output. OUT_DIR holds 8 files at most.
 #
@@ -70,6 +72,7 @@ CAP_THROUGHPUT=${CAP_THROUGHPUT:-110}
 CAP_SPEED=${CAP_SPEED:-130}
 CAP_AIRBENCH=${CAP_AIRBENCH:-60}
 CAP_REST=${CAP_REST:-90}
+CAP_DEFAULTS=${CAP_DEFAULTS:-150}
 MIN_S=10  # a step with less time than this left is not started
 
 LOG=$OUT/session.log
@@ -169,6 +172,16 @@ for part in ${PARTS-smoke throughput speed airbench rest}; do
     step "$part" "${!cap_var}" "$PYTHON" -m bench gpu --part "$part" "${ARGS[@]}"
     collect
 done
+# 5. the defaults against every speed option set by hand and a hand-written loop, whole processes
+# (`python -m bench defaults`; its table goes to session.log). Rehearsed in the test suite instead.
+if [ "$REHEARSE" = 1 ]; then
+    log "defaults: not run in a rehearsal (tests/test_bench.py rehearses python -m bench defaults)"
+elif [ -n "$DATA" ]; then
+    step defaults "$CAP_DEFAULTS" "$PYTHON" -m bench defaults --device cuda --cifar10 "$DATA" --rounds 2 \
+        --config-rounds 2 --no-threads --no-write
+else
+    log "defaults: skipped (needs --cifar10)"
+fi
 
 collect
 cat "$OUT/summary.md" | tee -a "$LOG"

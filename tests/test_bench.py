@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -186,3 +187,45 @@ def test_a_section_refreshes_its_block_unless_told_not_to(tmp_path: Path, flags:
     add_write_option(p)
     publish(Section("sweep", "new"), p.parse_args(flags), md)
     assert ("new" in md.read_text()) is written and ("old" in md.read_text()) is not written
+
+
+def test_defaults_bench_runs_valid_commands_and_reports_its_bounds(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import defaults as bench_defaults
+    from trainpipe.config import load as load_config
+
+    seen: list[bench_defaults.Variant] = []
+    wall = {"trainpipe defaults": 6.0, "trainpipe hand-set": 6.0, "plain PyTorch loop": 10.0}
+
+    def fake(v: bench_defaults.Variant, timeout: float | None = None) -> tuple[float, float]:
+        seen.append(v)
+        return wall.get(v.name, 1.0), 2.0
+
+    monkeypatch.setattr(bench_defaults, "run_process", fake)
+    section = bench_defaults.run(quick=True, work=tmp_path, threads=True)
+    names = {v.name for v in seen}
+    assert {"trainpipe defaults", "trainpipe hand-set", "plain PyTorch loop"} <= names
+    assert any(v.beside and v.env.get("OMP_NUM_THREADS") == "1" for v in seen)
+    for v in seen:  # every trainpipe command is a valid config with its overrides
+        for cmd in [v.command, *v.beside]:
+            if cmd[1:3] == ["-m", "trainpipe"]:
+                args = [a for a in cmd[4:cmd.index("--output")]]
+                load_config(args[0], args[1:])
+    assert section.ok and "0.600 on 1 of an epoch (bound 0.7: within)" in section.markdown
+    assert re.search(r"\| resnet18, 1 epoch +\| plain PyTorch loop +\| 10\.0 \(10\.0-10\.0\)", section.markdown)
+    wall["trainpipe defaults"] = 7.5  # slower than the plain loop's 0.7 and than hand-set
+    assert not bench_defaults.run(quick=True, work=tmp_path, threads=False).ok
+
+
+def test_plain_cifar_loop_trains_on_an_image_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bench import plain_cifar
+
+    folder = bench_gpu.make_image_folder(tmp_path / "images", train=4, test=2)
+    monkeypatch.setattr(sys, "argv", ["plain_cifar", "--data", str(folder), "--batch-size", "8", "--workers", "0",
+                                      "--device", "cpu"])
+    plain_cifar.main()
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["steps"] == 5 and 0 <= out["test_acc"] <= 1 and out["seconds"] > 0

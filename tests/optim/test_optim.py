@@ -426,4 +426,28 @@ def test_fused_kernels_on_cuda(name: str) -> None:
     loss.backward()
     opt.step()
     cpu_opt = optim.build(name, {}, TinyNet(), lr=1e-3)
-    assert not cpu_opt.defaults.get("fused")
+    assert cpu_opt.defaults["fused"] is True  # fused on the CPU too (see test_fused_kernels_on_the_cpu_train_as_torchs_loop_does)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_kernels_on_the_cpu_train_as_torchs_loop_does(name: str) -> None:
+    torch.manual_seed(0)
+    fused_net = TinyNet()
+    loop_net = copy.deepcopy(fused_net)
+    fused = optim.build(name, {}, fused_net, lr=1e-2)
+    assert fused.defaults["fused"] is True
+    loop = optim.build(name, {}, loop_net, lr=1e-2)
+    for g in loop.param_groups:  # torch's own default on the CPU: a Python loop over the parameters
+        g["fused"], g["foreach"] = None, False
+    assert train_steps(fused_net, fused, 5) == pytest.approx(train_steps(loop_net, loop, 5), rel=1e-5)
+    for a, b in zip(fused_net.parameters(), loop_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the last bits of fused multiply-adds
+
+
+def test_no_fused_kernels_for_parameters_spread_over_devices_or_not_floating() -> None:
+    from trainpipe.optim import _fast_path
+
+    p = nn.Parameter(torch.zeros(3))
+    assert _fast_path([{"params": [p]}]) == {"fused": True}
+    assert _fast_path([{"params": [p, nn.Parameter(torch.zeros(2, device="meta"))]}]) == {}
+    assert _fast_path([{"params": []}]) == {}

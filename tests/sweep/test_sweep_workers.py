@@ -307,3 +307,13 @@ def test_workers_fork_from_a_preloaded_server_on_linux_and_are_spawned_elsewhere
     from multiprocessing import forkserver
 
     assert "trainpipe.run.train" in forkserver._forkserver._preload_modules
+
+
+def test_each_worker_takes_its_share_of_the_cores_it_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # A job given 4 cores of a 64-core node: os.cpu_count() says 64, the affinity 4.
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert [worker_mod.worker_threads(n) for n in (1, 2, 3, 8)] == [4, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_mod.worker_threads(2) == 3

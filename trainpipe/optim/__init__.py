@@ -99,13 +99,19 @@ def param_groups(
 
 
 def _fast_path(groups: list[dict[str, Any]]) -> dict[str, bool]:
-    """`fused=True` when every parameter is a floating CUDA tensor (torch's fastest kernels).
+    """`fused=True` when every parameter is a floating tensor on the CPU or on CUDA.
 
-    Elsewhere torch's own default already picks the foreach implementation where it
-    has one, so nothing needs to be passed.
+    torch's fused kernels update every parameter in one pass; without `fused`, torch
+    picks its foreach kernels on CUDA and a Python loop over the parameters on the CPU.
+    Measured on the 2-core CPU (timm resnet18, one thread): SGD-Nesterov with weight decay
+    took 6.4 ms a step fused against 48 ms looped (AdamW: 9 against 31), about a tenth of
+    a batch-256 CIFAR step. Fused results differ from the loop's in the last bit of some
+    weights (the update is evaluated with fused multiply-adds; 2e-9 after 5 steps), as on
+    CUDA; runs stay bit-for-bit repeatable. MPS keeps torch's default.
     """
     params = [p for g in groups for p in g["params"]]
-    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+    types = {p.device.type for p in params}
+    if params and len(types) == 1 and types <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params):
         return {"fused": True}
     return {}
 

@@ -348,6 +348,20 @@ def _parent_gone() -> bool:
     return parent is not None and not parent.is_alive()
 
 
+def worker_threads(workers: int) -> int:
+    """Intra-op threads of one of `workers` sweep workers on this machine: OMP_NUM_THREADS
+    when set, else the cores this process may use shared out (at least 1 each).
+
+    Measured with two trainings at once on 2 cores (BENCHMARKS.md, section 8): one thread
+    each against torch's default of one per core each. Cores come from the CPU affinity
+    (what a Slurm job or a container is given), not from os.cpu_count() (the whole node)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        return int(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(workers, 1))
+
+
 def worker_main(wc: WorkerConfig) -> None:
     """Entry point of a worker process (forked from the forkserver, or spawned)."""
     if wc.cwd is not None:
@@ -364,9 +378,7 @@ def worker_main(wc: WorkerConfig) -> None:
 
     # OpenMP read OMP_NUM_THREADS when torch was imported, which under the forkserver
     # happened in the server: apply the command's value (or a fair share of the cores) here.
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0
-                          else max(1, (os.cpu_count() or 1) // wc.workers))
+    torch.set_num_threads(worker_threads(wc.workers))
     install_signal_handlers()
     st.quiet_optuna()
     try:

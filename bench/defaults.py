@@ -1,0 +1,279 @@
+"""Fast by default: the packaged configs as they are, against the same configs with every
+speed option set by hand, and against a plain hand-written PyTorch loop of the same training.
+
+Each variant is a whole process (`python -m trainpipe train ...`,
+`python -m bench.plain_cifar ...`), timed from start to exit: import, data, model, training, the test evaluation, the files
+a run writes. Rounds alternate the order of the variants, so that a busy shared machine slows
+them alike; the table gives the median wall-clock seconds with the range over rounds, the
+processes' CPU seconds (theirs and their DataLoader workers'), and ratios of medians.
+
+Workloads:
+- `resnet18`: the CIFAR-10 training course reports use: timm's resnet18 (10 classes, no
+  pretraining), random crop (padding 4, reflect) + horizontal flip, SGD-Nesterov (momentum
+  0.9, weight decay 5e-4) under a one-cycle schedule at lr 0.2, batch 256, one epoch, then
+  the test set; on the JPEG copy of CIFAR-10 (`--cifar10 DIR`, an image folder with train/
+  and test/). The rounds train on `--fraction` of the images (the same subset size on every
+  side); `--full` adds one round on the whole epoch. trainpipe reads the data from its
+  decode-once cache, which a warm-up run fills (not timed); the plain loop decodes the JPEGs
+  every epoch, as torchvision's ImageFolder does.
+- packaged configs (`quickstart`, `cifar10_cpu`, `mnist`), one epoch each, defaults against
+  hand-set options only (the plain loop is written for the resnet18 workload).
+
+"Hand-set" is every speed option a user can set in a config, each to its fastest value on
+the device: `train.channels_last=true` for conv nets, `data.loader=device`, and on a GPU
+`train.precision=bf16` and `train.compile=true` (on the CPU, fp32 is the fastest precision
+and compiling takes longer than a short run saves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import ROOT, SHARED_DATA, Section, add_write_option, hardware, median, publish, table, today
+
+# The issue's bounds: the resnet18 epoch with nothing set by hand at or below this share of
+# the plain loop's time, and every config's defaults within this factor of the hand-set options.
+MAX_VS_PLAIN = 0.70
+MAX_VS_HAND = 1.02
+
+COURSE = {"name": "bench-defaults", "seed": 0,
+          "data": {"dataset": "imagefolder", "batch_size": 256, "val_split": 0,
+                   "augment": [{"name": "random_crop", "padding": 4, "padding_mode": "reflect"}, "hflip"]},
+          "model": {"name": "timm", "arch": "resnet18"},
+          "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+          "sched": {"name": "onecycle"},
+          "train": {"epochs": 1}}
+
+
+@dataclass
+class Variant:
+    name: str
+    command: list[str]
+    env: dict[str, str | None] = field(default_factory=dict)  # None removes a variable
+    beside: list[list[str]] = field(default_factory=list)  # commands started together with it
+
+
+@dataclass
+class Times:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def run_process(v: Variant, *, timeout: float | None = None) -> tuple[float, float]:
+    """(wall-clock seconds until every copy exited, CPU seconds of the processes and their
+    waited-for children) of one run of the variant (and the commands beside it)."""
+    env = {k: val for k, val in {**os.environ, **v.env}.items() if val is not None}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in [v.command, *v.beside]]
+    results = [(p, *p.communicate(timeout=timeout)) for p in procs]
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for p, _, err in results:
+        if p.returncode != 0:
+            raise RuntimeError(f"{v.name} failed ({p.returncode}): {' '.join(v.command)}\n{err[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def alternate(variants: Sequence[Variant], rounds: int) -> dict[str, Times]:
+    """Each variant once per round, the order reversed every other round."""
+    out = {v.name: Times() for v in variants}
+    for r in range(rounds):
+        for v in (variants if r % 2 == 0 else list(reversed(variants))):
+            wall, cpu = run_process(v)
+            out[v.name].wall.append(wall)
+            out[v.name].cpu.append(cpu)
+            print(f"    {v.name}: {wall:.1f}s wall, {cpu:.1f}s CPU", flush=True)
+    return out
+
+
+def trainpipe_cmd(config: str, overrides: Sequence[str], out: Path) -> list[str]:
+    return [sys.executable, "-m", "trainpipe", "train", config, *overrides, "tracking.plots=false",
+            "tracking.progress=none", "--output", str(out), "--overwrite", "--quiet"]
+
+
+def hand_set(device: str, *, conv: bool = True) -> list[str]:
+    ov = ["data.loader=device"] + (["train.channels_last=true"] if conv else [])
+    if device == "cuda":
+        ov += ["train.precision=bf16", "train.compile=true"]
+    return ov
+
+
+def course_variants(data: Path, fraction: float, work: Path, device: str) -> list[Variant]:
+    cfg = work / "course.yaml"
+    cfg.write_text(json.dumps(COURSE))  # JSON is YAML
+    common = [f"data.path={data}", f"data.fraction={fraction}", f"data.cache_dir={work / 'cache'}",
+              f"train.device={device}"]
+    # As a module: run as a file, bench/ would come first on sys.path and its profile.py
+    # would hide the standard library's.
+    plain = [sys.executable, "-m", "bench.plain_cifar", "--data", str(data), "--fraction", str(fraction),
+             "--lr", str(COURSE["optim"]["lr"]), "--batch-size", str(COURSE["data"]["batch_size"]), "--device", device]
+    return [Variant("trainpipe defaults", trainpipe_cmd(str(cfg), common, work / "runs" / "defaults")),
+            Variant("trainpipe hand-set", trainpipe_cmd(str(cfg), common + hand_set(device), work / "runs" / "hand")),
+            Variant("plain PyTorch loop", plain)]
+
+
+def thread_variants(data: Path, work: Path) -> list[Variant]:
+    """Two trainings at once on the machine's cores, as two sweep workers run their trials:
+    one intra-op thread each (what sweep workers set: the cores shared out) against torch's
+    default (as many threads as cores, each)."""
+    cfg = work / "course.yaml"
+    common = [f"data.path={data}", "data.fraction=0.05", f"data.cache_dir={work / 'cache'}", "train.device=cpu"]
+    return [Variant(f"2 processes x {n}", trainpipe_cmd(str(cfg), common, work / "runs" / f"threads-{env}-a"),
+                    env={"OMP_NUM_THREADS": env},
+                    beside=[trainpipe_cmd(str(cfg), common, work / "runs" / f"threads-{env}-b")])
+            for n, env in (("1 thread", "1"), ("torch's default threads", None))]
+
+
+def config_variants(name: str, overrides: Sequence[str], work: Path, device: str) -> list[Variant]:
+    common = [*overrides, "train.epochs=1", f"data.cache_dir={work / 'cache'}", f"train.device={device}"]
+    return [Variant("trainpipe defaults", trainpipe_cmd(name, common, work / "runs" / f"{name}-defaults")),
+            Variant("trainpipe hand-set", trainpipe_cmd(name, common + hand_set(device), work / "runs" / f"{name}-hand"))]
+
+
+def packaged(data_root: Path, cifar10: Path | None, quick: bool) -> dict[str, list[str]]:
+    """The packaged configs this machine has the data for, with the overrides that point them at it."""
+    out: dict[str, list[str]] = {"quickstart": []}
+    if quick:
+        return out
+    mnist = data_root / "mnist" / "data.npz"
+    if mnist.is_file():
+        out["mnist"] = ["data.dataset=arrays", f"data.path={mnist}", "data.fraction=0.2"]
+    if cifar10 is not None:
+        out["cifar10_cpu"] = ["data.dataset=imagefolder", f"data.path={cifar10}", "data.download=false",
+                              "data.fraction=0.2"]
+    return out
+
+
+def rows_of(label: str, times: dict[str, Times], baseline: str = "trainpipe defaults") -> list[list[str]]:
+    rows = []
+    base = median(times[baseline].wall)
+    for name, t in times.items():
+        m = median(t.wall)
+        rows.append([label, name, f"{m:.1f} ({min(t.wall):.1f}-{max(t.wall):.1f})", f"{median(t.cpu):.1f}",
+                     f"{base / m:.3f}"])
+    return rows
+
+
+def ratio(times: dict[str, Times], a: str, b: str) -> float:
+    return median(times[a].wall) / median(times[b].wall)
+
+
+def unpack(tar: Path, work: Path) -> Path:
+    dest = work / "cifar10"
+    if not (dest / "train").is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-xzf", str(tar), "-C", str(dest)], check=True)
+    return dest
+
+
+def tiny_folder(work: Path) -> Path:
+    from bench.gpu import make_image_folder
+
+    return make_image_folder(work / "tiny", train=26, test=4)
+
+
+def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None = None, fraction: float = 0.2,
+        full: bool = False, device: str = "cpu", configs: bool = True, threads: bool = True,
+        config_rounds: int | None = None, work: Path | None = None) -> Section:
+    rounds = rounds or (1 if quick else 5)
+    config_rounds = config_rounds or (1 if quick else 3)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="trainpipe-bench-defaults-") as tmp:
+        work = work or Path(tmp)
+        if quick and cifar10 is None:
+            data, fraction = tiny_folder(work), 1.0
+        else:
+            found = cifar10 or SHARED_DATA / "cifar10" / "images.tar.gz"
+            if not found.exists():
+                raise SystemExit(f"bench defaults: no CIFAR-10 at {found}; pass --cifar10 DIR|TAR")
+            data = found if found.is_dir() else unpack(found, work)
+        rows: list[list[str]] = []
+        notes: list[str] = []
+        print(f"== resnet18 CIFAR-10, {fraction:g} of an epoch, {rounds} rounds", flush=True)
+        variants = course_variants(data, fraction, work, device)
+        run_process(variants[0])  # fills trainpipe's decode-once cache (not timed)
+        course = alternate(variants, rounds)
+        rows += rows_of(f"resnet18, {fraction:g} epoch", course)
+        vs_plain = ratio(course, "trainpipe defaults", "plain PyTorch loop")
+        vs_hand = [ratio(course, "trainpipe defaults", "trainpipe hand-set")]
+        full_vs_plain = None
+        if full:
+            print("== resnet18 CIFAR-10, the full epoch, 1 round", flush=True)
+            whole = alternate(course_variants(data, 1.0, work, device), 1)
+            rows += rows_of("resnet18, full epoch", whole)
+            full_vs_plain = ratio(whole, "trainpipe defaults", "plain PyTorch loop")
+        if configs:
+            for name, overrides in packaged(SHARED_DATA, data if not quick else None, quick).items():
+                print(f"== {name}, 1 epoch, {config_rounds} rounds", flush=True)
+                vs = config_variants(name, overrides, work, device)
+                run_process(vs[0])  # its data cache
+                t = alternate(vs, config_rounds)
+                rows += rows_of(name + (f" ({overrides[-1]})" if overrides else ""), t)
+                vs_hand.append(ratio(t, "trainpipe defaults", "trainpipe hand-set"))
+        if threads and device == "cpu":
+            print(f"== two trainings at once, {config_rounds} rounds", flush=True)
+            t = alternate(thread_variants(data, work), config_rounds)
+            rows += rows_of("2 at once, resnet18 (0.05 epoch)", t, baseline="2 processes x 1 thread")
+            notes.append(f"Two trainings at once on the 2 cores: one thread each took "
+                         f"{ratio(t, '2 processes x 1 thread', list(t)[1]):.3f}x the time of "
+                         f"torch's default threads each.")
+    load_after = os.getloadavg()
+    body = table(["workload", "variant", "wall s (median, min-max)", "CPU s (median)",
+                  "speed vs defaults (median wall)"], rows)
+    print(body)
+    plain_ok = (full_vs_plain if full_vs_plain is not None else vs_plain) <= MAX_VS_PLAIN
+    hand_ok = max(vs_hand) <= MAX_VS_HAND
+    notes.append(f"resnet18 defaults / plain loop: {vs_plain:.3f} on {fraction:g} of an epoch"
+                 + (f", {full_vs_plain:.3f} on the full epoch" if full_vs_plain is not None else "")
+                 + f" (bound {MAX_VS_PLAIN}: {'within' if plain_ok else 'OVER'}).")
+    notes.append(f"defaults / hand-set, worst workload: {max(vs_hand):.3f} (bound {MAX_VS_HAND}: "
+                 f"{'within' if hand_ok else 'OVER'}).")
+    md = "\n".join([
+        (f"`python -m bench defaults{' --full' if full else ''}`, measured {today()} on {device}, "
+         f"{hardware(threads=False)}; 1/5/15-minute load average {', '.join(f'{x:.1f}' for x in load_before)} "
+         f"before and {', '.join(f'{x:.1f}' for x in load_after)} after (the machine's 2 cores were shared with "
+         f"other processes throughout). Whole processes, {rounds} rounds in alternating order"
+         f"{' (quick mode: tiny sizes, not for quoting)' if quick else ''}."),
+        "",
+        body,
+        "",
+        *notes,
+    ])
+    return Section("defaults", md, plain_ok and hand_ok)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench defaults", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round: checks that it runs")
+    p.add_argument("--cifar10", type=Path, help="the CIFAR-10 image folder or its images.tar.gz "
+                   "(default: ../shared/data/cifar10/images.tar.gz)")
+    p.add_argument("--rounds", type=int, help="rounds of every variant (default 5)")
+    p.add_argument("--fraction", type=float, default=0.2, help="share of the epoch the rounds train on")
+    p.add_argument("--full", action="store_true", help="also one round on the full resnet18 epoch")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--config-rounds", type=int, help="rounds of the packaged configs and the threads check (default 3)")
+    p.add_argument("--no-configs", action="store_true", help="the resnet18 workload only")
+    p.add_argument("--no-threads", action="store_true", help="skip the two-trainings-at-once check")
+    add_write_option(p)
+    a = p.parse_args(argv)
+    section = run(a.quick, cifar10=a.cifar10, rounds=a.rounds, fraction=a.fraction, full=a.full, device=a.device,
+                  configs=not a.no_configs, threads=not a.no_threads, config_rounds=a.config_rounds)
+    publish(section, a)
+    return 0 if section.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
