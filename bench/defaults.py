@@ -125,12 +125,12 @@ def course_variants(data: Path, fraction: float, work: Path, device: str) -> lis
             Variant("plain PyTorch loop", plain)]
 
 
-def thread_variants(data: Path, work: Path) -> list[Variant]:
+def thread_variants(data: Path, fraction: float, work: Path) -> list[Variant]:
     """Two trainings at once on the machine's cores, as two sweep workers run their trials:
     one intra-op thread each (what sweep workers set: the cores shared out) against torch's
     default (as many threads as cores, each)."""
     cfg = work / "course.yaml"
-    common = [f"data.path={data}", "data.fraction=0.05", f"data.cache_dir={work / 'cache'}", "train.device=cpu"]
+    common = [f"data.path={data}", f"data.fraction={fraction}", f"data.cache_dir={work / 'cache'}", "train.device=cpu"]
     return [Variant(f"2 processes x {n}", trainpipe_cmd(str(cfg), common, work / "runs" / f"threads-{env}-a"),
                     env={"OMP_NUM_THREADS": env},
                     beside=[trainpipe_cmd(str(cfg), common, work / "runs" / f"threads-{env}-b")])
@@ -150,10 +150,9 @@ def packaged(data_root: Path, cifar10: Path | None, quick: bool) -> dict[str, li
         return out
     mnist = data_root / "mnist" / "data.npz"
     if mnist.is_file():
-        out["mnist"] = ["data.dataset=arrays", f"data.path={mnist}", "data.fraction=0.2"]
-    if cifar10 is not None:
-        out["cifar10_cpu"] = ["data.dataset=imagefolder", f"data.path={cifar10}", "data.download=false",
-                              "data.fraction=0.2"]
+        out["mnist"] = ["data.dataset=arrays", f"data.path={mnist}", "data.fraction=0.05"]
+    if cifar10 is not None:  # the folder the resnet18 rounds train on
+        out["cifar10_cpu"] = ["data.dataset=imagefolder", f"data.path={cifar10}", "data.download=false"]
     return out
 
 
@@ -179,6 +178,23 @@ def unpack(tar: Path, work: Path) -> Path:
     return dest
 
 
+def subset_folder(data: Path, work: Path, per_class: tuple[int, int]) -> Path:
+    """The first N training and M test images of every class of `data`, linked into a folder
+    of the same layout: a smaller workload with the same images, model and recipe."""
+    dest = work / f"cifar10-{per_class[0]}-{per_class[1]}"
+    for split, n in zip(("train", "test"), per_class):
+        for cls in sorted(p for p in (data / split).iterdir() if p.is_dir()):
+            (dest / split / cls.name).mkdir(parents=True, exist_ok=True)
+            for f in sorted(cls.iterdir())[:n]:
+                target = dest / split / cls.name / f.name
+                if not target.exists():
+                    try:
+                        os.link(f, target)
+                    except OSError:  # another file system
+                        target.write_bytes(f.read_bytes())
+    return dest
+
+
 def tiny_folder(work: Path) -> Path:
     from bench.gpu import make_image_folder
 
@@ -187,7 +203,8 @@ def tiny_folder(work: Path) -> Path:
 
 def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None = None, fraction: float = 0.2,
         full: bool = False, device: str = "cpu", configs: bool = True, threads: bool = True,
-        config_rounds: int | None = None, work: Path | None = None) -> Section:
+        config_rounds: int | None = None, per_class: tuple[int, int] | None = None,
+        work: Path | None = None, command: str = "python -m bench defaults") -> Section:
     rounds = rounds or (1 if quick else 5)
     config_rounds = config_rounds or (1 if quick else 3)
     load_before = os.getloadavg()
@@ -200,19 +217,24 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
             if not found.exists():
                 raise SystemExit(f"bench defaults: no CIFAR-10 at {found}; pass --cifar10 DIR|TAR")
             data = found if found.is_dir() else unpack(found, work)
+        whole_data = data
+        where = f", {fraction:g} of an epoch" if fraction < 1 else ""
+        if per_class is not None:
+            data = subset_folder(data, work, per_class)
+            where = f", {per_class[0]} train + {per_class[1]} test images per class" + where
         rows: list[list[str]] = []
         notes: list[str] = []
-        print(f"== resnet18 CIFAR-10, {fraction:g} of an epoch, {rounds} rounds", flush=True)
+        print(f"== resnet18 CIFAR-10{where}, {rounds} rounds", flush=True)
         variants = course_variants(data, fraction, work, device)
         run_process(variants[0])  # fills trainpipe's decode-once cache (not timed)
         course = alternate(variants, rounds)
-        rows += rows_of(f"resnet18, {fraction:g} epoch", course)
+        rows += rows_of(f"resnet18{where}", course)
         vs_plain = ratio(course, "trainpipe defaults", "plain PyTorch loop")
         vs_hand = [ratio(course, "trainpipe defaults", "trainpipe hand-set")]
         full_vs_plain = None
         if full:
             print("== resnet18 CIFAR-10, the full epoch, 1 round", flush=True)
-            whole = alternate(course_variants(data, 1.0, work, device), 1)
+            whole = alternate(course_variants(whole_data, 1.0, work, device), 1)
             rows += rows_of("resnet18, full epoch", whole)
             full_vs_plain = ratio(whole, "trainpipe defaults", "plain PyTorch loop")
         if configs:
@@ -225,8 +247,8 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
                 vs_hand.append(ratio(t, "trainpipe defaults", "trainpipe hand-set"))
         if threads and device == "cpu":
             print(f"== two trainings at once, {config_rounds} rounds", flush=True)
-            t = alternate(thread_variants(data, work), config_rounds)
-            rows += rows_of("2 at once, resnet18 (0.05 epoch)", t, baseline="2 processes x 1 thread")
+            t = alternate(thread_variants(data, fraction, work), config_rounds)
+            rows += rows_of(f"2 at once, resnet18{where}", t, baseline="2 processes x 1 thread")
             notes.append(f"Two trainings at once on the 2 cores: one thread each took "
                          f"{ratio(t, '2 processes x 1 thread', list(t)[1]):.3f}x the time of "
                          f"torch's default threads each.")
@@ -236,13 +258,13 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
     print(body)
     plain_ok = (full_vs_plain if full_vs_plain is not None else vs_plain) <= MAX_VS_PLAIN
     hand_ok = max(vs_hand) <= MAX_VS_HAND
-    notes.append(f"resnet18 defaults / plain loop: {vs_plain:.3f} on {fraction:g} of an epoch"
+    notes.append(f"resnet18 defaults / plain loop: {vs_plain:.3f} on the rounds' workload"
                  + (f", {full_vs_plain:.3f} on the full epoch" if full_vs_plain is not None else "")
                  + f" (bound {MAX_VS_PLAIN}: {'within' if plain_ok else 'OVER'}).")
     notes.append(f"defaults / hand-set, worst workload: {max(vs_hand):.3f} (bound {MAX_VS_HAND}: "
                  f"{'within' if hand_ok else 'OVER'}).")
     md = "\n".join([
-        (f"`python -m bench defaults{' --full' if full else ''}`, measured {today()} on {device}, "
+        (f"`{command}`, measured {today()} on {device}, "
          f"{hardware(threads=False)}; 1/5/15-minute load average {', '.join(f'{x:.1f}' for x in load_before)} "
          f"before and {', '.join(f'{x:.1f}' for x in load_after)} after (the machine's 2 cores were shared with "
          f"other processes throughout). Whole processes, {rounds} rounds in alternating order"
@@ -262,15 +284,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(default: ../shared/data/cifar10/images.tar.gz)")
     p.add_argument("--rounds", type=int, help="rounds of every variant (default 5)")
     p.add_argument("--fraction", type=float, default=0.2, help="share of the epoch the rounds train on")
+    p.add_argument("--per-class", type=lambda v: tuple(int(x) for x in v.split(",")), metavar="TRAIN,TEST",
+                   help="the rounds train and test on the first TRAIN and TEST images of every class")
     p.add_argument("--full", action="store_true", help="also one round on the full resnet18 epoch")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--config-rounds", type=int, help="rounds of the packaged configs and the threads check (default 3)")
     p.add_argument("--no-configs", action="store_true", help="the resnet18 workload only")
     p.add_argument("--no-threads", action="store_true", help="skip the two-trainings-at-once check")
     add_write_option(p)
-    a = p.parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    a = p.parse_args(argv_list)
     section = run(a.quick, cifar10=a.cifar10, rounds=a.rounds, fraction=a.fraction, full=a.full, device=a.device,
-                  configs=not a.no_configs, threads=not a.no_threads, config_rounds=a.config_rounds)
+                  configs=not a.no_configs, threads=not a.no_threads, config_rounds=a.config_rounds,
+                  per_class=a.per_class, command=" ".join(["python -m bench defaults", *argv_list]))
     publish(section, a)
     return 0 if section.ok else 1
 
