@@ -63,6 +63,16 @@ def test_a_run_gives_the_global_generators_back(tmp_path: Path, monkeypatch: pyt
     assert f"trainpipe.resume({str(tmp_path / 'b')!r})" in stop.value._render_traceback_()[0]
 
 
+def test_lr_find_gives_the_global_generators_back(tmp_path: Path) -> None:
+    from trainpipe.run.lr_find import lr_find
+
+    seed_all(3)
+    expected = draws()
+    seed_all(3)
+    lr_find(None, tiny_overrides(), tmp_path, steps=20, quiet=True)
+    assert draws() == expected
+
+
 def test_an_interrupt_gives_the_console_streams_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The terminal's live progress bar replaces sys.stdout/sys.stderr while it runs."""
     # Interrupted with the bar up, as in the middle of an epoch.

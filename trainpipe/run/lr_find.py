@@ -39,6 +39,7 @@ import torch
 from trainpipe.errors import ConfigError
 from trainpipe import files
 from trainpipe.run import rundir
+from trainpipe.loop.rng import global_rng_kept
 from trainpipe.run.train import ConfigLike, build_parts, resolve
 
 DEFAULT_MIN_LR, DEFAULT_MAX_LR, DEFAULT_STEPS = 1e-8, 1.0, 100
@@ -183,6 +184,7 @@ def lr_find(
     return result
 
 
+@global_rng_kept()  # the user's next draw does not depend on the test having run
 def _run(cfg: Any, steps: int, min_lr: float, max_lr: float, beta: float) -> tuple[list[float], list[float], str]:
     """Train for up to `steps` optimizer steps with the lr growing exponentially: the lrs
     and losses (mean over accumulated batches) of the steps up to the stop, and why it
