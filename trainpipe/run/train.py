@@ -73,6 +73,8 @@ def train(
     None for the packaged quickstart (digits). `overrides` are `key.sub=value`
     strings or a {dotted key: value} dict. An `output` directory that already holds a
     run is refused (ConfigError) unless `overwrite`, which deletes that run first.
+    An interrupt (Ctrl-C, a notebook's stop button) raises TrainingInterrupted, which
+    carries the run directory and the RunResult so far (status "interrupted").
     """
     check_output(output)
     cfg = resolve(config, overrides)
