@@ -73,6 +73,24 @@ def test_lr_find_gives_the_global_generators_back(tmp_path: Path) -> None:
     assert draws() == expected
 
 
+def test_an_interrupt_that_breaks_a_checkpoint_write_is_an_interrupt(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def torn_write(trainer: object) -> None:
+        # What torch.save does when a KeyboardInterrupt lands inside it: its zip writer,
+        # closed on the way out, raises its own error.
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5632 vs 5528")  # noqa: B012
+
+    interrupt_in_epoch(monkeypatch, 1, before=torn_write)
+    with pytest.raises(trainpipe.TrainingInterrupted):
+        trainpipe.train(None, tiny_overrides(), output=tmp_path / "r", quiet=True)
+    from trainpipe.run import rundir
+
+    assert rundir.read_summary(tmp_path / "r")["status"] == "interrupted"
+
+
 def test_an_interrupt_gives_the_console_streams_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The terminal's live progress bar replaces sys.stdout/sys.stderr while it runs."""
     # Interrupted with the bar up, as in the middle of an epoch.

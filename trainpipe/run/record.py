@@ -104,6 +104,9 @@ class RunRecord:
             self.stop(StopReason.CONFIG_ERROR, str(e))
             raise
         except Exception as e:
+            if cut_short_by_interrupt(e):
+                self.stop(StopReason.INTERRUPTED)
+                raise KeyboardInterrupt from e
             self.stop(StopReason.ERROR, f"{type(e).__name__}: {e}")
             raise
         finally:
@@ -126,6 +129,20 @@ class RunRecord:
         except StorageError as e:
             if not failing:  # otherwise the error already on its way says the same
                 raise resumable(e, self.run_dir) from None
+
+
+def cut_short_by_interrupt(e: BaseException) -> bool:
+    """An error raised while a KeyboardInterrupt unwound (torch.save's zip writer, closed
+    halfway through a checkpoint, raises its own RuntimeError on the way out): the run was
+    interrupted, it did not crash. The file being written was a temporary one."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False
 
 
 def bests(state: Any, monitor: str) -> dict[str, Any]:
