@@ -95,3 +95,16 @@ def test_default_model_fits_and_unknown_memory_refuses_nothing(monkeypatch: pyte
     preflight.check_model_fits(cfg, DataSpec((1, 8, 8), 10), torch.device("cpu"))
     monkeypatch.setattr(device_mod, "memory_of", lambda d: None)
     preflight.check_model_fits(load(None, ["model.width=1000000"]), DataSpec((1, 8, 8), 10), torch.device("cpu"))
+
+
+def test_sweep_on_a_device_the_machine_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Every trial would be refused: the sweep says so once, before its directory exists."""
+    from sweep_kit import sweep_file
+
+    _gpus(monkeypatch, 0)
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.05, 0.1]}})
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(s), "train.device=cuda", "--output", str(out)]) == 2
+    assert "train.device=cuda: no CUDA GPU is available here" in capsys.readouterr().err
+    assert not out.exists()

@@ -236,6 +236,10 @@ def prepare_sweep(
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1; got {trials}.")
     base_cfg = check_against_config(spec)
+    if devs is None and not any(p.key == "train.device" for p in spec.varied):
+        from trainpipe.loop.device import resolve_device
+
+        resolve_device(base_cfg.train.device)  # every trial here would be refused: say it once, before any write
     if meta is not None and meta.get("fingerprint") != spec.fingerprint():
         raise ConfigError(f"{d} holds a sweep started from a different sweep file (method, metric, parameters, "
                           f"base or fixed changed; the original is {d / 'sweep.yaml'}). Restore it, or pass "
