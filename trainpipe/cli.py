@@ -4,6 +4,7 @@ Exit codes: 0 success; 1 a crash inside training; 2 bad input (config, file,
 name), reported as one paragraph without a traceback (`--debug` shows it);
 128 + the signal's number when a signal stopped it: 130 Ctrl-C (SIGINT), 143 SIGTERM,
 138 SIGUSR1 (trainpipe.run.signals).
+75 a sweep whose trials the machine failed (out of memory, disk full: run it again).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from trainpipe.errors import ConfigError, check_output
 
 EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_RETRY = 75  # sysexits' EX_TEMPFAIL: a sweep's trials failed for a reason of the machine; run it again
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
@@ -229,7 +231,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         return EXIT_OK
     outcome = run_sweep(a.sweep, a.output, workers=1 if a.workers is None else a.workers, devices=a.devices,
                         storage=a.storage, trials=a.trials, overrides=a.overrides)
-    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_RETRY if outcome.machine_failures else EXIT_OK
 
 
 def cmd_report(a: argparse.Namespace) -> int:

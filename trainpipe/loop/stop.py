@@ -36,6 +36,8 @@ class StopReason(StrEnum):
     STORAGE = "storage"  # a file could not be written (disk full, ...)
     CONFIG_ERROR = "config_error"  # bad input found once the run had started
     ERROR = "error"  # any other exception
+    OOM = "oom"  # out of memory (CPU or GPU): the machine's failure (`trainpipe.run.failures`)
+    DEVICE_LOST = "device_lost"  # a GPU stopped answering
 
     @property
     def status(self) -> Status:
@@ -52,6 +54,8 @@ _STATUS = {
     StopReason.STORAGE: Status.FAILED,
     StopReason.CONFIG_ERROR: Status.FAILED,
     StopReason.ERROR: Status.FAILED,
+    StopReason.OOM: Status.FAILED,
+    StopReason.DEVICE_LOST: Status.FAILED,
 }
 
 

@@ -22,6 +22,7 @@ import yaml
 from trainpipe.errors import ConfigError
 from trainpipe.report import plots
 from trainpipe.report.html import Doc
+from trainpipe.run import failures
 from trainpipe.report.load import (
     Run,
     as_float,
@@ -315,6 +316,7 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
             str(reason or "")])
     doc.table(cols, rows)
     doc.note("Sorted by the sweep metric, best first; test accuracy is that of each trial's best checkpoint.")
+    machine_failures_section(doc, sw)
 
     with_history = {t.run.label: t.run.history for t in sw.trials if t.run is not None and t.run.history}
     if with_history:
@@ -353,6 +355,26 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
     doc.heading("Parameter importance")
     importance_section(doc, path, storage)
     return doc.write(output)
+
+
+def machine_failures_section(doc: Doc, sw: Sweep) -> None:
+    """The trials that failed for a reason of the machine (out of memory, disk full, a lost GPU), apart."""
+    listed = any(t.csv for t in sw.trials)  # results.csv leaves out trials that were retried since
+
+    def cause_of(t: Trial) -> str:
+        c = t.csv.get("cause") if listed else t.get("cause")
+        return c if t.state == "failed" and c in failures.CAUSES else ""
+
+    failed = [t for t in sw.trials if cause_of(t)]
+    if not failed:
+        return
+    doc.heading("Trials that failed for a reason of the machine")
+    doc.table(["trial", "cause"] + [f"`{p}`" for p in sw.params] + ["batch size", "peak memory", "error"],
+              [[t.name, failures.WHAT[cause_of(t)]] + [fmt_value(t.params.get(p)) for p in sw.params]
+               + [fmt_value(t.get("batch_size")), failures.fmt_mb(t.get("peak_memory_mb")),
+                  str(t.csv.get("reason") or (t.run.summary.get("error") if t.run else "") or "")[:120]]
+               for t in failed])
+    doc.note(f"{failures.RERUN_NOTE} What to do first: {failures.advice(cause_of(t) for t in failed)}.")
 
 
 def _tests(g: Configuration) -> list[float]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from trainpipe.errors import ConfigError, StorageError
 from trainpipe.loop.stop import Status, StopReason, stop_status
-from trainpipe.run import rundir, signals
+from trainpipe.run import failures, rundir, signals
 from trainpipe.run.result import RunResult
 
 
@@ -99,6 +99,8 @@ class RunRecord:
             raise
         except StorageError as e:
             self.stop(StopReason.STORAGE, str(e))
+            if failures.classify(e) == failures.DISK_FULL:
+                self.summary["cause"] = failures.DISK_FULL
             raise resumable(e, self.run_dir) from None
         except ConfigError as e:
             self.stop(StopReason.CONFIG_ERROR, str(e))
@@ -108,9 +110,24 @@ class RunRecord:
                 self.stop(StopReason.INTERRUPTED)
                 raise KeyboardInterrupt from e
             self.stop(StopReason.ERROR, f"{type(e).__name__}: {e}")
+            self._machine_failure(e)
             raise
         finally:
             self._close(failing)
+
+    def _machine_failure(self, e: Exception) -> None:
+        """Out of memory, a lost GPU: the machine's failure, not the config's (a sweep retries
+        it). The stop reason names it; `cause`, the batch size and the peak memory are kept."""
+        t = self.trainer
+        device = getattr(t, "device", None) or self.cfg.train.device
+        batch = getattr(getattr(t, "data", None), "train", None)
+        mf = failures.machine_failure(e, device=device,
+                                      batch_size=getattr(batch, "batch_size", None) or self.cfg.data.batch_size)
+        if mf is not None:
+            reason = {failures.OOM: StopReason.OOM, failures.DEVICE_LOST: StopReason.DEVICE_LOST}.get(
+                mf.cause, StopReason.STORAGE)  # an OSError of a full disk that no trainpipe writer named
+            self.stop(reason, mf.describe())
+            self.summary.update(mf.record())
 
     def result(self) -> RunResult:
         """The run's results as they stand: the summary, and the history and evaluated weights

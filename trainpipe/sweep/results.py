@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 import json
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from trainpipe import files
+from trainpipe.run import failures
 from trainpipe.sweep import study as st
 from trainpipe.sweep.ranking import Configuration, best_configuration, best_trial, configurations, mean_spread, \
     rank_trials
@@ -47,6 +49,8 @@ class TrialRow:
     run_dir: str = ""
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> metric, as reported
     shown: dict[str, Any] = field(default_factory=dict)  # the sweep file's names -> values, labels for lists/dicts
+    cause: str = ""  # a failure of the machine: oom | disk_full | device_lost (`trainpipe.run.failures`)
+    facts: dict[str, Any] = field(default_factory=dict)  # its batch_size, peak_memory_mb, requested_mb
 
     @property
     def name(self) -> str:
@@ -81,13 +85,18 @@ def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
         reason = f"epoch {max(curve)}" if curve else "starting"
     if trial.state == TrialState.WAITING and "failed_trial" in trial.system_attrs:
         why = "was interrupted" if res.get("status") == "interrupted" else "lost its worker"
+        if res.get("cause") in failures.CAUSES:
+            why = f"failed: {failures.WHAT[res['cause']]}"
         reason, value = f"queued again: trial {trial.system_attrs['failed_trial']:04d} {why}", None
     worker = trial.user_attrs.get("worker") or {}
     params = trial_params(trial, spec)
+    cause = res.get("cause") if trial.state == TrialState.FAIL and res.get("cause") in failures.CAUSES else ""
     return TrialRow(trial.number, state, params, value, res.get("train_acc"), res.get("test_acc"),
                     res.get("epochs") if trial.state != TrialState.RUNNING else len(curve),
                     res.get("epoch_time_s"), res.get("wall_time_s"), str(reason), worker.get("host", ""),
-                    trial.user_attrs.get("run_dir", ""), curve, shown_params(params, spec))
+                    trial.user_attrs.get("run_dir", ""), curve, shown_params(params, spec), cause,
+                    {k: res[k] for k in ("batch_size", "peak_memory_mb", "requested_mb") if res.get(k) is not None}
+                    if cause else {})
 
 
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
@@ -129,7 +138,7 @@ def columns(spec: SweepSpec) -> list[str]:
     seeded = ["config"] if spec.seed_param is not None else []
     stats = [f"mean {m}", f"std {m}", "n"] if spec.seed_param is not None else []
     return (["trial", *seeded, "state"] + [p.display for p in spec.varied] + [f"best {m}", *stats]
-            + ["train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir"])
+            + ["train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir", "cause"])
 
 
 def as_record(r: TrialRow, spec: SweepSpec, group: Configuration | None = None) -> list[Any]:
@@ -137,7 +146,8 @@ def as_record(r: TrialRow, spec: SweepSpec, group: Configuration | None = None) 
     stats = [group.mean, group.std, group.n] if spec.seed_param is not None and group else \
         ([None, None, 0] if spec.seed_param is not None else [])
     return ([r.name, *seeded, r.state] + [r.shown.get(p.display) for p in spec.varied] + [r.value, *stats]
-            + [r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir])
+            + [r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir,
+               r.cause])
 
 
 def records(rows: list[TrialRow], spec: SweepSpec) -> list[list[Any]]:
@@ -164,7 +174,7 @@ def table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
     # host and run_dir are in the CSV, and a configuration's mean in its own table: this one stays readable.
     m = spec.metric_label
     all_cols = columns(spec)
-    keep = [i for i, c in enumerate(all_cols) if c not in ("host", "run_dir", f"mean {m}", f"std {m}", "n")]
+    keep = [i for i, c in enumerate(all_cols) if c not in ("host", "run_dir", "cause", f"mean {m}", f"std {m}", "n")]
     cols = [all_cols[i] for i in keep]
     lines = ["| " + " | ".join(cols) + " |",
              "|" + "|".join("---" if c in ("state", "reason") else "---:" for c in cols) + "|"]
@@ -192,6 +202,7 @@ def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
         lines += [f"## Configurations, best mean {spec.metric_label} first", "", *config_table_lines(rows, spec), "",
                   f"## Trials (each {spec.seed_param.display})", ""]
     lines += table_lines(rows, spec)
+    lines += machine_failure_lines(rows, spec)
     best = best_trial(rows)
     g = best_group(rows, spec)
     if g is not None:
@@ -201,6 +212,30 @@ def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
         lines += ["", f"Best: trial {best.name} ({spec.metric_label} {fmt(best.value)}); its complete config is "
                       f"best.yaml: `trainpipe train best.yaml`."]
     return "\n".join(lines) + "\n"
+
+
+def machine_failures(rows: list[TrialRow]) -> list[TrialRow]:
+    """The trials that failed for a reason of the machine (out of memory, disk full, a lost GPU)."""
+    return [r for r in rows if r.cause]
+
+
+def machine_failure_table(rows: list[TrialRow], spec: SweepSpec) -> tuple[list[str], list[list[str]], str]:
+    """(columns, rows, note) of the trials the machine failed: what the results and the report show."""
+    failed = machine_failures(rows)
+    cols = ["trial", "cause", *[p.display for p in spec.varied], "batch size", "peak memory", "error"]
+    table = [[r.name, failures.WHAT[r.cause], *[fmt(r.shown.get(p.display)) for p in spec.varied],
+              fmt(r.facts.get("batch_size")), failures.fmt_mb(r.facts.get("peak_memory_mb")),
+              r.reason.split(": ", 1)[-1][:120]] for r in failed]
+    note = f"{failures.RERUN_NOTE} What to do first: {failures.advice(r.cause for r in failed)}."
+    return cols, table, note
+
+
+def machine_failure_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
+    if not machine_failures(rows):
+        return []
+    cols, table, note = machine_failure_table(rows, spec)
+    return ["", "## Trials that failed for a reason of the machine", "", "| " + " | ".join(cols) + " |",
+            "|" + "|".join("---" for _ in cols) + "|", *[_md_row(r) for r in table], "", note]
 
 
 def counts(rows: list[TrialRow]) -> dict[str, int]:
@@ -227,10 +262,28 @@ def best_config(row: TrialRow, spec: SweepSpec) -> dict[str, Any]:
     return config_mod.load(spec.base, {**spec.constant_overrides(), **row.params}).to_dict()
 
 
+FINISHED = ("completed", "pruned")
+
+
+def finished_in_csv(path: Path) -> int:
+    """How many completed or pruned trials an existing results.csv lists (0 when none is there)."""
+    try:
+        with path.open(newline="") as f:
+            return sum(row.get("state") in FINISHED for row in csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return 0
+
+
 def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
     """Rewrite results.csv, results.md and best.yaml from the study."""
     d = Path(sweep_dir)
     rows = trial_rows(study, spec)
+    had = finished_in_csv(d / "results.csv")
+    now = sum(r.state in FINISHED for r in rows)
+    if now < had:  # the study lost trials (a damaged or replaced database): keep the better table
+        print(f"results.csv and results.md kept as they are: they list {had} finished trials, the study "
+              f"only {now}.", file=sys.stderr)
+        return rows
     files.write_text(d / "results.csv", to_csv(rows, spec))
     files.write_text(d / "results.md", to_markdown(rows, spec))
     best, header = best_trial(rows), ""
@@ -275,5 +328,5 @@ def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) ->
         lines.append(f"running: trial {r.name} on {r.host or '?'}, {r.reason}, {spec.metric_label} so far {fmt(r.value)}")
     if spec.seed_param is not None:
         lines += ["", *config_table_lines(rows, spec)]
-    lines += ["", *table_lines(rows, spec)]
+    lines += ["", *table_lines(rows, spec), *machine_failure_lines(rows, spec)]
     return "\n".join(lines) + "\n"

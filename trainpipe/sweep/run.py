@@ -30,21 +30,25 @@ import shlex
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trainpipe import files
-from trainpipe.errors import ConfigError
+from trainpipe.errors import ConfigError, StorageError
+from trainpipe.run import failures
 from trainpipe.sweep import study as st
 from trainpipe.sweep.check import check_against_config, load_checked_spec
 from trainpipe.sweep.final_test import evaluate_best
 from trainpipe.sweep.ranking import best_trial
-from trainpipe.sweep.results import TrialRow, config_groups, status_text, trial_rows, write_results
+from trainpipe.sweep.rebuild import open_or_rebuild
+from trainpipe.sweep.results import TrialRow, config_groups, machine_failures, status_text, trial_rows, \
+    write_results
 from trainpipe.sweep.spec import SweepSpec
-from trainpipe.sweep.worker import WorkerConfig, check_stop, install_signal_handlers, run_worker, worker_main
+from trainpipe.sweep.worker import (WorkerConfig, check_stop, check_sweep_dir, install_signal_handlers, run_worker,
+                                   worker_main)
 
-META = "study.json"
+META = st.SWEEP_META
 
 
 @dataclass(repr=False)
@@ -57,6 +61,7 @@ class SweepOutcome:
     rows: list[TrialRow]
     interrupted: bool = False
     spec: SweepSpec | None = None
+    machine_failures: list[TrialRow] = field(default_factory=list)  # out of memory, disk full, a lost GPU
 
     @property
     def trials(self) -> Any:
@@ -197,6 +202,7 @@ def run_sweep(
     devs = parse_devices(devices)
     p = prepare_sweep(sweep, output, workers=workers, storage=storage, trials=trials, overrides=overrides,
                       heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    workers = p.common["workers"]  # capped at the trials that can run
     configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
                             cwd=os.getcwd() if workers > 1 else None,
                             env=dict(os.environ) if workers > 1 else None, **p.common) for i in range(workers)]
@@ -249,8 +255,13 @@ def prepare_sweep(
     if storage is None or st.is_journal(url):
         d.mkdir(parents=True, exist_ok=True)  # for optuna.db; another database is opened first
     st.refuse_sqlite_on_network_fs(url)
-    storage_obj = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    study = st.open_study(spec, storage_obj, study_name=study_name, epochs=base_cfg.train.epochs)
+    study = open_or_rebuild(spec, d, url, study_name, local=storage is None, epochs=base_cfg.train.epochs,
+                            heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    retried = st.retry_machine_failures(study, failures.CAUSES)
+    if retried:
+        print(f"retrying {len(retried)} trial{'s' if len(retried) > 1 else ''} that failed for a reason of the "
+              f"machine last time: " + ", ".join(f"{t.number:04d} ({failures.WHAT[t.user_attrs['result']['cause']]})"
+                                                for t in retried), flush=True)
     (d / "trials").mkdir(parents=True, exist_ok=True)
     if spec.source and Path(spec.source).resolve() != (d / "sweep.yaml").resolve():
         files.write_text(d / "sweep.yaml", Path(spec.source).read_text())
@@ -265,6 +276,13 @@ def prepare_sweep(
         files.write_json(d / META, meta)
     total = planned_total(spec, trials)
     planned = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
+    can_run = runnable(spec, study, total)
+    if can_run is not None and workers > max(can_run, 1):
+        # A worker with nothing to run would only wait, and each one costs start-up time and memory.
+        left = f"only {can_run} trial{'' if can_run == 1 else 's'} can run" if can_run else "no trial is left to run"
+        print(f"--workers {workers}: {left}, so {max(can_run, 1)} worker{'s start' if can_run > 1 else ' starts'}",
+              flush=True)
+        workers = max(can_run, 1)
     print(f"sweep {study_name}: {spec.method} over {', '.join(p.display for p in spec.varied) or 'nothing'}, "
           f"{spec.metric} ({spec.goal}), {planned}, {workers} worker{'s' if workers > 1 else ''}{where} -> {d}"
           f"{'' if storage is None else ' (study in ' + st.redact(url) + ')'}", flush=True)
@@ -285,16 +303,54 @@ def finish_sweep(p: PreparedSweep, interrupted: bool) -> SweepOutcome:
     """After the workers: results, the test evaluation of the best configuration, the summary."""
     spec, d, study, url = p.spec, p.sweep_dir, p.study, p.url
     study_name = p.common["study_name"]
-    rows = write_results(d, study, spec)
-    if spec.test == "best" and not interrupted and evaluate_best(study, spec, rows):
-        rows = write_results(d, study, spec)
+    check_sweep_dir(d)
+    rows = write_results_if_room(d, study, spec)
+    broken = machine_failures(rows)
+    if spec.test == "best" and not interrupted and not broken and evaluate_best(study, spec, rows):
+        rows = write_results_if_room(d, study, spec)
     print(status_text(rows, spec, d).rstrip(), flush=True)
+    if broken and not interrupted:
+        print(machine_failure_message(broken, d, None if p.own_storage else url), file=sys.stderr, flush=True)
     if interrupted:
         print(f"interrupted: running trials were marked and queued again; resume with: trainpipe sweep {d}"
               f"{'' if p.own_storage else ' --storage URL'}"
               f"{' (the best configuration is evaluated on the test split when the sweep ends)' if spec.test == 'best' else ''}",
               file=sys.stderr)
-    return SweepOutcome(d, study_name, st.redact(url), rows, interrupted, spec)
+    return SweepOutcome(d, study_name, st.redact(url), rows, interrupted, spec, broken)
+
+
+def runnable(spec: SweepSpec, study: Any, total: int | None) -> int | None:
+    """How many trials can run now (queued ones plus the room left); None: no limit."""
+    from optuna.trial import TrialState
+
+    led = st.ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
+    queued = len(led.by_state(TrialState.WAITING))
+    if total is None:
+        return None
+    return queued + max(total - len(led.visible), 0)
+
+
+def write_results_if_room(d: Path, study: Any, spec: SweepSpec) -> list[TrialRow]:
+    """`write_results`; on a full disk the files stay as they were and the rows are returned."""
+    try:
+        return write_results(d, study, spec)
+    except StorageError as e:
+        if failures.classify(e) != failures.DISK_FULL:
+            raise
+        print(f"results not rewritten: {e}", file=sys.stderr)
+        return trial_rows(study, spec)
+
+
+def machine_failure_message(broken: list[TrialRow], d: Path, storage: str | None) -> str:
+    """What a sweep with trials the machine failed says at its end (it then exits with code 75)."""
+    causes = [c for c in failures.CAUSES if any(r.cause == c for r in broken)]
+    listed = ", ".join(f"{r.name} ({failures.WHAT[r.cause]})" for r in broken[:10])
+    stopped = " The disk is full, so no more trials were started." if failures.DISK_FULL in causes else ""
+    todo = failures.advice(causes)
+    return (f"{len(broken)} trial{'s' if len(broken) > 1 else ''} failed for a reason of the machine, not of "
+            f"{'their' if len(broken) > 1 else 'its'} configuration: {listed}.{stopped} They are not counted as "
+            f"results. What to do: {todo}; then run `trainpipe sweep {d}{'' if storage is None else ' --storage URL'}` "
+            f"again: it retries them (finished trials are not run again).")
 
 
 def planned_total(spec: SweepSpec, trials: int | None) -> int | None:
@@ -423,6 +479,9 @@ def open_sweep(sweep_dir: str | Path, storage: str | None = None) -> tuple[Sweep
     spec, d, meta = locate(sweep_dir)
     url = storage_url(d, storage, meta)
     if url == st.default_storage_url(d) and not (d / "optuna.db").is_file():
+        if (d / "trials").is_dir() and any((d / "trials").iterdir()):
+            raise ConfigError(f"{d / 'optuna.db'}, the sweep's local Optuna database, is missing; its trials are "
+                              f"kept in {d / 'trials'}: run `trainpipe sweep {d}` to rebuild the study from them.")
         raise ConfigError(f"{d} has no optuna.db: the sweep never started here.")
     try:
         study = optuna.load_study(study_name=meta["study_name"], storage=st.make_storage(url))

@@ -36,6 +36,7 @@ GRACE_PERIOD_S = 120
 # stops being retried after this many attempts; the trial then shows as failed.
 MAX_RETRIES = 3
 FINGERPRINT_ATTR = "trainpipe:fingerprint"
+SWEEP_META = "study.json"  # study name, storage, base config, fingerprint: written when a sweep starts
 
 _RETRY_CLS = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
 
@@ -164,10 +165,38 @@ def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
                 # Optuna's tables; the loser finds them made on the next try.
                 time.sleep(1 + attempt)
                 continue
+            if url.startswith("sqlite:///"):
+                raise damaged_database(url, e) from None
             raise ConfigError(f"--storage {redact(url)}: cannot open the database: "
                               f"{str(e).splitlines()[0]}. Check the URL, that the server runs and accepts "
                               f"this user, and that the database exists.") from None
     raise AssertionError("unreachable")
+
+
+class DamagedDatabase(ConfigError):
+    """A sweep's local SQLite file cannot be read (truncated, overwritten, not a database)."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def damaged_database(url: str, e: BaseException) -> DamagedDatabase:
+    """The local database file named by `url` is damaged: say which file, why, and how to recover."""
+    path = Path(url[len("sqlite:///"):])
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.split(") ", 1)[-1] if first.startswith("(") else first  # without SQLAlchemy's "(sqlite3...)"
+    d = path.parent
+    return DamagedDatabase(
+        f"{path}, the sweep's local Optuna database, is damaged ({first}). Its trials are also kept in "
+        f"{d / 'trials'} (each trial's config.yaml, summary.json and metrics.jsonl): run `trainpipe sweep {d}` "
+        f"to keep the damaged file as optuna.db.damaged-TIME and rebuild the study from them; results.csv and "
+        f"results.md are not replaced by a table with fewer finished trials.", path)
+
+
+def is_database_error(e: BaseException) -> bool:
+    """An error raised by the database (SQLAlchemy, sqlite3) rather than by trainpipe or Optuna."""
+    return type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3")
 
 
 def sampler_for(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -262,6 +291,21 @@ def retry_interrupted(study: optuna.Study, trial_id: int) -> None:
     status = (frozen.user_attrs.get("result") or {}).get("status")
     if frozen.state == TrialState.FAIL and status in ("interrupted", "running") and not frozen.user_attrs.get("discarded"):
         _RETRY_CLS(max_retry=None)(study, frozen)
+
+
+def retry_machine_failures(study: optuna.Study, causes: Iterable[str]) -> list[FrozenTrial]:
+    """Queue a copy of every trial that failed for a reason of the machine (its result's `cause`
+    is one of `causes`: out of memory, disk full, a lost device); returns those trials. Called
+    when a sweep starts, so that each invocation retries them once."""
+    wanted = set(causes)
+    led = ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
+    retried = []
+    for t in led.by_state(TrialState.FAIL):
+        if (t.user_attrs.get("result") or {}).get("cause") in wanted:
+            _RETRY_CLS(max_retry=None)(study, t)
+            retried.append(t)
+    return retried
+
 
 
 # --------------------------------------------------- liveness without a heartbeat

@@ -27,8 +27,9 @@ import optuna
 from optuna.trial import TrialState
 
 from trainpipe.loop.callbacks import Callback
+from trainpipe.errors import ConfigError, StorageError
 from trainpipe.loop.stop import StopReason
-from trainpipe.run import rundir, signals
+from trainpipe.run import failures, rundir, signals
 from trainpipe.sweep import study as st
 from trainpipe.sweep.final_test import SkipTestSplit
 from trainpipe.sweep.results import shown_params
@@ -124,6 +125,7 @@ class Objective:
         self.wc, self.study = wc, study
         self.distinct_points = distinct_points  # the method visits each point once (grid)
         self.trial_id: int | None = None
+        self.disk_full = False  # a trial of this worker found the disk full: start no more
 
     def __call__(self, trial: optuna.Trial) -> float:
         wc, spec = self.wc, self.wc.spec
@@ -136,6 +138,7 @@ class Objective:
             trial.set_user_attr("discarded", why)
             raise TrialDiscarded(why)
         run_dir = (Path(wc.sweep_dir) / "trials" / f"{trial.number:04d}").resolve()
+        before = (trial.user_attrs.get("result") or {}).get("cause")  # a copy of a trial the machine failed
         history = self.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history") or []
         # A queued copy of a trial that was interrupted or lost its worker continues that trial's
         # run from its last checkpoint (mid-epoch after a signal), in its directory renamed to
@@ -145,7 +148,8 @@ class Objective:
         trial.set_user_attr("result", {"status": "running"})
         if not resumed and run_dir.exists() and any(run_dir.iterdir()):
             return self.fail(trial, f"{run_dir} already exists (from another study?); move it away")
-        again = (f" (again: trial {history[-1]:04d} lost its worker or was interrupted"
+        lost = f"failed: {failures.WHAT[before]}" if before in failures.CAUSES else "lost its worker or was interrupted"
+        again = (f" (again: trial {history[-1]:04d} {lost}"
                  f"{'; continuing its run' if resumed else ''})") if history else ""
         wc.say(f"trial {trial.number:04d} started{again}: {describe(shown_params(overrides, spec))}")
         from trainpipe.run.resume import resume
@@ -169,6 +173,9 @@ class Objective:
             trial.set_user_attr("result", {"status": "interrupted", "reason": f"interrupted ({reason})"})
             raise
         except Exception as e:
+            mf = machine_failure_of(e, run_dir, all_overrides)
+            if mf is not None:
+                return self.fail_machine(trial, mf, run_dir)
             return self.fail(trial, f"{type(e).__name__}: {e}", run_dir=run_dir)
         s = result.summary
         best = best_of(result.metrics, spec.metric, spec.goal)
@@ -202,6 +209,23 @@ class Objective:
         trial.set_user_attr("result", res)
         self.wc.say(f"trial {trial.number:04d} failed: {reason.splitlines()[0][:200]}")
         raise TrialFailed(reason)
+
+    def fail_machine(self, trial: optuna.Trial, mf: failures.MachineFailure, run_dir: Path) -> NoReturn:
+        """A failure of the machine (out of memory, disk full, a lost GPU): recorded with its cause,
+        not ranked, not retried in this invocation; the next `trainpipe sweep` retries it."""
+        res: dict[str, Any] = {}
+        if (run_dir / rundir.SUMMARY).is_file():
+            s = rundir.read_summary(run_dir)
+            res.update({"epochs": s.get("epochs_run"), "wall_time_s": s.get("wall_time_s")})
+        res.update({"status": "failed", "reason": mf.describe()[:500], **mf.record()})
+        trial.set_user_attr("result", res)
+        if mf.cause == failures.DISK_FULL:
+            self.disk_full = True
+        self.wc.say(f"trial {trial.number:04d} failed for a reason of the machine, {mf.describe()[:200]}; "
+                    f"not counted as its configuration's result, retried when the sweep runs again")
+        if mf.cause == failures.OOM:
+            _free_gpu_cache()
+        raise TrialFailed(mf.describe())
 
     def discard_reason(self, trial: optuna.Trial) -> str | None:
         """Checked after sampling, so that two workers racing for the last slot agree.
@@ -245,6 +269,23 @@ def _take_over(previous: Path, run_dir: Path) -> bool:
     return True
 
 
+def machine_failure_of(e: BaseException, run_dir: Path, overrides: dict[str, Any]) -> failures.MachineFailure | None:
+    """The machine's failure behind a trial's exception, with the facts its run recorded
+    (batch size, peak memory) when it got that far."""
+    s = rundir.read_summary(run_dir) if (run_dir / rundir.SUMMARY).is_file() else {}
+    if s.get("cause") in failures.CAUSES and s.get("status") == "failed":
+        facts = {k: s.get(k) for k in ("batch_size", "peak_memory_mb", "requested_mb")}
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return failures.MachineFailure(s["cause"], f"{type(e).__name__}: {first}"[:300], facts)
+    return failures.machine_failure(e, batch_size=overrides.get("data.batch_size"))
+
+
+def _free_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def _num(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -279,6 +320,7 @@ def run_worker(wc: WorkerConfig) -> None:
     try:
         while True:
             check_stop()
+            check_sweep_dir(Path(wc.sweep_dir))
             if wc.spawned and _parent_gone():
                 wc.say("the sweep command is gone; this worker stops")
                 return
@@ -296,16 +338,51 @@ def run_worker(wc: WorkerConfig) -> None:
                 time.sleep(wc.poll_s)
                 continue
             said_wait = False
+            if disk_full_here(led):
+                wc.say("another worker on this machine found the disk full; this worker starts no more trials")
+                return
             study.optimize(objective, n_trials=1, catch=(TrialFailed, TrialDiscarded), gc_after_trial=True)
             objective.trial_id = None
-            write_results(wc.sweep_dir, study, wc.spec)
+            try:
+                write_results(wc.sweep_dir, study, wc.spec)
+            except StorageError as e:
+                if failures.classify(e) != failures.DISK_FULL:
+                    raise
+                objective.disk_full = True
+            if objective.disk_full:
+                wc.say("the disk is full: this worker starts no more trials (the sweep says what to do when it ends)")
+                return
     except KeyboardInterrupt:
         release(study, objective.trial_id)
         write_results(wc.sweep_dir, study, wc.spec)
         raise
+    except Exception:
+        # Optuna then reports a failed write to its storage as "AssertionError: Should not reach."
+        check_sweep_dir(Path(wc.sweep_dir))
+        raise
     finally:
         if beat is not None:
             beat.stop()
+
+
+def check_sweep_dir(d: Path) -> None:
+    """Stop with a clear message when the sweep directory vanished while the sweep ran (a trial's
+    writes may have made some of its folders again: its study.json tells)."""
+    if not (d / st.SWEEP_META).is_file():
+        raise ConfigError(f"the sweep directory {d} was deleted or moved while the sweep ran; its trials, results "
+                          f"and (without --storage) its optuna.db went with it. Restore it and run `trainpipe sweep "
+                          f"{d}` to continue, or start the sweep file again.") from None
+
+
+def disk_full_here(led: st.Ledger) -> bool:
+    """Whether a trial of this invocation failed on a full disk of this machine (a new invocation
+    queues such trials again first, so a visible one is from this one)."""
+    for t in led.by_state(TrialState.FAIL):
+        res = t.user_attrs.get("result") or {}
+        w = t.user_attrs.get("worker") or {}
+        if res.get("cause") == failures.DISK_FULL and w.get("machine", rundir.machine_id()) == rundir.machine_id():
+            return True
+    return False
 
 
 def release(study: optuna.Study, trial_id: int | None) -> None:
@@ -385,3 +462,6 @@ def worker_main(wc: WorkerConfig) -> None:
         run_worker(wc)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except ConfigError as e:
+        wc.say(f"error: {' '.join(str(e).split())}")
+        sys.exit(2)
