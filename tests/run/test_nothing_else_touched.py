@@ -191,3 +191,50 @@ def test_a_stray_label_is_refused_before_the_run_starts(tmp_path: Path, capsys: 
     assert main(["train", *TINY, "data.dataset=arrays", f"data.path={data}", "--output", str(out), "--quiet"]) == 2
     assert "labels 1000000000000 are far outside" in capsys.readouterr().err
     assert not out.exists() and snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------ eval
+def test_eval_of_a_file_that_is_not_a_checkpoint_says_so_and_never_advises_deleting_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import torch
+
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my notes, not weights\n")
+    arrays = tmp_path / "arrays.pt"
+    with arrays.open("wb") as f:
+        np.savez(f, x=np.zeros(3))
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    before = snapshot(tmp_path)
+    for path, words in ((notes, "is not a file that torch.save writes"), (arrays, "without the data.pkl"),
+                        (tensor, "holds a Tensor")):
+        assert main(["eval", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "not a checkpoint" in err and words in err and "delete" not in err.lower()
+    out = tmp_path / "run"
+    trainpipe.train(None, [*TINY, "train.epochs=1"], output=out, quiet=True)
+    best = out / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:200])  # a checkpoint cut short
+    assert main(["eval", str(best)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or truncated" in err and "delete" not in err.lower()
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("run/")} == before
+
+
+def test_a_metrics_line_cut_short_is_named_on_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "train.epochs=2", "--output", str(out), "--quiet"]) == 0
+    metrics = out / "metrics.jsonl"
+    rows = metrics.read_text()
+    metrics.write_text(rows + '{"epoch": 3, "train/lo')  # a process killed while appending epoch 3's row
+    capsys.readouterr()
+    assert main(["resume", str(out), "train.epochs=3", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.jsonl: line 3 cut short" in err and "dropped" in err and "lost" not in err
+    assert [r["epoch"] for r in rundir.read_metrics(out)] == [1, 2, 3]
+    first, *rest = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text(first[:-9] + "\n" + "".join(rest))  # epoch 1's row damaged: it cannot come back
+    assert main(["resume", str(out), "train.epochs=4", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "line 1 cut short" in err and "the rows of epochs 1 are lost" in err

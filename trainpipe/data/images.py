@@ -120,7 +120,7 @@ def decode_files(
         raise DataError(
             f"{what}: image file {paths[i]} cannot be decoded ({type(results[i]).__name__}: "
             f"{str(results[i]).splitlines()[0] if str(results[i]) else 'unreadable'}); "
-            f"{len(bad)} of {len(paths)} files fail. Replace or delete the file, or set "
+            f"{len(bad)} of {len(paths)} files fail. Replace it or move it out of the folder, or set "
             "data.skip_corrupt=true to leave unreadable images out with a warning."
         )
     if bad:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from trainpipe.loop.trainer import Trainer
 
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
+# How every file torch.save writes begins: a zip archive, or (before torch 1.6) a pickle.
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 # What a checkpoint must hold to continue a run (best.pt holds weights only).
 RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "state", "rng", "config")
 
@@ -54,17 +56,42 @@ def load(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist.")
+    # The advice never includes deleting the file: it may be the user's, not one trainpipe wrote.
+    other = ("pass a run directory or one of its checkpoints (RUN/checkpoints/best.pt, last.pt); `trainpipe "
+             "resume` falls back to previous.pt and epoch snapshots by itself")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    what = None
+    if not head.startswith(TORCH_MAGIC):
+        what = "is empty" if not head else "is not a file that torch.save writes (neither a zip archive nor a pickle)"
+    elif head.startswith(b"PK") and _zip_without_pickle(path):
+        what = "is a zip archive without the data.pkl that torch.save writes (an .npz, say)"
+    if what is not None:
+        raise ConfigError(f"{str(path)!r} is not a checkpoint: it {what}. To evaluate or resume, {other}.")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, wrong magic number...
+    except Exception as e:  # truncated zip, bad pickle, objects that weights_only refuses...
         raise ConfigError(
             f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}). "
-            f"Delete it or point to another checkpoint."
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}). Point to another "
+            f"checkpoint: {other}."
         ) from None
     if not isinstance(obj, dict):
-        raise ConfigError(f"checkpoint {str(path)!r} does not hold a trainpipe checkpoint (a dict).")
+        raise ConfigError(f"{str(path)!r} is not a trainpipe checkpoint: torch.save wrote it, but it holds a "
+                          f"{type(obj).__name__}, not a checkpoint's dict. To evaluate or resume, {other}.")
     return obj
+
+
+def _zip_without_pickle(path: Path) -> bool:
+    """A readable zip archive with no `*/data.pkl` entry: some other zip, not a torch checkpoint.
+    (An archive cut short is unreadable here and is reported as truncated instead.)"""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return not any(n.endswith("data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_resumable(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:

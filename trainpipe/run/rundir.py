@@ -239,6 +239,22 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def unreadable_lines(path: str | Path) -> list[int]:
+    """The 1-based numbers of the lines of a .jsonl file that are not a JSON object (cut short)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    bad = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except json.JSONDecodeError:
+            ok = not line.strip()
+        if not ok:
+            bad.append(i)
+    return bad
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return read_jsonl(Path(run_dir) / METRICS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,23 @@ class JsonlTracker(Callback):
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         if self.path.exists():
+            self._say_cut_lines(trainer.state.epoch)
             self._keep_up_to(trainer.state.epoch)
         self._last_epoch = trainer.state.epoch
+
+    def _say_cut_lines(self, epoch: int) -> None:
+        """A resume drops lines that a stopped process left cut short: say so, and whether an
+        epoch's row is lost for good (one the checkpoint had already passed)."""
+        cut = rundir.unreadable_lines(self.path)
+        if not cut:
+            return
+        have = {r.get("epoch") for r in rundir.read_jsonl(self.path)}
+        lost = [e for e in range(1, epoch + 1) if e not in have]
+        lines = ", ".join(map(str, cut))
+        print(f"warning: {self.path}: line{'s' if len(cut) > 1 else ''} {lines} cut short (a process stopped while "
+              f"writing {'them' if len(cut) > 1 else 'it'}) and dropped; training continues after epoch {epoch}, so "
+              f"later epochs are logged anew"
+              + (f"; the rows of epochs {', '.join(map(str, lost))} are lost." if lost else "."), file=sys.stderr)
 
     def on_epoch_end(self, trainer: "Trainer") -> None:
         row = {k: _json_safe(v) for k, v in trainer.state.metrics.items()}

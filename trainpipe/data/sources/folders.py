@@ -49,7 +49,7 @@ def _list_images(split_dir: Path, classes: list[str], *, allow_new: bool) -> tup
         if not files:
             raise DataError(
                 f"data.path: class folder {cdir} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}). "
-                "Add its images or delete the empty folder."
+                "Add its images, or move the empty folder out of data.path."
             )
         paths += files
         labels += [classes.index(c)] * len(files)
@@ -74,7 +74,7 @@ def imagefolder(cfg: "DataConfig", /, *, path: str | None = None) -> SourceData:
     if sorted(classes) != folder_classes:
         raise DataError(
             f"data.path: {root / 'classes.txt'} lists {len(classes)} classes that do not match the "
-            f"{len(folder_classes)} folders in {train_dir}; fix the file or delete it (folder names sorted "
+            f"{len(folder_classes)} folders in {train_dir}; fix the file or move it away (folder names sorted "
             "alphabetically are then the classes)."
         )
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}

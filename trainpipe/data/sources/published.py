@@ -83,7 +83,7 @@ def _read_error(name: str, path: Path, e: Exception) -> DataError:
     detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return DataError(
         f"data.dataset={name}: {path} is truncated or corrupt ({type(e).__name__}: {detail[:160]}). "
-        "Delete it and download it again (data.download=true), or copy an intact copy there."
+        "Move it away and download it again (data.download=true), or copy an intact copy there."
     )
 
 
@@ -128,7 +128,7 @@ def _unpickle(path: Path) -> Any:
                 raise
             raise DataError(
                 f"{path} is not a plain dataset file: {e}, and loading it could run code. Nothing was run. "
-                f"Replace it with the original file (delete it and set data.download=true to fetch it again)."
+                f"Replace it with the original file (move it away and set data.download=true to fetch it again)."
             ) from None
 
 
