@@ -185,6 +185,7 @@ def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str,
     and nothing is written, so no results are replaced.
     """
     dirs = trial_dirs(sweep_dir)
+    existed = (sweep_dir / "optuna.db").is_file()
     damaged: str | None = None
     study = None
     try:
@@ -212,19 +213,19 @@ def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str,
             raise ConfigError(f"the study in {where} does not know trials {shown} of {sweep_dir / 'trials'} (it holds "
                               f"{len(known)} trials: an older copy, or another database). Nothing was run or "
                               f"written. To recover: {fix}.")
-        damaged = "it holds no trials" if (sweep_dir / "optuna.db").is_file() else "it is missing"
-    return _rebuild_local(spec, sweep_dir, url, study_name, damaged, epochs=epochs,
+        damaged = "it holds no trials" if existed else "it was missing"
+    return _rebuild_local(spec, sweep_dir, url, study_name, damaged, keep_aside=existed, epochs=epochs,
                           heartbeat_interval=heartbeat_interval, grace_period=grace_period)
 
 
-def _rebuild_local(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str, why: str, *, epochs: int,
-                   heartbeat_interval: int, grace_period: int) -> optuna.Study:
+def _rebuild_local(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str, why: str, *, keep_aside: bool,
+                   epochs: int, heartbeat_interval: int, grace_period: int) -> optuna.Study:
     import datetime as dt
     import os
 
     db = sweep_dir / "optuna.db"
     kept = ""
-    if db.is_file():
+    if keep_aside and db.is_file():  # never deleted: it may hold more than this study
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         for suffix in ("", "-journal", "-wal", "-shm"):  # SQLite's side files go with it
             side = db.with_name(db.name + suffix)
