@@ -99,8 +99,9 @@ def test_a_full_disk_stops_starting_trials_and_a_rerun_finishes_the_sweep(
 
     monkeypatch.setattr(files.os, "fsync", fsync)
     assert main(["sweep", str(s)]) == 75
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "0001 (disk full)" in err and "no more trials were started" in err and "free disk space" in err
+    assert "trainpipe resume" not in out + err  # a lone run's advice: here the sweep retries the trial
     assert not (d / "trials" / "0002").exists()  # nothing started after the disk filled up
     assert rundir.read_summary(d / "trials" / "0001")["cause"] == "disk_full"
     assert {r["trial"]: r["cause"] for r in rows(d)} == {"0000": "", "0001": "disk_full"}

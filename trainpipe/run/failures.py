@@ -127,8 +127,13 @@ def machine_failure(exc: BaseException, *, batch_size: int | None = None,
         if m:
             unit = (m.group(2) or "").lower() or None
             facts["requested_mb"] = round(float(m.group(1)) * _UNITS.get(unit, 1) / 2**20, 1)
+    return MachineFailure(cause, one_line(exc), facts)
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line`, without the advice a lone run gives (to resume it): a sweep retries instead."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return MachineFailure(cause, f"{type(exc).__name__}: {first}"[:300], facts)
+    return f"{type(exc).__name__}: {first.split(' The run stopped;')[0]}"[:300]
 
 
 def peak_memory_mb(device: Any = None) -> float | None:

@@ -275,8 +275,7 @@ def machine_failure_of(e: BaseException, run_dir: Path, overrides: dict[str, Any
     s = rundir.read_summary(run_dir) if (run_dir / rundir.SUMMARY).is_file() else {}
     if s.get("cause") in failures.CAUSES and s.get("status") == "failed":
         facts = {k: s.get(k) for k in ("batch_size", "peak_memory_mb", "requested_mb")}
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return failures.MachineFailure(s["cause"], f"{type(e).__name__}: {first}"[:300], facts)
+        return failures.MachineFailure(s["cause"], failures.one_line(e), facts)
     return failures.machine_failure(e, batch_size=overrides.get("data.batch_size"))
 
 
