@@ -78,6 +78,13 @@ def test_a_folder_whose_run_files_trainpipe_did_not_write_is_neither_replaced_no
         err = capsys.readouterr().err
         assert "trainpipe did not write" in err and "config.yaml" in err
     assert snapshot(folder) == before
+    other = tmp_path / "other"
+    user_files(other)
+    (other / "curves.png").write_bytes(b"my own plot")  # a name a run writes, though no run is there
+    before = snapshot(other)
+    assert main(["train", *TINY, "train.epochs=1", "--output", str(other), "--quiet"]) == 2
+    assert "curves.png, which a run writes" in capsys.readouterr().err
+    assert snapshot(other) == before
 
 
 def test_overwrite_deletes_the_runs_files_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -122,6 +122,10 @@ def claim_output(output: str | Path | None, *, overwrite: bool) -> None:
             raise ConfigError(f"{where} --overwrite: refused, {why}; trainpipe never deletes there. "
                               f"Give a run directory of its own, e.g. --output runs/NAME.")
     if not rundir.holds_run(output):
+        taken = [n for n in (*rundir.OWN_FILES, *rundir.OWN_FOLDERS) if (Path(output) / n).exists()]
+        if taken:  # e.g. a curves.png or report.md of the user's: the run would replace it
+            raise ConfigError(f"{where} holds {', '.join(taken)}, which a run writes; trainpipe does not replace "
+                              f"files it did not write there. Choose another --output (an empty or new folder).")
         return
     if not rundir.written_by_trainpipe(output):
         found = [n for n in rundir.RUN_MARKERS if (Path(output) / n).exists()]
