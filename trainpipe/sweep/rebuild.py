@@ -141,10 +141,9 @@ def rebuild(study: optuna.Study, spec: SweepSpec, sweep_dir: str | Path) -> tupl
 
 
 def _trial_from(d: Path, spec: SweepSpec) -> optuna.trial.FrozenTrial | None:
-    config = rundir.read_config(d)
     try:
-        params, dists = stored_params(spec, config)
-    except (_Unreplayable, TypeError, ValueError):
+        params, dists = stored_params(spec, rundir.read_config(d))
+    except (_Unreplayable, ConfigError, TypeError, ValueError):  # a config.yaml that cannot be read back
         return None
     s = rundir.read_summary(d)
     metrics = rundir.read_metrics(d)
