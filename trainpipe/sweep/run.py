@@ -201,7 +201,7 @@ def run_sweep(
     """
     devs = parse_devices(devices)
     p = prepare_sweep(sweep, output, workers=workers, storage=storage, trials=trials, overrides=overrides,
-                      heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+                      heartbeat_interval=heartbeat_interval, grace_period=grace_period, trains_here=devs is None)
     workers = p.common["workers"]  # capped at the trials that can run
     configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
                             cwd=os.getcwd() if workers > 1 else None,
@@ -233,16 +233,18 @@ def prepare_sweep(
     heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S,
     grace_period: int = st.GRACE_PERIOD_S,
     where: str = "",
+    trains_here: bool = False,
 ) -> PreparedSweep:
     """Check the sweep, create (or open) its directory and study, and say what will run; `where`
-    is added to the first line (e.g. " on Slurm")."""
+    is added to the first line (e.g. " on Slurm"). `trains_here`: the trials run on this machine
+    on the config's train.device, which is then checked here (not so for --devices or Slurm)."""
     spec, d, meta = locate(sweep, output, overrides)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {workers}.")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1; got {trials}.")
     base_cfg = check_against_config(spec)
-    if devs is None and not any(p.key == "train.device" for p in spec.varied):
+    if trains_here and not any(p.key == "train.device" for p in spec.varied):
         from trainpipe.loop.device import resolve_device
 
         resolve_device(base_cfg.train.device)  # every trial here would be refused: say it once, before any write
