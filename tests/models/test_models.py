@@ -343,3 +343,40 @@ def test_a_model_that_cannot_run_on_the_data_is_a_config_error_before_anything_i
     err = capsys.readouterr().err
     assert "model.input_size" in err and "Traceback" not in err
     assert not out.exists()  # nothing is left of a run that never started
+
+
+# Backward functions that torch documents as having no deterministic CUDA kernel (they raise
+# under `train.deterministic`, see torch.use_deterministic_algorithms): adaptive pooling to
+# more than one pixel (to one pixel, torch computes a mean), 3-d pooling, interpolation, ...
+NONDETERMINISTIC_ON_CUDA = {
+    "AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0", "AdaptiveMaxPool2DBackward0",
+    "AdaptiveMaxPool3DBackward0", "AvgPool3DBackward0", "FractionalMaxPool2DBackward0",
+    "FractionalMaxPool3DBackward0", "MaxUnpool2DBackward0", "MaxUnpool3DBackward0",
+    "UpsampleLinear1DBackward0", "UpsampleBilinear2DBackward0", "UpsampleBicubic2DBackward0",
+    "UpsampleTrilinear3DBackward0", "ReflectionPad1DBackward0", "ReflectionPad2DBackward0",
+    "ReflectionPad3DBackward0", "GridSampler2DBackward0", "GridSampler3DBackward0", "NllLoss2DBackward0",
+    "EmbeddingBagBackward0", "CtcLossBackward0", "ReplicationPad1DBackward0",
+}
+
+
+def _backward_functions(out: torch.Tensor) -> set[str]:
+    seen, names, todo = set(), set(), [out.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo += [f for f, _ in fn.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_net_trains_deterministically_on_cuda(name: str) -> None:
+    """`train.deterministic` is strict: a net whose backward uses an op with no deterministic
+    CUDA kernel would stop with an error on a GPU. Read from the autograd graph on the CPU."""
+    model = small_model(name).train()
+    x, y = fixed_batch(IMAGE)
+    names = _backward_functions(F.cross_entropy(model(x), y, label_smoothing=0.1))
+    assert "ConvolutionBackward0" in names or "AddmmBackward0" in names  # the graph was read
+    assert not names & NONDETERMINISTIC_ON_CUDA

@@ -1,14 +1,16 @@
 """Where and how a run computes: the device, the autocast precision, the memory format,
-and the comparisons the loop and its callbacks share (which metric value is better, are
-tensors finite)."""
+the process-wide torch settings a run holds while it runs, and the comparisons the loop
+and its callbacks share (which metric value is better, are tensors finite)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -134,6 +136,115 @@ def _warn_fp16_on_cpu() -> None:
     print("warning: train.precision=fp16 on a CPU: CPUs have no fast fp16, so this runs many times slower "
           "than fp32 (see the README, Troubleshooting). Use train.precision=auto, which picks fp32 on the CPU "
           "and bf16 or fp16 on a GPU.", file=sys.stderr)
+
+
+# ----------------------------------------------------------------- process-wide settings
+# cuBLAS reuses per-stream workspaces in an order that can change results from one run to the
+# next; torch's deterministic mode requires one of these two fixed configurations (see
+# "Reproducibility" in torch's notes). torch reads it when it first uses cuBLAS in a process.
+CUBLAS_WORKSPACE = ":4096:8"
+_CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchSettings:
+    """The process-wide torch settings a run holds while it runs; None leaves one as found.
+
+    To add a setting: a field here, its reading in `current_settings`, its writing in
+    `apply_settings`, and its value in `settings_for`; `run_settings` then sets it when a run
+    starts and puts the value found back when the run ends.
+    """
+
+    deterministic: bool | None = None  # torch.use_deterministic_algorithms
+    deterministic_warn_only: bool = False  # ... only warning about ops that have no deterministic kernel
+    cudnn_deterministic: bool | None = None
+    cudnn_benchmark: bool | None = None  # cuDNN's autotuner (fastest with fixed batch shapes)
+    matmul_precision: str | None = None  # torch.set_float32_matmul_precision: "highest" or "high" (TF32)
+    cudnn_tf32: bool | None = None  # TF32 in cuDNN convolutions
+    threads: int | None = None  # torch.set_num_threads: intra-op threads
+    cublas_workspace: str | None = None  # CUBLAS_WORKSPACE_CONFIG ("" = unset)
+
+
+def current_settings() -> TorchSettings:
+    """Every setting of `TorchSettings` as this process has it now."""
+    return TorchSettings(
+        deterministic=torch.are_deterministic_algorithms_enabled(),
+        deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn_deterministic=torch.backends.cudnn.deterministic,
+        cudnn_benchmark=torch.backends.cudnn.benchmark,
+        matmul_precision=_matmul_precision(),
+        cudnn_tf32=_cudnn_tf32(),
+        threads=torch.get_num_threads(),
+        cublas_workspace=os.environ.get(_CUBLAS_ENV, ""),
+    )
+
+
+def apply_settings(s: TorchSettings) -> None:
+    if s.deterministic is not None:
+        torch.use_deterministic_algorithms(s.deterministic, warn_only=s.deterministic_warn_only)
+    if s.cudnn_deterministic is not None:
+        torch.backends.cudnn.deterministic = s.cudnn_deterministic
+    if s.cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = s.cudnn_benchmark
+    if s.matmul_precision is not None and s.matmul_precision != _matmul_precision():
+        torch.set_float32_matmul_precision(s.matmul_precision)
+    if s.cudnn_tf32 is not None and s.cudnn_tf32 != _cudnn_tf32():
+        torch.backends.cudnn.allow_tf32 = s.cudnn_tf32
+    if s.threads is not None and s.threads != torch.get_num_threads():
+        torch.set_num_threads(s.threads)
+    if s.cublas_workspace is not None:
+        if s.cublas_workspace:
+            os.environ[_CUBLAS_ENV] = s.cublas_workspace
+        else:
+            os.environ.pop(_CUBLAS_ENV, None)
+
+
+def settings_for(train: Any, device: torch.device) -> TorchSettings:
+    """What a run with these `train` options (config's TrainConfig) sets on `device`.
+
+    `deterministic`: torch's deterministic algorithms, strictly (an op with no deterministic
+    implementation raises instead of warning), cuDNN's deterministic convolutions, no
+    autotuner, no TF32, and cuBLAS's fixed workspace. Otherwise, on a GPU: TF32 for fp32
+    matmuls and convolutions (bf16/fp16 autocast is unaffected) and cuDNN's autotuner, which
+    pays off with fixed batch shapes.
+    """
+    if train.deterministic:
+        on_cuda = device.type == "cuda"
+        workspace = (os.environ.get(_CUBLAS_ENV) or CUBLAS_WORKSPACE) if on_cuda else None
+        return TorchSettings(deterministic=True, cudnn_deterministic=True, cudnn_benchmark=False,
+                             matmul_precision="highest" if on_cuda else None,
+                             cudnn_tf32=False if on_cuda else None, cublas_workspace=workspace)
+    if device.type == "cuda":
+        return TorchSettings(matmul_precision="high", cudnn_tf32=True, cudnn_benchmark=True)
+    return TorchSettings()
+
+
+@contextlib.contextmanager
+def run_settings(settings: TorchSettings) -> Iterator[TorchSettings]:
+    """Hold `settings` while the block runs, then put back every setting as it was found, so
+    a later run in the same process (a notebook, an in-process sweep) starts from the same state."""
+    found = current_settings()
+    apply_settings(settings)
+    try:
+        yield settings
+    finally:
+        apply_settings(found)
+
+
+def _matmul_precision() -> str:
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        # Someone set torch.backends.cuda.matmul.fp32_precision, torch's newer switch, after
+        # which the older getter refuses to answer: translate the newer one.
+        return {"tf32": "high", "bf16": "medium"}.get(torch.backends.cuda.matmul.fp32_precision, "highest")
+
+
+def _cudnn_tf32() -> bool:
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # as above, for cuDNN's convolutions
+        return torch.backends.cudnn.conv.fp32_precision == "tf32"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -37,6 +37,16 @@ def _conv_group(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+class GlobalMaxPool(nn.Module):
+    """The maximum over each channel's pixels: nn.AdaptiveMaxPool2d(1)'s values, computed as
+    amax, whose backward has a deterministic CUDA kernel (adaptive max pooling's has none, so
+    `train.deterministic` could not run this net on a GPU). Parameter-free: checkpoints of
+    either form load into the other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(-2, -1), keepdim=True)
+
+
 class SpeedNet(HeadMixin, nn.Module):
     def __init__(
         self, in_chans: int, num_classes: int, stem_width: int, widths: list[int], logit_scale: float
@@ -50,7 +60,7 @@ class SpeedNet(HeadMixin, nn.Module):
             nn.Conv2d(in_chans, stem_width, 2, padding=0, bias=True),
             nn.GELU(),
             *groups,
-            nn.AdaptiveMaxPool2d(1),
+            GlobalMaxPool(),
             nn.Flatten(),
         )
         self.num_features = cin

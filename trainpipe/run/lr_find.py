@@ -189,11 +189,18 @@ def _run(cfg: Any, steps: int, min_lr: float, max_lr: float, beta: float) -> tup
     """Train for up to `steps` optimizer steps with the lr growing exponentially: the lrs
     and losses (mean over accumulated batches) of the steps up to the stop, and why it
     stopped ("max_lr", "diverged" or "non_finite")."""
-    from trainpipe import sched
-    from trainpipe.loop.device import resolve_device
-    from trainpipe.loop.trainer import Trainer
+    from trainpipe.loop.device import resolve_device, run_settings, settings_for
 
     device = resolve_device(cfg.train.device)
+    with run_settings(settings_for(cfg.train, device)):
+        return _build_and_ramp(cfg, device, steps, min_lr, max_lr, beta)
+
+
+def _build_and_ramp(cfg: Any, device: Any, steps: int, min_lr: float, max_lr: float,
+          beta: float) -> tuple[list[float], list[float], str]:
+    from trainpipe import sched
+    from trainpipe.loop.trainer import Trainer
+
     data, model, optimizer, _ = build_parts(cfg, device)
     o = cfg.optim
     # Each group's base_lr becomes its ratio to optim.lr (backbone_lr_mult, muon's adamw_lr),

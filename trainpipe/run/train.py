@@ -160,9 +160,13 @@ def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
 
 
 def execute(cfg: RunConfig, run_dir: Path, **kw: Any) -> RunResult:
-    """Build everything from `cfg` and run the loop in `run_dir` (see `_execute`); the global
-    random generators are given back as they were before (see the README, "In a notebook")."""
-    with global_rng_kept():
+    """Build everything from `cfg` and run the loop in `run_dir` (see `_execute`), holding
+    the process-wide torch settings the run needs (`loop.device.run_settings`); the global
+    random generators and those settings are given back as they were before (see the
+    README, "In a notebook" and "Process-wide settings and determinism")."""
+    from trainpipe.loop.device import resolve_device, run_settings, settings_for
+
+    with global_rng_kept(), run_settings(settings_for(cfg.train, resolve_device(cfg.train.device))):
         return _execute(cfg, run_dir, **kw)
 
 
@@ -275,21 +279,13 @@ class Parts(NamedTuple):
 
 
 def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
-    """Seed, numerics, then the data, the model (on `device`) and the optimizer, as every run
+    """Seed, then the data, the model (on `device`) and the optimizer, as every run
     (and `lr-find`) builds them from a config. Under DDP each rank keeps its shard."""
     from trainpipe import data as data_mod
     from trainpipe import models, optim
     from trainpipe.loop.device import memory_format, resolve_channels_last
 
     seed_everything(cfg.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif device.type == "cuda":
-        # The GPU fast path: TF32 for fp32 matmuls and convolutions (bf16/fp16 autocast
-        # is unaffected), and cuDNN's autotuner, which pays off with fixed batch shapes.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
     splits = data_mod.load_splits(cfg.data, seed=cfg.seed)
     m = cfg.model
     check_model_fits(cfg, splits.spec, device)

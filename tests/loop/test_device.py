@@ -1,0 +1,85 @@
+"""The device, the precision `auto` picks, and the process-wide torch settings a run holds and gives back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import trainpipe
+from trainpipe.loop.callbacks import Callback
+from trainpipe.loop.device import TorchSettings, current_settings, run_settings, settings_for
+
+TINY = ["model.width=8", "tracking.plots=false", "train.device=cpu", "train.epochs=1", "model.name=mlp"]
+
+
+class _SeeSettings(Callback):
+    """Records the torch settings while the run trains."""
+
+    def __init__(self) -> None:
+        self.seen: TorchSettings | None = None
+
+    def on_epoch_end(self, trainer: object) -> None:
+        self.seen = current_settings()
+
+
+def test_a_deterministic_run_gives_the_process_its_torch_settings_back(tmp_path: Path) -> None:
+    before = current_settings()
+    assert not before.deterministic
+    spy = _SeeSettings()
+    r = trainpipe.train(None, TINY + ["train.deterministic=true"], output=tmp_path / "a", quiet=True,
+                        callbacks=[spy])
+    assert r.status == "completed"
+    assert spy.seen is not None and spy.seen.deterministic and spy.seen.cudnn_deterministic
+    assert not spy.seen.deterministic_warn_only  # strict: an op with no deterministic kernel raises
+    assert current_settings() == before  # the next run (a notebook cell, a sweep trial) starts clean
+
+
+def test_settings_are_put_back_when_the_run_fails() -> None:
+    before = current_settings()
+    with pytest.raises(RuntimeError, match="boom"):
+        with run_settings(TorchSettings(deterministic=True, cudnn_benchmark=not before.cudnn_benchmark,
+                                        threads=before.threads + 1)):
+            assert torch.are_deterministic_algorithms_enabled()
+            assert torch.get_num_threads() == before.threads + 1
+            raise RuntimeError("boom")
+    assert current_settings() == before
+
+
+def test_deterministic_on_cuda_is_strict_and_fixes_the_cublas_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings are process flags: they can be set and read without a GPU.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = current_settings()
+    cuda = torch.device("cuda")
+    with run_settings(settings_for(SimpleNamespace(deterministic=True), cuda)):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.get_float32_matmul_precision() == "highest"  # no TF32
+        assert not torch.backends.cudnn.allow_tf32
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert current_settings() == before
+
+
+def test_a_fast_gpu_run_turns_on_tf32_and_the_autotuner_only_while_it_runs() -> None:
+    before = current_settings()
+    with run_settings(settings_for(SimpleNamespace(deterministic=False), torch.device("cuda"))):
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
+    assert current_settings() == before
+    with run_settings(settings_for(SimpleNamespace(deterministic=False), torch.device("cpu"))):
+        assert current_settings() == before  # the CPU path changes nothing
+
+
+def test_settings_read_after_torchs_newer_tf32_switch() -> None:
+    # Once torch.backends.cuda.matmul.fp32_precision is set, torch's older getters raise.
+    found = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        assert current_settings().matmul_precision == "high"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = found
