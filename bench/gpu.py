@@ -302,7 +302,11 @@ def smoke(plan: Plan, res: Results) -> None:
             smoke_run(plan, res, label, config, overrides, expect)
     with res.step("smoke: cifar10_speed"):
         data = plan.cifar10_data()
-        expect = {"device": dev, "precision": "bf16" if dev == "cuda" else "fp32", "compiled": True,
+        from trainpipe.loop.device import has_fast_bf16
+
+        # precision: auto is bf16 from compute capability 8 (Ampere) on, fp16 before, fp32 on the CPU.
+        auto = "fp32" if dev != "cuda" else "bf16" if has_fast_bf16(plan.device) else "fp16"
+        expect = {"device": dev, "precision": auto, "compiled": True,
                   "channels_last": True, "loader": "DeviceLoader", "batch_device": dev}
         smoke_run(plan, res, f"cifar10_speed ({_data_note(plan, data)})", "cifar10_speed", plan.cifar10_speed,
                   expect)

@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from trainpipe.config import MixConfig, augment_specs, validate
 from trainpipe.data.augment import AugmentOp, apply_batch, build_pipeline, stream_transform
-from trainpipe.data.augment.kernels import adjust_colors, perspective_grids, warp
+from trainpipe.data.augment.kernels import adjust_colors, perspective_grids, rotation_grids, warp
 from trainpipe.data.augment.mix import build_mix, cutmix_boxes, sample_beta
 from trainpipe.errors import ConfigError
 from trainpipe.registry import AUGMENTS
@@ -672,3 +672,29 @@ def test_the_config_mix_section_reaches_the_mixer_unchanged() -> None:
     assert (mix.cfg.mixup_alpha, mix.cfg.cutmix_alpha, mix.cfg.prob, mix.cfg.mode) == (0.0, 1.0, 0.5, "elem")
     with pytest.raises(ConfigError, match=r"data\.mix\.label_smoothing: unknown key"):
         validate({"data": {"mix": {"cutmix_alpha": 1.0, "label_smoothing": 0.1}}})  # train.label_smoothing
+
+
+class _Float64OffTheCpu(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every op that makes a float64 tensor on a device other than the CPU: Apple's
+    MPS has no float64, so such an op stops a Mac's run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type != "cpu" for t in outs):
+            self.seen.append(str(func))
+        return out
+
+
+def test_warps_compute_in_float32_on_the_device() -> None:
+    # The `meta` device stands for a GPU: it computes shapes and dtypes, not values.
+    end = torch.randint(0, 5, (3, 4), device="meta")
+    x = torch.empty(3, 3, 20, 24, device="meta")
+    with _Float64OffTheCpu() as mode:
+        warp(x, perspective_grids(end, end, 20, 24, torch.float32), "bilinear", 0.0)
+        warp(x, rotation_grids(torch.zeros(3, device="meta"), 20, 24, torch.float32), "bilinear", 0.0)
+    assert mode.seen == []

@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from gpu_kit import A100, H100, T4, V100, fake_gpus
 
 import trainpipe
 from trainpipe.loop.callbacks import Callback
-from trainpipe.loop.device import TorchSettings, current_settings, run_settings, settings_for
+from trainpipe.loop.device import TorchSettings, current_settings, resolve_precision, run_settings, settings_for
 
 TINY = ["model.width=8", "tracking.plots=false", "train.device=cpu", "train.epochs=1", "model.name=mlp"]
 
@@ -83,3 +84,23 @@ def test_settings_read_after_torchs_newer_tf32_switch() -> None:
         assert current_settings().matmul_precision == "high"
     finally:
         torch.backends.cuda.matmul.fp32_precision = found
+
+
+# ------------------------------------------------------------------ precision: auto
+def test_auto_precision_is_fp16_before_ampere_although_torch_says_bf16_is_supported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for old in (T4, V100):
+        fake_gpus(monkeypatch, [old])
+        assert torch.cuda.is_bf16_supported()  # emulated bf16: torch says yes
+        assert resolve_precision("auto", torch.device("cuda")) is torch.float16
+        assert resolve_precision("auto", torch.device("cuda"), fp16_ok=False) is None  # SAM: fp32
+    for new in (A100, H100):
+        fake_gpus(monkeypatch, [new])
+        assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
+
+
+def test_auto_precision_asks_the_training_gpu_not_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpus(monkeypatch, [A100, T4])  # device 0 (current) is an A100; the run trains on the T4
+    assert resolve_precision("auto", torch.device("cuda:1")) is torch.float16
+    assert resolve_precision("auto", torch.device("cuda:0")) is torch.bfloat16
+    assert resolve_precision("auto", torch.device("cpu")) is None

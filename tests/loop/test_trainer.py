@@ -276,3 +276,17 @@ def test_fp16_on_the_cpu_warns_once(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     assert device_mod.resolve_precision("fp16", cpu) is torch.float16
     err = capsys.readouterr().err
     assert err.count("warning: train.precision=fp16 on a CPU") == 1 and "train.precision=auto" in err
+
+
+def test_grad_clip_runs_on_a_device_without_foreach_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What torch answers for Apple's MPS: no foreach kernels there, and foreach=True raises.
+    from torch.nn.utils import clip_grad
+
+    monkeypatch.setattr(clip_grad, "_device_has_foreach_support", lambda device: False)
+    monkeypatch.setattr(clip_grad, "_has_foreach_support", lambda tensors, device: False)
+    x, y = blobs(64)
+    model = mlp()
+    before = _params(model)
+    make_trainer(model, TensorLoader(x * 50, y, 64), overrides=["optim.lr=1.0", "train.grad_clip=0.5"]).fit()
+    step = torch.cat([(p - q).flatten() for p, q in zip(model.parameters(), before)])
+    assert step.norm().item() == pytest.approx(0.5, rel=1e-4)

@@ -82,14 +82,14 @@ def _available() -> str:
 def resolve_precision(name: str, device: torch.device, *, fp16_ok: bool = True) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32.
 
-    `auto`: bf16 on GPUs that have it; fp16 (with a GradScaler) on older GPUs, where it is
-    still several times faster than fp32, unless the optimizer cannot run under the scaler
-    (`fp16_ok=False`, e.g. SAM); fp32 on the CPU, where autocast is slower for these nets.
+    `auto`: bf16 on GPUs with bf16 tensor cores (`has_fast_bf16`); fp16 (with a GradScaler)
+    on older GPUs, where it is still several times faster than fp32, unless the optimizer
+    cannot run under the scaler (`fp16_ok=False`, e.g. SAM); fp32 on the CPU and MPS.
     """
     if name == "auto":
         if device.type != "cuda":
             return None
-        if torch.cuda.is_bf16_supported():
+        if has_fast_bf16(device):
             return torch.bfloat16
         return torch.float16 if fp16_ok else None
     if name == "fp16" and device.type == "cpu":
@@ -121,6 +121,13 @@ def resolve_channels_last(setting: bool | str, model: nn.Module, device: torch.d
 
 def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.preserve_format
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """The GPU `device` (not the current one) computes bf16 in hardware: compute capability 8
+    (Ampere: A100, RTX 30xx) or later. `torch.cuda.is_bf16_supported()` also says yes on a T4,
+    P100 or V100, where bf16 is emulated: slower than fp16 and without cuDNN's convolutions."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 _fp16_warned = False

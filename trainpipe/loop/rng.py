@@ -25,14 +25,29 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any]) -> list[str]:
+    """Restore what `capture_rng` saved; returns what could not be restored, in words (empty
+    when everything was). States are CPU byte tensors, as torch's setters require.
+
+    A checkpoint from a machine with more GPUs than this process sees (saved on a 4-GPU
+    node, resumed on one GPU) restores the GPUs present, and names the others.
+    """
     random.setstate(_as_python_rng(state["python"]))
     np.random.set_state(_numpy_state_in(state["numpy"]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
+    missing = []
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved, present = list(state["cuda"]), torch.cuda.device_count()
+        for index, gpu_state in enumerate(saved[:present]):
+            torch.cuda.set_rng_state(gpu_state.cpu(), index)
+        if len(saved) > present:
+            gone = f"GPU {present}" if len(saved) == present + 1 else f"GPUs {present}-{len(saved) - 1}"
+            missing.append(f"the checkpoint holds the CUDA random states of {len(saved)} GPUs and this process "
+                           f"sees {present}: those of {gone} were not restored, so random draws on them start "
+                           f"afresh")
     if "mps" in state and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(state["mps"])
+        torch.mps.set_rng_state(state["mps"].cpu())
+    return missing
 
 
 def _numpy_state_out(s: tuple) -> dict[str, Any]:

@@ -60,7 +60,9 @@ class Step:
 
     def clip(self) -> None:
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+            # `foreach` is torch's choice: its fast kernels where the device has them; an explicit
+            # foreach=True raises on devices without them (Apple's MPS).
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
 
     def grads_finite(self, loss: torch.Tensor) -> bool:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]

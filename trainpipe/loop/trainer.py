@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -133,6 +134,22 @@ MAX_ROLLBACKS = 3
 _CONFIG_GROUP_KEYS = ("base_lr", "weight_decay")
 
 
+# How an optimizer computes, chosen for the device it was built on (`optim._fast_path`):
+# a checkpoint's groups carry the choice of the device that saved it.
+_KERNEL_KEYS = ("fused", "foreach", "capturable")
+
+
+def with_kernel_choice(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The saved optimizer state with `optimizer`'s kernel choice in each group, so that a run
+    started on the CPU and resumed on a GPU gets the GPU's fused kernels (torch's
+    load_state_dict would take the saved `fused=None`), and torch places each state (the
+    step counts of fused kernels) by that choice."""
+    groups = [{**g, **{k: fresh[k] for k in _KERNEL_KEYS if k in fresh}}
+              for g, fresh in zip(saved.get("param_groups", []), optimizer.param_groups)]
+    groups += saved.get("param_groups", [])[len(groups):]  # a count that differs is refused by torch
+    return {**saved, "param_groups": groups}
+
+
 class Trainer:
     def __init__(
         self,
@@ -233,12 +250,15 @@ class Trainer:
         """Restore a full checkpoint; its RNG state (if any) is restored when `fit` starts,
         after the callbacks' `on_fit_start`, so that nothing they do can shift it."""
         self.model.load_state_dict(d["model"])
-        self.optimizer.load_state_dict(d["optimizer"])
+        self.optimizer.load_state_dict(with_kernel_choice(d["optimizer"], self.optimizer))
         conform_optimizer_state(self.optimizer)
         self.state.load_state_dict(d["state"])
         self.schedule.load_state_dict(d["schedule"])
         self.apply_config_hparams()
-        self.scaler.load_state_dict(d["scaler"])
+        if d["scaler"] or not self.scaler.is_enabled():
+            # A run saved without a GradScaler (fp32, bf16, the CPU) and resumed in fp16
+            # starts a fresh one: its loss scale calibrates itself in the first steps.
+            self.scaler.load_state_dict(d["scaler"])
         if self.ema is not None and d.get("ema") is not None:
             self.ema.load_state_dict(d["ema"])
         saved = d.get("callbacks", {})
@@ -259,7 +279,7 @@ class Trainer:
         try:
             run_hooks(self.callbacks, "on_fit_start", self)
             if self._pending_rng is not None:
-                restore_rng(self._pending_rng)
+                self._warn(restore_rng(self._pending_rng))
                 self._pending_rng = None
             while self.state.epoch < t.epochs and not self.state.should_stop and not self._honour_stop_request():
                 run_hooks(self.callbacks, "on_epoch_start", self)
@@ -337,13 +357,17 @@ class Trainer:
         st = self.state
         st.rollbacks, st.skipped_steps = rollbacks, skipped
         self.schedule.set_factor("rollback", factor)
-        restore_rng(saved["rng"])
+        self._warn(restore_rng(saved["rng"]))
         self._pending_rng = None
         if self.on_event is not None:
             self.on_event({"event": "rollback", "diverged_epoch": diverged_epoch, "to_epoch": st.epoch,
                            "checkpoint": getattr(path, "name", str(path)), "lr_factor": factor,
                            "rollback": rollbacks})
         return True
+
+    def _warn(self, notes: list[str]) -> None:
+        for note in notes if distributed.is_main() else ():
+            print(f"warning: {note}", file=sys.stderr)
 
     def _track_best(self, metrics: dict[str, float]) -> None:
         t = self.cfg.train

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils._pytree import tree_map_only
 
 from trainpipe import files
 from trainpipe.errors import ConfigError
@@ -47,7 +48,7 @@ def save_keeping_previous(obj: Any, path: str | Path) -> None:
     files.atomic_write(path, lambda f: torch.save(obj, f), previous=path.with_name(PREVIOUS))
 
 
-def load(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by trainpipe; ConfigError naming the file if unreadable.
 
     `weights_only=True`: a checkpoint holds tensors and plain data, never code, so a
@@ -69,7 +70,7 @@ def load(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
     if what is not None:
         raise ConfigError(f"{str(path)!r} is not a checkpoint: it {what}. To evaluate or resume, {other}.")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, objects that weights_only refuses...
         raise ConfigError(
             f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read "
@@ -79,6 +80,11 @@ def load(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ConfigError(f"{str(path)!r} is not a trainpipe checkpoint: torch.save wrote it, but it holds a "
                           f"{type(obj).__name__}, not a checkpoint's dict. To evaluate or resume, {other}.")
+    if torch.device(map_location) != torch.device("cpu"):
+        # Everything but the RNG states goes to `map_location`: torch's RNG setters take CPU
+        # byte tensors only, also for a GPU's generator.
+        obj = {k: v if k == "rng" else tree_map_only(torch.Tensor, lambda t: t.to(map_location), v)
+               for k, v in obj.items()}
     return obj
 
 

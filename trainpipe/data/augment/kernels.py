@@ -51,20 +51,26 @@ def perspective_grids(
 
     Corners run top-left, top-right, bottom-right, bottom-left. The 8 homography
     coefficients solve torchvision's `_get_perspective_coeffs` system for all samples at
-    once; `solve_ex` skips the error check that would wait on the device.
+    once; `solve_ex` skips the error check that would wait on the device. The system is
+    solved in float32 (Apple's MPS has no float64) on coordinates scaled to [0, 1], where it
+    is well conditioned, and the coefficients are scaled back to pixels.
     """
     device = end_x.device
-    ex, ey = end_x.double(), end_y.double()
+    # u, v scale pixels to [0, 1]; the solved homography H' of the scaled corners gives the
+    # pixel one as H = D^-1 H' D with D = diag(u, v, 1).
+    u, v = 1.0 / max(w - 1.0, 1.0), 1.0 / max(h - 1.0, 1.0)
+    ex, ey = end_x.float() * u, end_y.float() * v
     corner = torch.arange(4, device=device).expand_as(ex)  # TL, TR, BR, BL
-    sx = ((corner == 1) | (corner == 2)).double() * (w - 1.0)
-    sy = (corner >= 2).double() * (h - 1.0)
+    sx = ((corner == 1) | (corner == 2)).float()
+    sy = (corner >= 2).float()
     one, zero = torch.ones_like(ex), torch.zeros_like(ex)
     row_x = torch.stack((ex, ey, one, zero, zero, zero, -sx * ex, -sx * ey), dim=-1)
     row_y = torch.stack((zero, zero, zero, ex, ey, one, -sy * ex, -sy * ey), dim=-1)
     a = torch.stack((row_x, row_y), dim=2).view(-1, 8, 8)
     rhs = torch.stack((sx, sy), dim=2).view(-1, 8)
-    # torchvision rounds the coefficients to float32 before building its grid.
-    coeffs = torch.linalg.solve_ex(a, rhs).result.float().to(dtype)
+    c = torch.linalg.solve_ex(a, rhs).result
+    scale = torch.tensor([1.0, v / u, 1.0 / u, u / v, 1.0, 1.0 / v, u, v], device=device)
+    coeffs = (c * scale).to(dtype)
     ys = torch.linspace(0.5, h - 0.5, h, dtype=dtype, device=device)
     xs = torch.linspace(0.5, w - 0.5, w, dtype=dtype, device=device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
