@@ -310,6 +310,9 @@ def smoke(plan: Plan, res: Results) -> None:
                   "channels_last": True, "loader": "DeviceLoader", "batch_device": dev}
         smoke_run(plan, res, f"cifar10_speed ({_data_note(plan, data)})", "cifar10_speed", plan.cifar10_speed,
                   expect)
+    from bench.gpu_checks import resume_checks
+
+    resume_checks(plan, res)
 
 
 def _data_note(plan: Plan, data: Path) -> str:

@@ -5,8 +5,12 @@
 #   bench/gpu_session.sh [--rehearse] [--cifar10 TAR|DIR] [--airbench FILE] [--wheelhouse DIR] OUT_DIR
 #
 #   0. install the wheelhouse (bench/wheelhouse.sh made it) with pip --no-index, and unpack the data
-#   1. the CUDA-only tests (cuda_tests.txt) and 1-epoch runs on cuda: quickstart in fp32, bf16 +
-#      channels-last + compile + DeviceLoader, fp16 + GradScaler, and cifar10_speed (smoke.json)
+#   1. every CUDA test of the tree (`-m cuda`; the step fails when none ran: cuda_tests.txt), a
+#      check that inductor finds a C compiler, Python's headers and Triton, then 1-epoch runs on
+#      cuda: quickstart in fp32, bf16 + channels-last + compile + DeviceLoader, fp16 + GradScaler,
+#      cifar10_speed (precision auto: bf16 from compute capability 8, fp16 before), a rollback after
+#      a divergence, a resume on fewer GPUs than saved the run, an fp16 resume of a bf16 run, and
+#      two train.deterministic runs with identical weights (smoke.json)
 #   2. resnet18_cifar images/s against the bf16 bound and a hand-written loop (throughput.json)
 #   3. cifar10_speed time to 94% on the --cifar10 data, 2 seeds (speed.json), and the airbench94
 #      script on the same data when --airbench names it (airbench.json)
@@ -67,7 +71,8 @@ TOTAL_S=${TOTAL_S:-540}
 CAP_INSTALL=${CAP_INSTALL:-60}
 CAP_DATA=${CAP_DATA:-45}
 CAP_TESTS=${CAP_TESTS:-75}
-CAP_SMOKE=${CAP_SMOKE:-130}
+CAP_INDUCTOR=${CAP_INDUCTOR:-40}
+CAP_SMOKE=${CAP_SMOKE:-160}
 CAP_THROUGHPUT=${CAP_THROUGHPUT:-110}
 CAP_SPEED=${CAP_SPEED:-130}
 CAP_AIRBENCH=${CAP_AIRBENCH:-60}
@@ -163,10 +168,13 @@ AS="bench/gpu_session.sh$([ "$REHEARSE" = 1 ] && echo ' --rehearse')$([ -n "$DAT
 ARGS+=(--as-command "$AS")
 collect() { "$PYTHON" -m bench gpu --collect "$OUT" --no-write >/dev/null 2>>"$LOG"; }
 
-mapfile -t CUDA_TEST_FILES < <(grep -l -i cuda tests/test_*.py)
-step cuda_tests "$CAP_TESTS" bash -c 'set -o pipefail; "$0" -m pytest -q -p no:cacheprovider -rs -k cuda "${@:2}" \
-    2>&1 | tee "$1/cuda_tests.txt"' "$PYTHON" "$OUT" "${CUDA_TEST_FILES[@]}"
-tail -n 1 "$OUT/cuda_tests.txt" 2>/dev/null | sed 's/^/cuda tests: /' | tee -a "$LOG"
+REH=(); [ "$REHEARSE" = 1 ] && REH=(--rehearse)
+# Every test marked @pytest.mark.cuda, anywhere under tests/; the step fails when none ran.
+step cuda_tests "$CAP_TESTS" "$PYTHON" -m bench.gpu_checks tests "$OUT" "${REH[@]}"
+tail -n 1 "$OUT/cuda_tests.txt" 2>/dev/null | tee -a "$LOG"
+# torch.compile's inductor needs a C compiler, Python's headers and Triton: said here, before
+# the compiled runs below fail one by one.
+step inductor "$CAP_INDUCTOR" "$PYTHON" -m bench.gpu_checks inductor "${REH[@]}"
 for part in ${PARTS-smoke throughput speed airbench rest}; do
     cap_var=CAP_$(echo "$part" | tr '[:lower:]' '[:upper:]')
     step "$part" "${!cap_var}" "$PYTHON" -m bench gpu --part "$part" "${ARGS[@]}"

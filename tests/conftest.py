@@ -33,3 +33,14 @@ def tiny_overrides(**extra: object) -> list[str]:
     base = {"train.epochs": 2, "model.width": 8, "tracking.plots": False}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `@pytest.mark.cuda` marks a test that needs a CUDA device: skipped without one, and
+    # selected by bench/gpu_session.sh (`-m cuda`), which fails when none of them ran.
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -45,14 +45,18 @@ def test_rehearsal_runs_every_part_and_writes_its_results(tmp_path: Path) -> Non
         assert d["device"] == "cpu"
 
     smoke = results["smoke"]["records"]
-    assert len(smoke) == 4 and all(r["ok"] for r in smoke)
-    for r in smoke:
+    assert len(smoke) == 8 and all(r["ok"] for r in smoke)
+    runs, resumes = smoke[:4], {r["measurement"].split(": ", 1)[1]: r for r in smoke[4:]}
+    assert set(resumes) == {"rollback after a divergence", "resume on fewer GPUs than saved the run",
+                            "fp16 resume of a bf16 run", "train.deterministic twice"}
+    assert resumes["rollback after a divergence"]["rollbacks"] >= 1
+    for r in runs:
         wall, loss, acc = _numbers(r, "wall_s", "train_loss", "test_acc")
         assert wall > 0 and loss > 0 and 0 <= acc <= 1
-    paths = {r["measurement"].split(": ", 1)[1].split(",")[0]: r for r in smoke}
-    fast = next(r for r in smoke if "bf16" in r["measurement"])
+    paths = {r["measurement"].split(": ", 1)[1].split(",")[0]: r for r in runs}
+    fast = next(r for r in runs if "bf16" in r["measurement"])
     assert fast["precision"] == "bf16" and fast["compiled"] and fast["channels_last"] and fast["loader"] == "DeviceLoader"
-    fp16 = next(r for r in smoke if "fp16" in r["measurement"])
+    fp16 = next(r for r in runs if "fp16" in r["measurement"])
     assert fp16["grad_scaler"] and fp16["loss_scale"] > 0
     assert any(k.startswith("cifar10_speed") for k in paths)
 
@@ -153,7 +157,11 @@ def test_session_script_rehearsal_goes_on_past_failures_and_time_caps(tmp_path: 
     assert proc.returncode == 1, log[-3000:]  # not every step was ok
     assert "install: FAILED" in log and "--dry-run" in log
     assert "data: " in log and "(80 training images)" in log
-    assert "cuda_tests: ok" in log and "passed" in (out / "cuda_tests.txt").read_text()
+    # Every CUDA test of the tree is selected (in sub-folders too); on the CPU they are skipped.
+    cuda_tests = (out / "cuda_tests.txt").read_text()
+    assert "cuda_tests: ok" in log and "CUDA tests selected" in cuda_tests
+    assert "tests/optim/test_optim.py" in cuda_tests and "tests/loop/test_device.py" in cuda_tests
+    assert "inductor: ok" in log and "C compiler" in log
     assert "airbench: CUT SHORT" in log
     air = json.loads((out / "airbench.json").read_text())
     assert air["status"] == "running" and air["records"][-1]["runs"] == [{"time_s": 3.5, "test_acc": 0.94}]
@@ -161,3 +169,30 @@ def test_session_script_rehearsal_goes_on_past_failures_and_time_caps(tmp_path: 
     assert "bench/gpu_session.sh --rehearse" in summary and "airbench: cut short" in summary
     assert "0/1 runs" not in summary and "1/1 runs >= 94%" in summary
     assert len(list(out.iterdir())) <= 8
+
+
+def test_the_cuda_test_step_fails_when_no_cuda_test_ran() -> None:
+    from bench.gpu_checks import pytest_counts, tests_verdict
+
+    assert pytest_counts("3 passed, 2 skipped, 900 deselected in 12.0s") == {"passed": 3, "skipped": 2,
+                                                                             "deselected": 900}
+    assert tests_verdict({"passed": 9}, rehearse=False) == (True, "all 9 CUDA tests passed")
+    # On a GPU machine: skipped CUDA tests are not proven, none selected proves nothing.
+    assert not tests_verdict({"skipped": 9}, rehearse=False)[0]
+    assert not tests_verdict({"passed": 8, "skipped": 1}, rehearse=False)[0]
+    assert not tests_verdict({"passed": 8, "failed": 1}, rehearse=False)[0]
+    assert not tests_verdict({}, rehearse=False)[0] and not tests_verdict({"deselected": 900}, rehearse=True)[0]
+    assert tests_verdict({"skipped": 9}, rehearse=True)[0]  # the rehearsal on a CPU
+
+
+def test_inductor_check_names_what_the_gpu_machine_lacks(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import gpu_checks
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no cc, gcc or clang
+    assert gpu_checks.check_inductor(rehearse=False) == 1
+    err = capsys.readouterr().err
+    assert "inductor cannot compile on this machine" in err and "no C compiler" in err and "build-essential" in err
+    assert gpu_checks.check_inductor(rehearse=True) == 0  # a rehearsal reports it and goes on
+    assert "no C compiler" in capsys.readouterr().out

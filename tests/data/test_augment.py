@@ -17,8 +17,6 @@ from trainpipe.data.augment.mix import build_mix, cutmix_boxes, sample_beta
 from trainpipe.errors import ConfigError
 from trainpipe.registry import AUGMENTS
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
 
 def gen(seed: int = 0, device: str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
@@ -647,7 +645,7 @@ def test_mixing_off_and_bad_mix_options() -> None:
 # ---------------------------------------------------------------- devices
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_batched_ops_and_mix_never_wait_on_the_host_on_cuda() -> None:
     ops = build_pipeline(augment_specs([{name: opts} for name, opts in STRONG.items()]))
     mix = build_mix(MixConfig(**{"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mode": "elem"}), 10)

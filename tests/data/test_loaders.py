@@ -349,3 +349,41 @@ def test_stream_draws_of_numpy_and_random_transforms_are_reproducible_too() -> N
     assert not same(first[1], first[2])
     # The caller's own numpy and random streams are untouched.
     assert random.getstate() == py_state and np.array_equal(np.random.get_state()[1], np_state[1])
+
+
+def _gpu_memory(monkeypatch: pytest.MonkeyPatch, *, free: int, total: int, reserved: int, allocated: int) -> None:
+    """A GPU as torch's queries describe it: mem_get_info is the driver's (free, total), where
+    blocks cached by this process's allocator count as used; memory_reserved - memory_allocated
+    is that cache."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, total))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
+
+
+def test_the_gpu_memory_budget_counts_this_process_cached_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainpipe.data import DEVICE_MEMORY_SHARE, memory_budget
+
+    gib = 2**30
+    monkeypatch.delenv("TRAINPIPE_PROCESSES_PER_GPU", raising=False)
+    # An earlier trial left 10 GiB cached: free to this process, though the driver counts it used.
+    _gpu_memory(monkeypatch, free=2 * gib, total=16 * gib, reserved=11 * gib, allocated=1 * gib)
+    assert memory_budget(torch.device("cuda")) == int(12 * gib * DEVICE_MEMORY_SHARE)
+
+
+def test_workers_sharing_a_gpu_split_its_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainpipe.data import DEVICE_MEMORY_SHARE, memory_budget
+
+    gib = 2**30
+    # Four workers start at once on an empty 16 GiB GPU: each sees it all free.
+    _gpu_memory(monkeypatch, free=16 * gib, total=16 * gib, reserved=0, allocated=0)
+    monkeypatch.setenv("TRAINPIPE_PROCESSES_PER_GPU", "4")
+    assert memory_budget(torch.device("cuda")) == int(4 * gib * DEVICE_MEMORY_SHARE)
+
+
+def test_sweep_workers_learn_how_many_share_their_gpu() -> None:
+    from trainpipe.sweep.run import device_shares
+
+    assert device_shares(["0", "1"], 4) == [2, 2, 2, 2]
+    assert device_shares(["0"], 3) == [3, 3, 3]
+    assert device_shares(["0", "cpu"], 3) == [2, 1, 2]
+    assert device_shares(None, 2) == [1, 1]

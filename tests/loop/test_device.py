@@ -104,3 +104,44 @@ def test_auto_precision_asks_the_training_gpu_not_the_current_one(monkeypatch: p
     assert resolve_precision("auto", torch.device("cuda:1")) is torch.float16
     assert resolve_precision("auto", torch.device("cuda:0")) is torch.bfloat16
     assert resolve_precision("auto", torch.device("cpu")) is None
+
+
+# ------------------------------------------------------------------ on a real GPU
+@pytest.mark.cuda
+def test_auto_precision_on_this_gpu() -> None:
+    major, _ = torch.cuda.get_device_capability()
+    assert resolve_precision("auto", torch.device("cuda")) is (torch.bfloat16 if major >= 8 else torch.float16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name, options", [("speednet", {"widths": [8, 16, 16], "stem_width": 8}),
+                                           ("resnet18_cifar", {"width": 8}), ("cnn_small", {"width": 8})])
+def test_deterministic_steps_repeat_bit_for_bit_on_this_gpu(name: str, options: dict) -> None:
+    import torch.nn.functional as F
+
+    from trainpipe import models
+    from trainpipe.data.base import DataSpec
+
+    cuda = torch.device("cuda")
+    spec = DataSpec(in_shape=(3, 32, 32), num_classes=10)
+    grads = []
+    with run_settings(settings_for(SimpleNamespace(deterministic=True), cuda)):  # strict: raises on a gap
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = models.build(name, options, spec).to(cuda)
+            x = torch.randn(32, 3, 32, 32, device=cuda)
+            y = torch.randint(0, 10, (32,), device=cuda)
+            F.cross_entropy(model(x), y).backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.cuda
+def test_a_checkpoint_read_onto_this_gpu_restores_its_random_states(tmp_path: Path) -> None:
+    from trainpipe.loop.rng import restore_rng
+    from trainpipe.run import checkpoints as ckpt
+
+    r = trainpipe.train(None, ["model.width=8", "tracking.plots=false", "train.device=cuda", "train.epochs=1"],
+                        output=tmp_path / "run", quiet=True)
+    state = ckpt.load(r.run_dir / "checkpoints" / ckpt.LAST, map_location=torch.device("cuda"))
+    assert next(iter(state["model"].values())).is_cuda and restore_rng(state["rng"]) == []

@@ -199,3 +199,25 @@ def test_launch_refuses_bad_counts_and_nesting(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(ConfigError, match="already runs under torchrun"):
         distributed.launch(2, ["train"])
+
+
+@pytest.mark.slow
+def test_each_rank_draws_its_own_random_stream_and_saves_it(ddp: tuple[Path, Path, subprocess.CompletedProcess]) -> None:
+    # Dropout and drop-path masks come from the global torch RNG: with one seed for every rank
+    # they would repeat across ranks. Each rank's state is saved, so a resume continues each stream.
+    _, run_dir, _ = ddp
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    ranks = last["rng_ranks"]
+    assert len(ranks) == 2
+    assert not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    assert torch.equal(ranks[0]["torch"], last["rng"]["torch"])
+
+
+def test_ranks_resume_their_own_random_streams() -> None:
+    from trainpipe.loop.trainer import rank_rng
+
+    saved = {"rng": {"id": 0}, "rng_ranks": [{"id": 0}, {"id": 1}]}
+    assert rank_rng(saved, 1, 2) == ({"id": 1}, [])
+    own, notes = rank_rng(saved, 0, 4)  # resumed with more processes than wrote it
+    assert own == {"id": 0} and "2 process(es) and 4" in notes[0]
+    assert rank_rng({"rng": {"id": 0}}, 0, 1) == ({"id": 0}, [])  # a one-process run

@@ -290,3 +290,23 @@ def test_grad_clip_runs_on_a_device_without_foreach_kernels(monkeypatch: pytest.
     make_trainer(model, TensorLoader(x * 50, y, 64), overrides=["optim.lr=1.0", "train.grad_clip=0.5"]).fit()
     step = torch.cat([(p - q).flatten() for p, q in zip(model.parameters(), before)])
     assert step.norm().item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_each_compiled_run_compiles_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweep trials run one after another in a process; torch.compile's caches are per
+    function, so trials of other shapes reach dynamo's recompile limit (8) and the later ones
+    would run eager without a word. Each run leaves the compiler as it found it."""
+    from torch._dynamo.utils import counters
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend="aot_eager", **kw))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # the limit, reached at once
+    graphs = []
+    for i, width in enumerate((8, 12)):
+        before = counters["stats"]["unique_graphs"]
+        r = trainpipe.train(None, ["tracking.plots=false", "train.device=cpu", "train.epochs=1", "model.name=mlp",
+                                   f"model.widths=[{width}]", "train.compile=true", "data.drop_last=true"],
+                            output=tmp_path / str(i), quiet=True)
+        assert r.status == "completed"
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert graphs[0] >= 1 and graphs[1] >= 1  # the second run is compiled too, not run eager

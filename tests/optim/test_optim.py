@@ -415,7 +415,7 @@ def test_timm_optimizers_resolve_by_name_with_their_options() -> None:
     assert OPTIMIZERS.get("lion").description.startswith("timm:")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused kernels need CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_fused_kernels_on_cuda(name: str) -> None:
     model = TinyNet().cuda()

@@ -163,3 +163,21 @@ def test_bad_cli_arguments_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert main(["sweep", "nothing-here", "--status"]) == 2
     assert main(["sweep", str(tmp_path), "--status"]) == 2  # a directory, but not a sweep's
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_devices_past_the_gpus_present_are_refused_naming_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from gpu_kit import A100, fake_gpus
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "s.yaml", {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+                                "parameters": {"optim.lr": {"values": [0.1]}},
+                                "fixed": {**TINY, "train.epochs": 1, "train.device": "cpu"}})
+    fake_gpus(monkeypatch, [A100, A100])
+    assert main(["sweep", "s.yaml", "--devices", "0,2"]) == 2
+    err = capsys.readouterr().err
+    assert "no GPU 2" in err and "0: emulated GPU" in err and "1: emulated GPU" in err and "0 to 1" in err
+    fake_gpus(monkeypatch, [])
+    assert main(["sweep", "s.yaml", "--devices", "0"]) == 2
+    assert "no GPU that torch can use" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()  # refused before anything was written

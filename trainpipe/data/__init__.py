@@ -27,6 +27,8 @@ __all__ = ["DataBundle", "DataSpec", "DeviceLoader", "SourceData", "Split", "Spl
 # DeviceLoader only when the data take at most this share of the free device memory
 # (or of the host RAM on CPU): the model, activations and optimizer state need the rest.
 DEVICE_MEMORY_SHARE = 0.25
+# How many processes share this process's GPU (set by `trainpipe sweep --workers N --devices ...`).
+PROCESSES_PER_GPU_ENV = "TRAINPIPE_PROCESSES_PER_GPU"
 
 
 @dataclass
@@ -58,8 +60,14 @@ def load_source(cfg: "DataConfig") -> SourceData:
 def memory_budget(device: torch.device) -> int:
     """Bytes of data a DeviceLoader may place on `device`."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * DEVICE_MEMORY_SHARE)
+        free, total = torch.cuda.mem_get_info(device)
+        # The driver counts the blocks torch's allocator keeps cached in this process as used;
+        # this process can reuse them (an earlier run or trial left them).
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        # Sweep workers sharing this GPU each see it before the others allocate: each takes
+        # its part of it at most.
+        sharing = max(1, int(os.environ.get(PROCESSES_PER_GPU_ENV, "1") or 1))
+        return int(min(free + cached, total / sharing) * DEVICE_MEMORY_SHARE)
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
         return int(torch.mps.recommended_max_memory() * DEVICE_MEMORY_SHARE)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import sys
@@ -236,6 +237,19 @@ def run_settings(settings: TorchSettings) -> Iterator[TorchSettings]:
         yield settings
     finally:
         apply_settings(found)
+
+
+def release_run_caches(device: torch.device, *, compiled: bool) -> None:
+    """Drop what a finished run leaves in the process that the next run (a sweep's next trial,
+    a notebook cell) must not inherit: torch.compile's caches, whose recompile limit (8 per
+    function) trials of other shapes would otherwise reach and then silently run eager; and
+    the GPU memory cached by torch's allocator, which other processes sharing the GPU, and
+    this process's next data-fit check, should see as free."""
+    if compiled:
+        torch.compiler.reset()
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        gc.collect()  # the run's tensors held in reference cycles go first
+        torch.cuda.empty_cache()
 
 
 def _matmul_precision() -> str:

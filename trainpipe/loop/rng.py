@@ -66,6 +66,12 @@ def _as_python_rng(s: Any) -> tuple:
     return (version, tuple(internal), gauss)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one DDP rank's random stream: `seed` on rank 0, an independent one derived
+    from (seed, rank) on the others (not seed + rank, which another run's seed would repeat)."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -29,7 +29,7 @@ from trainpipe.loop.callbacks import Callback, run_hooks
 from trainpipe.config import RunConfig
 from trainpipe.loop.device import all_finite, autocast, is_better, resolve_precision
 from trainpipe.loop.ema import ModelEma
-from trainpipe.loop.rng import restore_rng
+from trainpipe.loop.rng import capture_rng, restore_rng
 from trainpipe.loop.step import step_class
 from trainpipe.loop.stop import StopReason
 
@@ -150,6 +150,19 @@ def with_kernel_choice(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
     return {**saved, "param_groups": groups}
 
 
+def rank_rng(d: dict[str, Any], rank: int, world: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """The RNG states this rank resumes from: its own when the checkpoint holds every rank's
+    (written under DDP), else the one saved (rank 0's); with a note when ranks share one."""
+    ranks = d.get("rng_ranks") or []
+    own = ranks[rank] if rank < len(ranks) else d.get("rng")
+    saved_by = max(len(ranks), 1)
+    notes = []
+    if world > saved_by and d.get("rng") is not None:
+        notes.append(f"the checkpoint holds the random states of {saved_by} process(es) and {world} resume it: "
+                     f"ranks {saved_by} and up continue from rank 0's random streams")
+    return own, notes
+
+
 class Trainer:
     def __init__(
         self,
@@ -186,6 +199,10 @@ class Trainer:
         self._resumed_train_time = 0.0  # seconds the cut epoch trained before it was resumed
         self.resumed = False
         self._pending_rng: dict[str, Any] | None = None
+        self._rng_notes: list[str] = []
+        # Under DDP, every rank's RNG states as the checkpoint writer (rank 0) saves them:
+        # gathered before the hooks that may write a checkpoint.
+        self.rank_rngs: list[dict[str, Any]] | None = None
         t = cfg.train
         step_cls = step_class(cfg.optim.name)  # plain or closure, as the optimizer's entry declares
         self.amp_dtype = resolve_precision(t.precision, device, fp16_ok=step_cls.fp16_ok)
@@ -267,7 +284,7 @@ class Trainer:
             state = saved.get(cb.state_key, saved.get(type(cb).__name__))
             if state is not None:
                 cb.load_state_dict(state)
-        self._pending_rng = d.get("rng")
+        self._pending_rng, self._rng_notes = rank_rng(d, distributed.rank(), distributed.world_size())
         self._in_epoch = d.get("in_epoch") if self.state.batch else None
         self.resumed = True
 
@@ -277,9 +294,10 @@ class Trainer:
         failed) fills `state.final`, before `on_fit_end` lets trackers log it and close."""
         t = self.cfg.train
         try:
+            self._gather_rng()
             run_hooks(self.callbacks, "on_fit_start", self)
             if self._pending_rng is not None:
-                self._warn(restore_rng(self._pending_rng))
+                self._warn(self._rng_notes + restore_rng(self._pending_rng))
                 self._pending_rng = None
             while self.state.epoch < t.epochs and not self.state.should_stop and not self._honour_stop_request():
                 run_hooks(self.callbacks, "on_epoch_start", self)
@@ -303,6 +321,7 @@ class Trainer:
                 if not self.state.nonfinite:
                     self._track_best(metrics)
                     self.schedule.epoch_end(epoch, metrics.get(t.monitor))
+                self._gather_rng()
                 run_hooks(self.callbacks, "on_epoch_end", self)
                 if self.state.nonfinite:
                     self._after_nonfinite()
@@ -357,13 +376,17 @@ class Trainer:
         st = self.state
         st.rollbacks, st.skipped_steps = rollbacks, skipped
         self.schedule.set_factor("rollback", factor)
-        self._warn(restore_rng(saved["rng"]))
+        self._warn(self._rng_notes + restore_rng(self._pending_rng))
         self._pending_rng = None
         if self.on_event is not None:
             self.on_event({"event": "rollback", "diverged_epoch": diverged_epoch, "to_epoch": st.epoch,
                            "checkpoint": getattr(path, "name", str(path)), "lr_factor": factor,
                            "rollback": rollbacks})
         return True
+
+    def _gather_rng(self) -> None:
+        if distributed.is_distributed():
+            self.rank_rngs = distributed.all_gather_object(capture_rng())
 
     def _warn(self, notes: list[str]) -> None:
         for note in notes if distributed.is_main() else ():

@@ -155,6 +155,8 @@ class Checkpoint(Callback):
     def full_state(self, trainer: "Trainer") -> dict[str, Any]:
         d = trainer.state_dict()
         d["rng"] = capture_rng()
+        if trainer.rank_rngs is not None:  # under DDP: every rank's, in rank order
+            d["rng_ranks"] = trainer.rank_rngs
         d["config"] = self.config
         return d
 

@@ -28,7 +28,7 @@ from trainpipe.run.preflight import check_model_fits
 from trainpipe.run.result import RunResult
 from trainpipe.config import RunConfig
 from trainpipe.errors import ConfigError, StorageError, TrainingInterrupted, check_output
-from trainpipe.loop.rng import global_rng_kept, seed_everything
+from trainpipe.loop.rng import global_rng_kept, rank_seed, seed_everything
 from trainpipe.loop.trainer import StopRequest
 
 ConfigLike = str | Path | Mapping[str, Any] | RunConfig | None
@@ -162,12 +162,17 @@ def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
 def execute(cfg: RunConfig, run_dir: Path, **kw: Any) -> RunResult:
     """Build everything from `cfg` and run the loop in `run_dir` (see `_execute`), holding
     the process-wide torch settings the run needs (`loop.device.run_settings`); the global
-    random generators and those settings are given back as they were before (see the
-    README, "In a notebook" and "Process-wide settings and determinism")."""
-    from trainpipe.loop.device import resolve_device, run_settings, settings_for
+    random generators and those settings are given back as they were before, and its
+    compile and GPU caches dropped (see the README, "In a notebook" and "Process-wide
+    settings and determinism")."""
+    from trainpipe.loop.device import release_run_caches, resolve_device, run_settings, settings_for
 
-    with global_rng_kept(), run_settings(settings_for(cfg.train, resolve_device(cfg.train.device))):
-        return _execute(cfg, run_dir, **kw)
+    device = resolve_device(cfg.train.device)
+    try:
+        with global_rng_kept(), run_settings(settings_for(cfg.train, device)):
+            return _execute(cfg, run_dir, **kw)
+    finally:
+        release_run_caches(device, compiled=cfg.train.compile)
 
 
 def _execute(
@@ -297,6 +302,10 @@ def build_parts(cfg: RunConfig, device: torch.device) -> Parts:
     stats.update(channels_last=channels_last, channels_last_reason=why)
     data = data_mod.build(cfg.data, seed=cfg.seed, device=device, channels_last=channels_last, splits=splits)
     distributed.shard(data, cfg)
+    if distributed.world_size() > 1:
+        # Every rank built the same initial weights from the seed (DDP also copies rank 0's);
+        # from here each rank draws its own dropout and drop-path masks.
+        seed_everything(rank_seed(cfg.seed, distributed.rank()))
     model = model.to(device, memory_format=memory_format(channels_last))
     o = cfg.optim
     optimizer = optim.build(o.name, o.options(), model, lr=o.lr, weight_decay=o.weight_decay,

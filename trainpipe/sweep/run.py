@@ -182,6 +182,36 @@ def parse_devices(devices: str | list[str] | None) -> list[str] | None:
     return out
 
 
+def check_gpus(devs: list[str] | None, given: Any) -> None:
+    """Refuse GPU indices past the GPUs this process sees (every trial on them would fail),
+    naming the GPUs present."""
+    gpus = sorted({int(d) for d in devs or [] if d != "cpu"})
+    if not gpus:
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    missing = [g for g in gpus if g >= count]
+    if not missing:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    if count == 0:
+        present = f"this machine has no GPU that torch can use{seen}; leave --devices out (or --devices cpu) to " \
+                  f"run on the CPU"
+    else:
+        names = ", ".join(f"{i}: {torch.cuda.get_device_name(i)}" for i in range(count))
+        present = f"the GPUs present{seen}, as torch numbers them, are {names}; use indices 0 to {count - 1}"
+    raise ConfigError(f"--devices {given!r}: no GPU {', '.join(map(str, missing))}; {present} "
+                      f"(several workers may share one: --workers 4 --devices 0,1).")
+
+
+def device_shares(devs: list[str] | None, workers: int) -> list[int]:
+    """For each worker, how many workers (itself included) use its GPU; 1 on the CPU."""
+    assigned = [devs[i % len(devs)] if devs else None for i in range(workers)]
+    return [assigned.count(d) if d not in (None, "cpu") else 1 for d in assigned]
+
+
 def run_sweep(
     sweep: str | Path,
     output: str | Path | None = None,
@@ -200,10 +230,13 @@ def run_sweep(
     `overrides` (`key=value` strings or a dict) apply to every trial, after `fixed`.
     """
     devs = parse_devices(devices)
+    check_gpus(devs, devices)
     p = prepare_sweep(sweep, output, workers=workers, storage=storage, trials=trials, overrides=overrides,
                       heartbeat_interval=heartbeat_interval, grace_period=grace_period, trains_here=devs is None)
     workers = p.common["workers"]  # capped at the trials that can run
-    configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, spawned=workers > 1,
+    shares = device_shares(devs, workers)
+    configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, device_share=shares[i],
+                            spawned=workers > 1,
                             cwd=os.getcwd() if workers > 1 else None,
                             env=dict(os.environ) if workers > 1 else None, **p.common) for i in range(workers)]
     interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)

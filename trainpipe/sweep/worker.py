@@ -58,6 +58,7 @@ class WorkerConfig:
     index: int = 0
     workers: int = 1
     device: str | None = None  # "cpu" or a GPU index
+    device_share: int = 1  # the workers on this worker's GPU, itself included
     spawned: bool = False  # a worker process of its own: stops when the sweep command is gone
     heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S
     grace_period: int = st.GRACE_PERIOD_S
@@ -450,6 +451,10 @@ def worker_main(wc: WorkerConfig) -> None:
         ids = [d for d in visible.split(",") if d.strip()] if visible else None
         # --devices indexes the GPUs this process could see, as torch numbers them.
         os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(wc.device)] if ids and int(wc.device) < len(ids) else wc.device
+        from trainpipe.data import PROCESSES_PER_GPU_ENV
+
+        # Each worker's data-fit check takes its share of the GPU (see data.memory_budget).
+        os.environ[PROCESSES_PER_GPU_ENV] = str(wc.device_share)
     import torch
 
     # OpenMP read OMP_NUM_THREADS when torch was imported, which under the forkserver
