@@ -37,9 +37,13 @@ def _copy(run: Path, to: Path) -> Path:
     return to
 
 
-def test_a_checkpoint_read_for_a_gpu_keeps_its_rng_states_on_the_cpu(one_epoch: Path) -> None:
+def test_a_checkpoint_read_for_a_gpu_keeps_its_rng_states_on_the_cpu(one_epoch: Path, tmp_path: Path) -> None:
     # train.on_nonfinite=rollback reads the last good checkpoint with map_location=<the GPU>.
     last = one_epoch / rundir.CHECKPOINTS / ckpt.LAST
+    with_ranks = ckpt.load(last)
+    with_ranks["rng_ranks"] = [with_ranks["rng"], with_ranks["rng"]]  # as a DDP run of 2 writes it
+    ckpt.save_atomic(with_ranks, tmp_path / "ddp.pt")
+    assert all(s["torch"].device.type == "cpu" for s in ckpt.load(tmp_path / "ddp.pt", map_location="meta")["rng_ranks"])
     for state in (ckpt.load(last, map_location="meta"),
                   ckpt.find_resumable(last.parent, map_location=torch.device("meta"))[0]):
         assert next(iter(state["model"].values())).device.type == "meta"  # the weights went to the device

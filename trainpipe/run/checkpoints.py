@@ -32,6 +32,7 @@ LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 # What a checkpoint must hold to continue a run (best.pt holds weights only).
 RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "state", "rng", "config")
+RNG_KEYS = ("rng", "rng_ranks")
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -81,9 +82,9 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[
         raise ConfigError(f"{str(path)!r} is not a trainpipe checkpoint: torch.save wrote it, but it holds a "
                           f"{type(obj).__name__}, not a checkpoint's dict. To evaluate or resume, {other}.")
     if torch.device(map_location) != torch.device("cpu"):
-        # Everything but the RNG states goes to `map_location`: torch's RNG setters take CPU
-        # byte tensors only, also for a GPU's generator.
-        obj = {k: v if k == "rng" else tree_map_only(torch.Tensor, lambda t: t.to(map_location), v)
+        # Everything but the RNG states (`rng`, and every DDP rank's `rng_ranks`) goes to
+        # `map_location`: torch's RNG setters take CPU byte tensors only, also for a GPU's generator.
+        obj = {k: v if k in RNG_KEYS else tree_map_only(torch.Tensor, lambda t: t.to(map_location), v)
                for k, v in obj.items()}
     return obj
 
