@@ -145,3 +145,17 @@ def test_a_checkpoint_read_onto_this_gpu_restores_its_random_states(tmp_path: Pa
                         output=tmp_path / "run", quiet=True)
     state = ckpt.load(r.run_dir / "checkpoints" / ckpt.LAST, map_location=torch.device("cuda"))
     assert next(iter(state["model"].values())).is_cuda and restore_rng(state["rng"]) == []
+
+
+def test_a_finished_gpu_run_gives_its_cached_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's caching allocator keeps a run's freed blocks; other processes on the GPU (sweep
+    # workers) and the next trial's data-fit check must see them free.
+    from trainpipe.loop.device import release_run_caches
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    release_run_caches(torch.device("cuda"), compiled=False)
+    assert emptied == [True]
+    release_run_caches(torch.device("cpu"), compiled=False)
+    assert emptied == [True]  # nothing to give back on the CPU
