@@ -257,9 +257,11 @@ def test_auto_precision_picks_by_device(monkeypatch: pytest.MonkeyPatch) -> None
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cpu) is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    # The GPU's compute capability decides: torch's is_bf16_supported() is True on
+    # pre-Ampere GPUs too, where bf16 is emulated.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert resolve_precision("auto", gpu) is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert resolve_precision("auto", gpu) is torch.float16  # older GPUs: fp16 with a scaler
     assert resolve_precision("auto", gpu, fp16_ok=False) is None  # SAM cannot run under the scaler
     assert resolve_precision("fp16", cpu) is torch.float16
@@ -300,13 +302,13 @@ def test_each_compiled_run_compiles_afresh(tmp_path: Path, monkeypatch: pytest.M
 
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend="aot_eager", **kw))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # the limit, reached at once
     graphs = []
-    for i, width in enumerate((8, 12)):
-        before = counters["stats"]["unique_graphs"]
-        r = trainpipe.train(None, ["tracking.plots=false", "train.device=cpu", "train.epochs=1", "model.name=mlp",
-                                   f"model.widths=[{width}]", "train.compile=true", "data.drop_last=true"],
-                            output=tmp_path / str(i), quiet=True)
-        assert r.status == "completed"
-        graphs.append(counters["stats"]["unique_graphs"] - before)
+    with torch._dynamo.config.patch(recompile_limit=1):  # the limit, reached at once
+        for i, width in enumerate((8, 12)):
+            before = counters["stats"]["unique_graphs"]
+            r = trainpipe.train(None, ["tracking.plots=false", "train.device=cpu", "train.epochs=1", "model.name=mlp",
+                                       f"model.widths=[{width}]", "train.compile=true", "data.drop_last=true"],
+                                output=tmp_path / str(i), quiet=True)
+            assert r.status == "completed"
+            graphs.append(counters["stats"]["unique_graphs"] - before)
     assert graphs[0] >= 1 and graphs[1] >= 1  # the second run is compiled too, not run eager
