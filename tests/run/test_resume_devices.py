@@ -108,6 +108,6 @@ def test_a_run_started_on_the_cpu_resumed_on_a_gpu_gets_fused_kernels(
     from trainpipe.run.train import execute
 
     cfg = trainpipe.config.load(run / rundir.CONFIG, ["train.epochs=2"])
-    r = execute(cfg, run, quiet=True, extra_callbacks=[spy], resume_state=saved)
+    r = execute(cfg, run, device=torch.device("cpu"), quiet=True, extra_callbacks=[spy], resume_state=saved)
     assert r.status == "completed"
     assert {g["fused"] for g in spy.groups} == {True}

@@ -159,18 +159,17 @@ def _as_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
     return [str(o) for o in overrides]
 
 
-def execute(cfg: RunConfig, run_dir: Path, **kw: Any) -> RunResult:
+def execute(cfg: RunConfig, run_dir: Path, *, device: torch.device, **kw: Any) -> RunResult:
     """Build everything from `cfg` and run the loop in `run_dir` (see `_execute`), holding
     the process-wide torch settings the run needs (`loop.device.run_settings`); the global
     random generators and those settings are given back as they were before, and its
     compile and GPU caches dropped (see the README, "In a notebook" and "Process-wide
     settings and determinism")."""
-    from trainpipe.loop.device import release_run_caches, resolve_device, run_settings, settings_for
+    from trainpipe.loop.device import release_run_caches, run_settings, settings_for
 
-    device = resolve_device(cfg.train.device)
     try:
         with global_rng_kept(), run_settings(settings_for(cfg.train, device)):
-            return _execute(cfg, run_dir, **kw)
+            return _execute(cfg, run_dir, device=device, **kw)
     finally:
         release_run_caches(device, compiled=cfg.train.compile)
 
