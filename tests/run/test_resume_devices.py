@@ -24,7 +24,7 @@ TINY = ["model.width=8", "tracking.plots=false", "train.device=cpu", "train.epoc
 
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished fp32 CPU run of one epoch (its checkpoint: no GradScaler state, fused=None)."""
+    """A finished fp32 CPU run of one epoch (its checkpoint holds no GradScaler state)."""
     out = tmp_path_factory.mktemp("one_epoch") / "run"
     trainpipe.train(None, TINY + ["optim.name=adamw"], output=out, quiet=True)
     return out
@@ -101,7 +101,8 @@ def test_a_run_started_on_the_cpu_resumed_on_a_gpu_gets_fused_kernels(
         monkeypatch: pytest.MonkeyPatch, one_epoch: Path, tmp_path: Path) -> None:
     run = _copy(one_epoch, tmp_path / "run")
     saved = ckpt.load(run / rundir.CHECKPOINTS / ckpt.LAST)
-    assert {g["fused"] for g in saved["optimizer"]["param_groups"]} == {None}
+    for g in saved["optimizer"]["param_groups"]:
+        g["fused"] = None  # as a device without fused kernels (MPS, or torch's default) saves it
     # What optim chooses for parameters on a GPU (torch also has fused AdamW for the CPU).
     monkeypatch.setattr(optim, "_fast_path", lambda groups: {"fused": True})
     spy = _SeeOptimizer()

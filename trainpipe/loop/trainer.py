@@ -296,6 +296,7 @@ class Trainer:
         try:
             self._gather_rng()
             run_hooks(self.callbacks, "on_fit_start", self)
+            self.rank_rngs = None
             if self._pending_rng is not None:
                 self._warn(self._rng_notes + restore_rng(self._pending_rng))
                 self._pending_rng = None
@@ -323,6 +324,9 @@ class Trainer:
                     self.schedule.epoch_end(epoch, metrics.get(t.monitor))
                 self._gather_rng()
                 run_hooks(self.callbacks, "on_epoch_end", self)
+                # Only what these hooks saved holds every rank's states; a checkpoint written
+                # elsewhere (mid-epoch, on a stop request) holds rank 0's alone.
+                self.rank_rngs = None
                 if self.state.nonfinite:
                     self._after_nonfinite()
             if self.state.stop_reason is None:
