@@ -37,7 +37,8 @@ from trainpipe.report.load import (
 )
 from trainpipe.sweep.names import derive_label, metric_key
 from trainpipe.sweep.params import Param, file_params
-from trainpipe.sweep.ranking import Configuration, best_configuration, configurations, finite, rank_trials
+from trainpipe.sweep.ranking import Configuration, best_configuration, ci_text, configurations, finite, rank_trials, \
+    verdict
 from trainpipe.sweep.spec import TEST_MODES
 
 # Keys that differ between trials without being searched: where each trial ran.
@@ -288,16 +289,22 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
                  + (f", test accuracy {fmt_metric('test/acc', best.test_acc)}" if best.test_acc is not None else "")
                  + "; " + ", ".join(f"`{k}`={fmt_value(v)}" for k, v in best.params.items())
                  + (". Its complete config: `best.yaml`." if (path / "best.yaml").is_file() and not sw.seed else "."))
+    if (v := verdict(groups, label, sw.goal)) is not None:
+        doc.para(f"**Verdict:** {v.sentence}")
     doc.para(test_protocol(sw))
 
     if sw.seed:
         doc.heading("Configurations (mean ± std over seeds)")
-        doc.table(["config"] + [f"`{p}`" for p in sw.config_params] + [f"{label} mean ± std", "n", "test/acc", "trials"],
+        doc.table(["config"] + [f"`{p}`" for p in sw.config_params]
+                  + [f"{label} mean ± std", "n", "95% CI of the mean", "test/acc", "trials"],
                   [[g.label] + [fmt_value(g.shown.get(p)) for p in sw.config_params]
-                   + [mean_spread(metric, g.values), str(len(g.values)), mean_spread("test/acc", _tests(g)), g.trials]
+                   + [mean_spread(metric, g.values), str(len(g.values)), _ci(metric, g),
+                      mean_spread("test/acc", _tests(g)), g.trials]
                    for g in groups])
         doc.note(f"Ranked by the mean of each configuration's completed trials (one per `{sw.seed}`); ± is the "
-                 f"sample standard deviation, n the number of seeds completed.")
+                 f"sample standard deviation, n the number of seeds completed, the interval the 95% confidence "
+                 f"interval of the mean (Student t; n >= 2). The verdict compares the best with the runner-up "
+                 f"by Welch's t-test.")
 
     doc.heading("Results")
     config_of = {t.name: g.label for g in groups for t in g.rows} if sw.seed else {}
@@ -375,6 +382,13 @@ def machine_failures_section(doc: Doc, sw: Sweep) -> None:
                   str(t.csv.get("reason") or (t.run.summary.get("error") if t.run else "") or "")[:120]]
                for t in failed])
     doc.note(f"{failures.RERUN_NOTE} What to do first: {failures.advice(cause_of(t) for t in failed)}.")
+
+
+def _ci(key: str, g: Configuration) -> str:
+    """The 95% interval of a configuration's mean, written as `fmt_metric` writes `key`."""
+    if key.endswith(("acc", "top5")):
+        return ci_text(g, lambda v: f"{100 * v:.2f}", unit="%")
+    return ci_text(g, lambda v: f"{v:.4f}")
 
 
 def _tests(g: Configuration) -> list[float]:

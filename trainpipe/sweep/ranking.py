@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainpipe.sweep import verdict as vd
+
 
 def finite(v: Any) -> bool:
     """A number (not a bool) that is neither NaN nor infinite: a value that can be ranked."""
@@ -82,9 +84,28 @@ class Configuration:
     def trials(self) -> str:
         return ", ".join(r.name for r in sorted(self.rows, key=lambda r: r.number))
 
+    @property
+    def estimate(self) -> vd.Estimate | None:
+        """Mean, std, n and the 95% interval of the mean (Student t, n >= 2); None before a trial completed."""
+        return vd.estimate(self.values) if self.values else None
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The 95% confidence interval of the mean; None with fewer than two completed seeds."""
+        e = self.estimate
+        return (e.low, e.high) if e is not None and e.low is not None and e.high is not None else None
+
+    def describe(self) -> str:
+        """The configuration in words, as a verdict names it: `optimizer=adamw lr=0.001`."""
+        return " ".join(f"{k}={_word(v)}" for k, v in self.shown.items()) or f"configuration {self.label}"
+
     # The statistics of a verdict between configurations (intervals, the best against the
     # runner-up, seeds needed) are `sweep.verdict`'s, computed from these ranked configurations'
     # `values`; results.md, the report and --status show them from the same objects.
+
+
+def _word(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def configurations(trials: Sequence[Any], names: Sequence[str], goal: str, *,
@@ -105,11 +126,27 @@ def configurations(trials: Sequence[Any], names: Sequence[str], goal: str, *,
     return scored + rest
 
 
+def verdict(groups: Sequence[Configuration], metric: str, goal: str) -> vd.Verdict | None:
+    """The verdict on the top of the ranked configurations (best against runner-up); None when
+    no configuration has completed a trial."""
+    ranked = [g for g in groups if g.rank is not None]
+    if not ranked:
+        return None
+    return vd.decide([(g.describe(), g.values) for g in ranked], metric, goal)
+
+
 def best_configuration(groups: Sequence[Configuration]) -> Configuration | None:
     return groups[0] if groups and groups[0].rank == 1 else None
 
 
 # ---------------------------------------------------------------------- statistics
+def ci_text(g: Configuration, fmt: Callable[[float], str] = lambda v: f"{v:.4g}", *, unit: str = "",
+            empty: str = "-") -> str:
+    """`0.9652 to 0.9771`: a configuration's 95% interval of the mean, or `empty` with n < 2."""
+    ci = g.ci
+    return f"{fmt(ci[0])}{unit} to {fmt(ci[1])}{unit}" if ci is not None else empty
+
+
 def mean_spread(values: Sequence[float], fmt: Callable[[float], str] = lambda v: f"{v:.4g}", *,
                 unit: str = "", n: bool = True, empty: str = "-") -> str:
     """`0.9712 ± 0.0031 (n=3)`: the mean and the sample standard deviation, each written by

@@ -25,8 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 from trainpipe import files
 from trainpipe.run import failures
 from trainpipe.sweep import study as st
-from trainpipe.sweep.ranking import Configuration, best_configuration, best_trial, configurations, mean_spread, \
-    rank_trials
+from trainpipe.sweep.ranking import Configuration, best_configuration, best_trial, ci_text, configurations, \
+    mean_spread, rank_trials, verdict
 from trainpipe.sweep.spec import SweepSpec
 
 STATE_NAMES = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
@@ -136,15 +136,21 @@ def fmt(v: Any) -> str:
 def columns(spec: SweepSpec) -> list[str]:
     m = spec.metric_label
     seeded = ["config"] if spec.seed_param is not None else []
-    stats = [f"mean {m}", f"std {m}", "n"] if spec.seed_param is not None else []
+    stats = [f"mean {m}", f"std {m}", "n", *ci_columns(spec)] if spec.seed_param is not None else []
     return (["trial", *seeded, "state"] + [p.display for p in spec.varied] + [f"best {m}", *stats]
             + ["train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir", "cause"])
 
 
+def ci_columns(spec: SweepSpec) -> list[str]:
+    """The 95% interval of a configuration's mean (Student t over its seeds; empty with n < 2)."""
+    return [f"ci95 low {spec.metric_label}", f"ci95 high {spec.metric_label}"]
+
+
 def as_record(r: TrialRow, spec: SweepSpec, group: Configuration | None = None) -> list[Any]:
     seeded = [group.label if group else "-"] if spec.seed_param is not None else []
-    stats = [group.mean, group.std, group.n] if spec.seed_param is not None and group else \
-        ([None, None, 0] if spec.seed_param is not None else [])
+    ci = group.ci if group else None
+    stats = [group.mean, group.std, group.n, *(ci or (None, None))] if spec.seed_param is not None and group else \
+        ([None, None, 0, None, None] if spec.seed_param is not None else [])
     return ([r.name, *seeded, r.state] + [r.shown.get(p.display) for p in spec.varied] + [r.value, *stats]
             + [r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir,
                r.cause])
@@ -174,7 +180,8 @@ def table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
     # host and run_dir are in the CSV, and a configuration's mean in its own table: this one stays readable.
     m = spec.metric_label
     all_cols = columns(spec)
-    keep = [i for i, c in enumerate(all_cols) if c not in ("host", "run_dir", "cause", f"mean {m}", f"std {m}", "n")]
+    hidden = ("host", "run_dir", "cause", f"mean {m}", f"std {m}", "n", *ci_columns(spec))
+    keep = [i for i, c in enumerate(all_cols) if c not in hidden]
     cols = [all_cols[i] for i in keep]
     lines = ["| " + " | ".join(cols) + " |",
              "|" + "|".join("---" if c in ("state", "reason") else "---:" for c in cols) + "|"]
@@ -184,20 +191,24 @@ def table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
 
 
 def config_table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
-    """One line per configuration: its parameters, mean ± std (n) of the metric and of test/acc."""
-    cols = ["config"] + [p.display for p in spec.config_params] + [f"{spec.metric_label} mean ± std (n)",
+    """One line per configuration: its parameters, mean ± std (n) and the 95% interval of the mean of
+    the metric, mean ± std (n) of test/acc."""
+    cols = ["config"] + [p.display for p in spec.config_params] + [f"{spec.metric_label} mean ± std (n)", "95% CI",
                                                                     "test/acc mean ± std (n)", "trials"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c == "trials" else "---:" for c in cols) + "|"]
     for g in config_groups(rows, spec):
         lines.append(_md_row([g.label] + [fmt(g.shown.get(p.display)) for p in spec.config_params]
-                             + [mean_spread(g.values), mean_spread(g.test_values()), g.trials]))
+                             + [mean_spread(g.values), ci_text(g), mean_spread(g.test_values()), g.trials]))
     return lines
 
 
 def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
     from trainpipe.sweep.final_test import WHEN
 
-    lines = [f"# Sweep {spec.name}", "", summary_line(rows, spec), "", f"Test split: {WHEN[spec.test]}.", ""]
+    lines = [f"# Sweep {spec.name}", "", summary_line(rows, spec), ""]
+    if (v := verdict_line(rows, spec)) is not None:
+        lines += [v, ""]
+    lines += [f"Test split: {WHEN[spec.test]}.", ""]
     if spec.seed_param is not None:
         lines += [f"## Configurations, best mean {spec.metric_label} first", "", *config_table_lines(rows, spec), "",
                   f"## Trials (each {spec.seed_param.display})", ""]
@@ -236,6 +247,15 @@ def machine_failure_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
     cols, table, note = machine_failure_table(rows, spec)
     return ["", "## Trials that failed for a reason of the machine", "", "| " + " | ".join(cols) + " |",
             "|" + "|".join("---" for _ in cols) + "|", *[_md_row(r) for r in table], "", note]
+
+
+def verdict_line(rows: list[TrialRow], spec: SweepSpec) -> str | None:
+    """`Verdict: ...`: the best configuration against the runner-up (`sweep.verdict`), or None
+    before any trial completed."""
+    groups = config_groups(rows, spec) if spec.seed_param is not None else \
+        configurations(rows, [p.display for p in spec.varied], spec.goal, per_trial=True)
+    v = verdict(groups, spec.metric_label, spec.goal)
+    return f"Verdict: {v.sentence}" if v is not None else None
 
 
 def counts(rows: list[TrialRow]) -> dict[str, int]:
@@ -311,6 +331,8 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
 def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) -> str:
     """What `trainpipe sweep DIR --status` prints."""
     lines = [f"sweep {spec.name} ({sweep_dir})", summary_line(rows, spec)]
+    if (v := verdict_line(rows, spec)) is not None:
+        lines.append(v)
     best = best_trial(rows)
     g = best_group(rows, spec)
     if g is not None:
