@@ -230,7 +230,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                 overrides=a.overrides)
         return EXIT_OK
     outcome = run_sweep(a.sweep, a.output, workers=1 if a.workers is None else a.workers, devices=a.devices,
-                        storage=a.storage, trials=a.trials, overrides=a.overrides)
+                        storage=a.storage, trials=a.trials, overrides=a.overrides, budget=a.budget)
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_RETRY if outcome.machine_failures else EXIT_OK
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: SQLite in the sweep directory)")
     sw.add_argument("--trials", type=int, help="total number of trials (overrides the file's run_cap)")
     _slurm_arguments(sw, sweep=True)
+    sw.add_argument("--budget", help="wall-clock time the sweep may spend, s/m/h (e.g. 90m; overrides the file's "
+                                     "budget:); no trial starts that would not finish inside it")
     sw.add_argument("--status", action="store_true", help="print the sweep's progress and results table, run nothing")
     sw.add_argument("--dry-run", action="store_true", help="list the trials that would run and estimate the wall "
                                                           "time from a few timed steps; write nothing")

@@ -94,3 +94,67 @@ def test_single_runs_say_no_verdict_is_possible(tmp_path: Path) -> None:
     md = (tmp_path / "sw" / "results.md").read_text()
     assert "Verdict: no verdict is possible: every configuration ran once (n=1)" in md
     assert not math.isnan(float(read_csv(tmp_path / "sw" / "results.csv")[0]["best val/acc"]))
+
+
+# ------------------------------------------------------------------------ budget
+def test_budget_durations_parse_with_units_and_refuse_without() -> None:
+    from trainpipe.errors import ConfigError
+    from trainpipe.sweep.budget import fmt, parse_duration
+
+    assert parse_duration("90m", "--budget") == 5400 and parse_duration("2h", "budget") == 7200
+    assert parse_duration("1h30m", "budget") == 5400 and parse_duration("30s", "budget") == 30
+    for bad in ("90", "ten minutes", "0s", True):
+        with pytest.raises(ConfigError, match="expected a duration with a unit|longer than zero"):
+            parse_duration(bad, "budget")
+    assert (fmt(30), fmt(7080), fmt(7200), fmt(300)) == ("30s", "1h58m", "2h", "5m")
+
+
+def test_a_trial_starts_only_if_its_estimate_ends_inside_the_budget() -> None:
+    from trainpipe.sweep.budget import Budget
+
+    b = Budget(total_s=60, used_before_s=30, started=0.0)
+    now = 10.0  # 40 s used, 20 left
+    assert b.used_s(now) == 40
+    import time as time_mod
+
+    real = time_mod.time
+    try:
+        time_mod.time = lambda: now  # type: ignore[assignment]
+        assert b.fits(15) and b.fits(20) and not b.fits(21)
+        assert b.expected(5, workers=2) == 8  # 4 rounds of 2 workers
+        assert "40s of 1m used, 20s left, ~4 more trials fit" in b.progress(5)
+    finally:
+        time_mod.time = real  # type: ignore[assignment]
+
+
+def test_unknown_budget_in_the_sweep_file_is_refused_with_exit_code_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.1]}}, fixed=ONE_EPOCH, budget="ninety")
+    r = subprocess.run([sys.executable, "-m", "trainpipe", "sweep", str(s), "--output", str(tmp_path / "sw")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "budget is 'ninety'; expected a duration with a unit" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "sw" / "trials").exists()
+
+
+def test_a_budget_stops_the_sweep_and_a_larger_one_goes_on(tmp_path: Path) -> None:
+    from trainpipe.report import report
+
+    lrs = [0.01 * (i + 1) for i in range(12)]
+    # Trials of a few seconds each: 12 of them never fit in 10 s, on any machine.
+    s = sweep_file(tmp_path, {"optim.lr": {"values": lrs}}, fixed=ONE_EPOCH, budget="10s", test="none")
+    first = run_sweep(s, tmp_path / "sw")
+    n1 = sum(r.state == "completed" for r in first.rows)
+    assert n1 < len(lrs)
+    md = (tmp_path / "sw" / "results.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("stopped: budget"))
+    assert f", {n1} of {len(lrs)} trials)" in line and "of 10s used" in line
+    assert line in sweep_status(tmp_path / "sw")
+    if n1:  # (a loaded machine may not fit even one; the report needs a trial)
+        assert "Stopped: budget (" in report([tmp_path / "sw"], evaluate=False).read_text()
+
+    second = run_sweep(tmp_path / "sw", budget="25s")
+    n2 = sum(r.state == "completed" for r in second.rows)
+    assert n2 > n1  # the finished trials are kept and more run
+    assert {r.number for r in first.rows} <= {r.number for r in second.rows}

@@ -275,6 +275,8 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
     groups = sw.groups()
     doc.para(f"{sw.method + ' search, ' if sw.method else ''}metric `{label}` ({sw.goal}); "
              f"{len(sw.trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".")
+    if (b := budget_line(path, sw)) is not None:
+        doc.para(f"**{b[0].upper() + b[1:]}**")
     doc.para(f"Sweep directory: `{path}`; varied: " + (", ".join(f"`{p}`" for p in sw.params) or "nothing") + ".")
     best_group = best_configuration(groups)
     if sw.seed and best_group is not None:
@@ -382,6 +384,14 @@ def machine_failures_section(doc: Doc, sw: Sweep) -> None:
                   str(t.csv.get("reason") or (t.run.summary.get("error") if t.run else "") or "")[:120]]
                for t in failed])
     doc.note(f"{failures.RERUN_NOTE} What to do first: {failures.advice(cause_of(t) for t in failed)}.")
+
+
+def budget_line(path: Path, sw: Sweep) -> str | None:
+    """`stopped: budget (4m of 5m used, 14 of 32 trials)`, from the sweep directory's budget record."""
+    from trainpipe.sweep import budget
+
+    finished = sum(t.state in ("completed", "pruned", "failed") for t in sw.trials)
+    return budget.line(path, finished, None, None)
 
 
 def _ci(key: str, g: Configuration) -> str:

@@ -78,15 +78,16 @@ def run_or_resume(
     devices: str | None = None,
     storage: str | None = None,
     trials: int | None = None,
+    budget: str | None = None,
 ) -> SweepOutcome:
     """Run a sweep file, or resume the sweep in a sweep directory, exactly as `trainpipe sweep`
     does (the same arguments: `overrides` for every trial, --output, --workers, --devices,
-    --storage, --trials). Returns the SweepOutcome: `.trials` and `.configurations` as tables,
+    --storage, --trials, --budget). Returns the SweepOutcome: `.trials` and `.configurations` as tables,
     `.interrupted` when Ctrl-C (a notebook's stop button) ended it early."""
     from trainpipe.sweep.run import run_sweep
 
     return run_sweep(sweep, output, workers=workers, devices=devices, storage=storage, trials=trials,
-                     overrides=overrides)
+                     overrides=overrides, budget=budget)
 
 
 callable_package(__name__, run_or_resume)

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainpipe import files
 from trainpipe.run import failures
+from trainpipe.sweep import budget
 from trainpipe.sweep import study as st
 from trainpipe.sweep.ranking import Configuration, best_configuration, best_trial, ci_text, configurations, \
     mean_spread, rank_trials, verdict
@@ -51,6 +52,7 @@ class TrialRow:
     shown: dict[str, Any] = field(default_factory=dict)  # the sweep file's names -> values, labels for lists/dicts
     cause: str = ""  # a failure of the machine: oom | disk_full | device_lost (`trainpipe.run.failures`)
     facts: dict[str, Any] = field(default_factory=dict)  # its batch_size, peak_memory_mb, requested_mb
+    span_s: float | None = None  # start to end as the study records it (what a budget's estimate uses)
 
     @property
     def name(self) -> str:
@@ -96,7 +98,7 @@ def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
                     res.get("epoch_time_s"), res.get("wall_time_s"), str(reason), worker.get("host", ""),
                     trial.user_attrs.get("run_dir", ""), curve, shown_params(params, spec), cause,
                     {k: res[k] for k in ("batch_size", "peak_memory_mb", "requested_mb") if res.get(k) is not None}
-                    if cause else {})
+                    if cause else {}, budget.span_s(trial))
 
 
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
@@ -202,10 +204,21 @@ def config_table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
     return lines
 
 
-def to_markdown(rows: list[TrialRow], spec: SweepSpec) -> str:
+def budget_line(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path | None) -> str | None:
+    """`stopped: budget (4m of 5m used, 14 of 32 trials)`, or the budget used and left; None without one."""
+    if sweep_dir is None:
+        return None
+    c = counts(rows)
+    est = budget.trial_estimate([r.span_s for r in rows if r.state == "completed"])
+    return budget.line(sweep_dir, c["completed"] + c["pruned"] + c["failed"], spec.planned_trials(), est)
+
+
+def to_markdown(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path | None = None) -> str:
     from trainpipe.sweep.final_test import WHEN
 
     lines = [f"# Sweep {spec.name}", "", summary_line(rows, spec), ""]
+    if (b := budget_line(rows, spec, sweep_dir)) is not None:
+        lines += [b, ""]
     if (v := verdict_line(rows, spec)) is not None:
         lines += [v, ""]
     lines += [f"Test split: {WHEN[spec.test]}.", ""]
@@ -305,7 +318,7 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
               f"only {now}.", file=sys.stderr)
         return rows
     files.write_text(d / "results.csv", to_csv(rows, spec))
-    files.write_text(d / "results.md", to_markdown(rows, spec))
+    files.write_text(d / "results.md", to_markdown(rows, spec, d))
     best, header = best_trial(rows), ""
     g = best_group(rows, spec)
     if g is not None:
@@ -331,6 +344,8 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
 def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) -> str:
     """What `trainpipe sweep DIR --status` prints."""
     lines = [f"sweep {spec.name} ({sweep_dir})", summary_line(rows, spec)]
+    if (b := budget_line(rows, spec, sweep_dir)) is not None:
+        lines.append(b)
     if (v := verdict_line(rows, spec)) is not None:
         lines.append(v)
     best = best_trial(rows)

@@ -37,6 +37,7 @@ from typing import Any
 from trainpipe import files
 from trainpipe.errors import ConfigError, StorageError
 from trainpipe.run import failures
+from trainpipe.sweep import budget as bd
 from trainpipe.sweep import study as st
 from trainpipe.sweep.check import check_against_config, load_checked_spec
 from trainpipe.sweep.final_test import evaluate_best
@@ -221,6 +222,7 @@ def run_sweep(
     storage: str | None = None,
     trials: int | None = None,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    budget: str | None = None,
     heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S,
     grace_period: int = st.GRACE_PERIOD_S,
 ) -> SweepOutcome:
@@ -228,18 +230,25 @@ def run_sweep(
 
     `trials` caps the sweep's total number of trials (it overrides run_cap).
     `overrides` (`key=value` strings or a dict) apply to every trial, after `fixed`.
+    `budget` (`90m`) replaces the file's `budget:` (see `sweep.budget`).
     """
     devs = parse_devices(devices)
     check_gpus(devs, devices)
     p = prepare_sweep(sweep, output, workers=workers, storage=storage, trials=trials, overrides=overrides,
-                      heartbeat_interval=heartbeat_interval, grace_period=grace_period, trains_here=devs is None)
+                      heartbeat_interval=heartbeat_interval, grace_period=grace_period, trains_here=devs is None,
+                      budget=budget, budgeted=True)
     workers = p.common["workers"]  # capped at the trials that can run
     shares = device_shares(devs, workers)
     configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, device_share=shares[i],
                             spawned=workers > 1,
                             cwd=os.getcwd() if workers > 1 else None,
                             env=dict(os.environ) if workers > 1 else None, **p.common) for i in range(workers)]
-    interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
+    limit = p.common["budget"]
+    try:
+        interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
+    finally:
+        if limit is not None:
+            bd.finish(p.sweep_dir, limit)
     return finish_sweep(p, interrupted)
 
 
@@ -267,15 +276,20 @@ def prepare_sweep(
     grace_period: int = st.GRACE_PERIOD_S,
     where: str = "",
     trains_here: bool = False,
+    budget: str | None = None,
+    budgeted: bool = False,
 ) -> PreparedSweep:
     """Check the sweep, create (or open) its directory and study, and say what will run; `where`
     is added to the first line (e.g. " on Slurm"). `trains_here`: the trials run on this machine
-    on the config's train.device, which is then checked here (not so for --devices or Slurm)."""
+    on the config's train.device, which is then checked here (not so for --devices or Slurm).
+    `budgeted`: the workers of this process keep to the time budget (`budget`, else the file's;
+    see `run_sweep`)."""
     spec, d, meta = locate(sweep, output, overrides)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {workers}.")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1; got {trials}.")
+    budget_s = bd.parse_duration(budget, "--budget") if budget is not None else spec.budget_s
     base_cfg = check_against_config(spec)
     if trains_here and not any(p.key == "train.device" for p in spec.varied):
         from trainpipe.loop.device import resolve_device
@@ -327,7 +341,10 @@ def prepare_sweep(
               flush=True)
     command = "trainpipe sweep " + shlex.join([str(sweep)] + [f"{k}={v}" for k, v in parse_cli_overrides(overrides).items()]
                                               + ([f"--output={output}"] if output else []))
-    common = dict(spec=spec, sweep_dir=str(d), storage_url=url, study_name=study_name, total=total,
+    limit = start_budget(spec, d, study, budget_s, workers) if budgeted and budget_s is not None else None
+    if budgeted and limit is None:
+        bd.drop(d)
+    common = dict(budget=limit, spec=spec, sweep_dir=str(d), storage_url=url, study_name=study_name, total=total,
                   epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,
                   grace_period=grace_period, command=command)
     own = storage is None or (st.is_journal(url) and Path(url[len(st.JOURNAL):]).parent == d.resolve())
@@ -386,6 +403,23 @@ def machine_failure_message(broken: list[TrialRow], d: Path, storage: str | None
             f"{'their' if len(broken) > 1 else 'its'} configuration: {listed}.{stopped} They are not counted as "
             f"results. What to do: {todo}; then run `trainpipe sweep {d}{'' if storage is None else ' --storage URL'}` "
             f"again: it retries them (finished trials are not run again).")
+
+
+def start_budget(spec: SweepSpec, d: Path, study: Any, budget_s: float, workers: int) -> bd.Budget:
+    """Begin this invocation's share of the budget; before any trial has completed, the dry run
+    times the first configuration, so that the first trial's start can be judged too."""
+    from optuna.trial import TrialState
+
+    limit = bd.start(d, budget_s)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        from trainpipe.sweep.plan import time_first_configuration
+
+        try:
+            limit.fallback_trial_s = time_first_configuration(spec).trial_s(spec.test == "all")
+        except Exception as e:  # the first trial will say what is wrong; it starts unestimated
+            print(f"budget: could not time the first configuration ({type(e).__name__}: {e}); the first trial "
+                  f"starts without an estimate", file=sys.stderr)
+    return limit
 
 
 def planned_total(spec: SweepSpec, trials: int | None) -> int | None:

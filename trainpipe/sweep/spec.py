@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # existing files work unchanged.
 IGNORED_KEYS = ("program", "command", "project", "entity", "description", "controller")
 TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "base", "fixed", "test",
-            "slurm", *IGNORED_KEYS)  # slurm: read by `trainpipe sweep --slurm` (trainpipe.launch.slurm)
+            "slurm", "budget", *IGNORED_KEYS)  # slurm: read by `trainpipe sweep --slurm` (trainpipe.launch.slurm)
 # `test: best` by default: the configuration is chosen on val and the test split is
 # evaluated once, for the winner only (reporting every trial's test accuracy invites
 # choosing on it); it also spares a test pass per trial.
@@ -64,6 +64,9 @@ class SweepSpec:
     test: str = DEFAULT_TEST  # all | best | none: which trials are evaluated on the test split
     overrides: dict[str, Any] = field(default_factory=dict)  # command-line key=value, applied to every trial
     ignored: tuple[str, ...] = ()  # keys only `wandb agent` reads (program, command, ...)
+    # `budget: 2h`: the wall-clock seconds the sweep may spend (sweep.budget); None = no limit.
+    # Not part of the fingerprint: resuming with a larger budget goes on.
+    budget_s: float | None = None
 
     @property
     def varied(self) -> list[Param]:
@@ -217,12 +220,17 @@ def parse_with_problems(data: Mapping[str, Any], *, source: str | Path | None = 
                      f"ends with a test pass), best (only the best configuration, once the sweep has ended) or "
                      f"none.")
         test = DEFAULT_TEST
+    budget_s = None
+    if data.get("budget") is not None:
+        from trainpipe.sweep.budget import parse_duration
+
+        budget_s = problems.attempt(parse_duration, data["budget"], "budget")
     name = data.get("name") or (Path(source).stem if source else "sweep")
     spec = SweepSpec(name=str(name), method=str(method or "random"), metric=metric, goal=goal,
                      params=tuple(params), base=resolved_base, fixed=fixed, run_cap=run_cap, hyperband=hyperband,
                      source=str(source) if source else None, raw=dict(data),
                      metric_name=metric_name, test=test,
-                     overrides=extra, ignored=tuple(k for k in data if k in IGNORED_KEYS))
+                     overrides=extra, ignored=tuple(k for k in data if k in IGNORED_KEYS), budget_s=budget_s)
     if method is not None:
         problems.attempt(spec.search)  # a method may refuse the parameters (grid over a continuous range)
     return spec, problems, base_ok

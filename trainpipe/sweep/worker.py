@@ -30,6 +30,7 @@ from trainpipe.loop.callbacks import Callback
 from trainpipe.errors import ConfigError, StorageError
 from trainpipe.loop.stop import StopReason
 from trainpipe.run import failures, rundir, signals
+from trainpipe.sweep import budget as bd
 from trainpipe.sweep import study as st
 from trainpipe.sweep.final_test import SkipTestSplit
 from trainpipe.sweep.results import shown_params
@@ -68,6 +69,7 @@ class WorkerConfig:
     cwd: str | None = None
     env: dict[str, str] | None = None
     command: str = "trainpipe sweep"
+    budget: bd.Budget | None = None  # the sweep's time budget; None = no limit
 
     def say(self, msg: str) -> None:
         prefix = f"[worker {self.index}] " if self.workers > 1 else ""
@@ -317,6 +319,7 @@ def run_worker(wc: WorkerConfig) -> None:
     points = None if search.points is None else len(search.points)
     said_wait = False
     beat = None if isinstance(storage, optuna.storages.RDBStorage) else st.Beat(wc.sweep_dir, wc.heartbeat_interval)
+    took: list[float] = []  # how long each of this worker's trials took, from start to written results
     try:
         while True:
             check_stop()
@@ -341,6 +344,9 @@ def run_worker(wc: WorkerConfig) -> None:
             if disk_full_here(led):
                 wc.say("another worker on this machine found the disk full; this worker starts no more trials")
                 return
+            if wc.budget is not None and not fits_budget(wc, led.visible, took):
+                return
+            began = time.perf_counter()
             study.optimize(objective, n_trials=1, catch=(TrialFailed, TrialDiscarded), gc_after_trial=True)
             objective.trial_id = None
             try:
@@ -352,6 +358,9 @@ def run_worker(wc: WorkerConfig) -> None:
             if objective.disk_full:
                 wc.say("the disk is full: this worker starts no more trials (the sweep says what to do when it ends)")
                 return
+            if wc.budget is not None:
+                bd.touch(wc.sweep_dir)
+                took.append(time.perf_counter() - began)
     except KeyboardInterrupt:
         release(study, objective.trial_id)
         write_results(wc.sweep_dir, study, wc.spec)
@@ -382,6 +391,23 @@ def disk_full_here(led: st.Ledger) -> bool:
         w = t.user_attrs.get("worker") or {}
         if res.get("cause") == failures.DISK_FULL and w.get("machine", rundir.machine_id()) == rundir.machine_id():
             return True
+    return False
+
+
+def fits_budget(wc: WorkerConfig, trials: list[Any], took: list[float]) -> bool:
+    """Whether the next trial ends inside the budget; says so either way. When it does not, the
+    sweep stops. The estimate: how long this worker's trials took (with writing the results),
+    else how long the study's completed trials ran, else the dry run's timing."""
+    b = wc.budget
+    assert b is not None
+    est = bd.trial_estimate(took or [bd.span_s(t) for t in trials if t.state == TrialState.COMPLETE],
+                            b.fallback_trial_s)
+    if b.fits(est):
+        wc.say(b.progress(est, wc.workers))
+        return True
+    wc.say(f"stopping: the next trial (~{bd.fmt(est or 0)}) would not finish inside the budget "
+           f"({bd.fmt(b.used_s())} of {bd.fmt(b.total_s)} used); running trials finish")
+    bd.mark_stopped(wc.sweep_dir, wc.total)
     return False
 
 
