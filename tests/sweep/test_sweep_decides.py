@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import html
 import math
 import statistics
@@ -14,14 +13,8 @@ from scipy import stats
 from trainpipe.sweep import run_sweep, sweep_status
 from trainpipe.sweep.verdict import decide
 
-from sweep_kit import sweep_file  # noqa: E402
+from sweep_kit import ONE_EPOCH, read_csv, sweep_file  # noqa: E402
 
-ONE_EPOCH = {"train.epochs": 1, "model.width": 8, "tracking.plots": False, "data.val_split": 0.2}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

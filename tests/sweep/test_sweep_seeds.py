@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
@@ -15,16 +14,10 @@ import yaml
 from trainpipe import config as config_mod
 from trainpipe.sweep import open_sweep, run_sweep
 
-from sweep_kit import sweep_file  # noqa: E402
+from sweep_kit import ONE_EPOCH, read_csv, sweep_file  # noqa: E402
 
 AUGMENT = {"values": [[], ["hflip", {"name": "random_crop", "padding": 2}]]}
 LABELS = {"none": [], "hflip+random_crop(padding=2)": ["hflip", {"name": "random_crop", "padding": 2}]}
-ONE_EPOCH = {"train.epochs": 1, "model.width": 8, "tracking.plots": False, "data.val_split": 0.2}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
