@@ -132,7 +132,8 @@ def verdict(groups: Sequence[Configuration], metric: str, goal: str) -> vd.Verdi
     ranked = [g for g in groups if g.rank is not None]
     if not ranked:
         return None
-    return vd.decide([(g.describe(), g.values) for g in ranked], metric, goal)
+    # (sweeps have no `confirm:` block yet: single runs are answered with a seed parameter)
+    return vd.decide([(g.describe(), g.values) for g in ranked], metric, goal, advice=vd.SEED_ADVICE)
 
 
 def best_configuration(groups: Sequence[Configuration]) -> Configuration | None:

@@ -125,8 +125,16 @@ def _n(d: Difference) -> str:
     return f"n={d.n_a} each" if d.n_a == d.n_b else f"n={d.n_a} and {d.n_b}"
 
 
-def decide(ranked: Sequence[tuple[str, Sequence[float]]], metric: str, goal: str = "maximize") -> Verdict:
-    """The verdict on the top of a ranking: (label, values over seeds) pairs, best mean first."""
+CONFIRM_ADVICE = ("Add `confirm: {top: 3, seeds: 5}` to the sweep file to rerun the best configurations with "
+                  "more seeds.")
+SEED_ADVICE = "Add a seed parameter to the sweep file (`seed: {values: [0, 1, 2]}`) to run each configuration " \
+              "with several seeds."
+
+
+def decide(ranked: Sequence[tuple[str, Sequence[float]]], metric: str, goal: str = "maximize", *,
+           advice: str = CONFIRM_ADVICE) -> Verdict:
+    """The verdict on the top of a ranking: (label, values over seeds) pairs, best mean first.
+    `advice`: what a verdict with single runs tells the user to do."""
     scale = 100.0 if _is_accuracy(metric) else 1.0
 
     def fmt(v: float) -> str:
@@ -150,8 +158,7 @@ def decide(ranked: Sequence[tuple[str, Sequence[float]]], metric: str, goal: str
         else:
             why = f"{best if len(a) < 2 else second} ran once"
         return Verdict("none", f"no verdict is possible: {why}, so there is no seed-to-seed spread to "
-                               "compare the gap with. Add `confirm: {top: 3, seeds: 5}` to the sweep file "
-                               "to rerun the best configurations with more seeds.")
+                               f"compare the gap with. {advice}")
     d = welch(a, b, goal)
     if d.real:
         return Verdict("beats", f"{best} beats {second} by {by(d.diff)} (95% CI {fmt(d.low)} to "
