@@ -22,10 +22,36 @@ from matplotlib.ticker import MaxNLocator
 DPI = 110
 
 
+class Rendered(bytes):
+    """A figure's PNG bytes that keep their figure, so that it can also be saved as SVG or PDF."""
+
+    figure: Any = None
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    return buf.getvalue()
+    out = Rendered(buf.getvalue())
+    out.figure = fig
+    return out
+
+
+def save_vector(png: bytes, stem: Any) -> list[str]:
+    """Save the figure behind `png` (from this module) as `stem`.svg and `stem`.pdf; the names written.
+    A figure matplotlib cannot write as PDF (a missing font) keeps its SVG."""
+    fig = getattr(png, "figure", None)
+    if fig is None:
+        return []
+    written = []
+    for fmt in ("svg", "pdf"):
+        path = stem.with_suffix(f".{fmt}")
+        try:
+            fig.savefig(path, format=fmt, bbox_inches="tight")
+        except Exception as e:  # a backend or font problem: the PNG in the report is still there
+            print(f"{path.name} not written: {type(e).__name__}: {e}")
+            continue
+        written.append(path.name)
+    return written
 
 
 def _subplots(*grid: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:

@@ -363,7 +363,13 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
 
     doc.heading("Parameter importance")
     importance_section(doc, path, storage)
-    return doc.write(output)
+    doc.note("For a LaTeX document: `table.tex` (the configurations, booktabs; `\\input{table.tex}`) and each "
+             "figure as SVG and PDF (`\\includegraphics{metric_vs_params.pdf}`) are next to this report.")
+    md = doc.write(output)
+    from trainpipe.report.export import write_exports
+
+    write_exports(doc, output, [g for g in groups if g.rank is not None], metric, label, sw.name or path.name)
+    return md
 
 
 def machine_failures_section(doc: Doc, sw: Sweep) -> None:
