@@ -182,3 +182,40 @@ def test_latex_special_characters_are_escaped() -> None:
 
     assert tex("data.augment=flip_crop 50% & #1 {a} ~$^\\") == \
         r"data.augment=flip\_crop 50\% \& \#1 \{a\} \textasciitilde{}\$\textasciicircum{}\textbackslash{}"
+
+
+# ------------------------------------------------------------------------ reproducible samplers
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_the_sweep_seed_makes_the_same_file_propose_the_same_trials(method: str) -> None:
+    import optuna
+
+    from trainpipe.sweep.space import trial_overrides
+    from trainpipe.sweep.spec import parse_spec
+
+    def proposals(seed: int | None, order: list[int]) -> dict[int, dict]:
+        data = {"method": method, "metric": {"name": "val/acc", "goal": "maximize"}, "run_cap": 4,
+                "parameters": {"optim.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+                               "model.width": {"values": [8, 16, 32]}}}
+        spec = parse_spec(data if seed is None else {**data, "seed": seed})
+        study = optuna.create_study(sampler=spec.search().sampler(), direction="maximize")
+        asked = [study.ask() for _ in order]
+        out = {}
+        for i in order:  # the workers ask in some order: trial i's values depend on i only
+            out[asked[i].number] = trial_overrides(asked[i], spec)
+        return out
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    first = proposals(7, [0, 1, 2, 3])
+    assert proposals(7, [3, 1, 0, 2]) == first
+    assert len({repr(v) for v in first.values()}) == 4  # no two trials share a draw
+    assert proposals(8, [0, 1, 2, 3]) != first
+    assert proposals(None, [0, 1, 2, 3]) == proposals(0, [0, 1, 2, 3])  # the default seed is 0
+
+
+def test_a_top_level_seed_that_is_no_whole_number_is_refused() -> None:
+    from trainpipe.errors import ConfigError
+    from trainpipe.sweep.spec import parse_spec
+
+    with pytest.raises(ConfigError, match=r"seed is 'abc'; the top-level seed is the random and bayes samplers' seed"):
+        parse_spec({"method": "random", "metric": {"name": "val/acc", "goal": "maximize"}, "seed": "abc",
+                    "parameters": {"optim.lr": {"min": 0.01, "max": 0.1}}})

@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 # existing files work unchanged.
 IGNORED_KEYS = ("program", "command", "project", "entity", "description", "controller")
 TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "base", "fixed", "test",
-            "slurm", "budget", *IGNORED_KEYS)  # slurm: read by `trainpipe sweep --slurm` (trainpipe.launch.slurm)
+            "slurm", "budget", "seed", *IGNORED_KEYS)  # slurm: read by `trainpipe sweep --slurm` (trainpipe.launch.slurm)
 # `test: best` by default: the configuration is chosen on val and the test split is
 # evaluated once, for the winner only (reporting every trial's test accuracy invites
 # choosing on it); it also spares a test pass per trial.
 TEST_MODES = ("best", "all", "none")
 DEFAULT_TEST = "best"
+DEFAULT_SAMPLER_SEED = 0
 EPOCH_METRICS = ("val/acc", "val/loss", "val/top5", "train/acc", "train/loss")
 
 
@@ -67,6 +68,9 @@ class SweepSpec:
     # `budget: 2h`: the wall-clock seconds the sweep may spend (sweep.budget); None = no limit.
     # Not part of the fingerprint: resuming with a larger budget goes on.
     budget_s: float | None = None
+    # `seed: 7` at the top: the random and bayes samplers' seed, so that the same file proposes the
+    # same trials (each trial's seed for training is a parameter or the base config's `seed`).
+    sampler_seed: int = DEFAULT_SAMPLER_SEED
 
     @property
     def varied(self) -> list[Param]:
@@ -225,12 +229,19 @@ def parse_with_problems(data: Mapping[str, Any], *, source: str | Path | None = 
         from trainpipe.sweep.budget import parse_duration
 
         budget_s = problems.attempt(parse_duration, data["budget"], "budget")
+    sampler_seed = data.get("seed", DEFAULT_SAMPLER_SEED)
+    if isinstance(sampler_seed, bool) or not isinstance(sampler_seed, int) or sampler_seed < 0:
+        problems.add(f"seed is {sampler_seed!r}; the top-level seed is the random and bayes samplers' seed, a whole "
+                     f"number >= 0 (default {DEFAULT_SAMPLER_SEED}). To vary the training seed, make it a parameter: "
+                     f"parameters: {{seed: {{values: [0, 1, 2]}}}}.")
+        sampler_seed = DEFAULT_SAMPLER_SEED
     name = data.get("name") or (Path(source).stem if source else "sweep")
     spec = SweepSpec(name=str(name), method=str(method or "random"), metric=metric, goal=goal,
                      params=tuple(params), base=resolved_base, fixed=fixed, run_cap=run_cap, hyperband=hyperband,
                      source=str(source) if source else None, raw=dict(data),
                      metric_name=metric_name, test=test,
-                     overrides=extra, ignored=tuple(k for k in data if k in IGNORED_KEYS), budget_s=budget_s)
+                     overrides=extra, ignored=tuple(k for k in data if k in IGNORED_KEYS), budget_s=budget_s,
+                     sampler_seed=sampler_seed)
     if method is not None:
         problems.attempt(spec.search)  # a method may refuse the parameters (grid over a continuous range)
     return spec, problems, base_ok

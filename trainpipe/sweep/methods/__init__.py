@@ -40,3 +40,28 @@ class Search:
     # is complete when each has a trial, and two trials never share one.
     points: list[dict[str, Any]] | None = None
     noun: str = "configurations"  # how the dry run counts the points: "combinations in the grid"
+
+
+def seeded_per_trial(cls: type, seed: int) -> type:
+    """An Optuna sampler class whose random draws for trial N depend only on (`seed`, N, the parameter).
+
+    The same sweep file then proposes the same trials, whichever worker asks for trial N and
+    in whatever order the workers ask; two trials never share a draw. (Optuna seeds a sampler
+    once, so that its draws depend on the order in which trials are asked for: with several
+    workers they would differ from run to run.)
+    """
+
+    class Seeded(cls):  # type: ignore[misc, valid-type]
+        def sample_independent(self, study: Any, trial: Any, param_name: str, distribution: Any) -> Any:
+            # Optuna draws a value when the trial asks for it, so the draw is seeded there.
+            import zlib
+
+            draw = zlib.crc32(f"{seed}/{trial.number}/{param_name}".encode())
+            self._rng.rng.seed(draw)  # LazyRandomState.rng: a numpy RandomState
+            inner = getattr(self, "_random_sampler", None)  # TPE's sampler for its first trials
+            if inner is not None:
+                inner._rng.rng.seed(draw)
+            return super().sample_independent(study, trial, param_name, distribution)
+
+    Seeded.__name__ = Seeded.__qualname__ = f"Seeded{cls.__name__}"
+    return Seeded

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trainpipe.registry import SWEEP_METHODS
-from trainpipe.sweep.methods import Search
+from trainpipe.sweep.methods import Search, seeded_per_trial
 
 if TYPE_CHECKING:
     from trainpipe.sweep.spec import SweepSpec
@@ -20,6 +20,7 @@ def bayes(spec: SweepSpec, /) -> Search:
 
         # constant_liar: parallel workers see each other's running trials as bad guesses
         # and spread out instead of sampling the same promising point.
-        return optuna.samplers.TPESampler(constant_liar=True)
+        return seeded_per_trial(optuna.samplers.TPESampler, spec.sampler_seed)(constant_liar=True,
+                                                                              seed=spec.sampler_seed)
 
-    return Search(summary="Optuna's TPESampler", sampler=sampler)
+    return Search(summary=f"Optuna's TPESampler, seed {spec.sampler_seed}", sampler=sampler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trainpipe.registry import SWEEP_METHODS
-from trainpipe.sweep.methods import Search
+from trainpipe.sweep.methods import Search, seeded_per_trial
 
 if TYPE_CHECKING:
     from trainpipe.sweep.spec import SweepSpec
@@ -18,6 +18,6 @@ def random(spec: SweepSpec, /) -> Search:
     def sampler() -> object:
         import optuna
 
-        return optuna.samplers.RandomSampler()
+        return seeded_per_trial(optuna.samplers.RandomSampler, spec.sampler_seed)(seed=spec.sampler_seed)
 
-    return Search(summary="Optuna's RandomSampler", sampler=sampler)
+    return Search(summary=f"Optuna's RandomSampler, seed {spec.sampler_seed}", sampler=sampler)
