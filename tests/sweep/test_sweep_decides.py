@@ -219,3 +219,15 @@ def test_a_top_level_seed_that_is_no_whole_number_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"seed is 'abc'; the top-level seed is the random and bayes samplers' seed"):
         parse_spec({"method": "random", "metric": {"name": "val/acc", "goal": "maximize"}, "seed": "abc",
                     "parameters": {"optim.lr": {"min": 0.01, "max": 0.1}}})
+
+
+def test_random_over_a_finite_space_trains_each_configuration_once_and_ends(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.1, 0.05, 0.02]}}, fixed=ONE_EPOCH, method="random",
+                   run_cap=10, test="none", seed=3)
+    out = run_sweep(s, tmp_path / "sw")
+    done = [r for r in out.rows if r.state == "completed"]
+    assert sorted(r.params["optim.lr"] for r in done) == [0.02, 0.05, 0.1]  # each once, none twice
+    assert len(out.rows) == 3
+    assert "the search space is exhausted: each of its 3 configurations has a trial" in capsys.readouterr().out
+    assert "3 of 3 trials finished" in (tmp_path / "sw" / "results.md").read_text()

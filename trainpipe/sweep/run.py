@@ -425,8 +425,8 @@ def start_budget(spec: SweepSpec, d: Path, study: Any, budget_s: float, workers:
 def planned_total(spec: SweepSpec, trials: int | None) -> int | None:
     if trials is None:
         return spec.planned_trials()
-    points = spec.search().points
-    return trials if points is None else min(trials, len(points))
+    size = spec.space_size()
+    return trials if size is None else min(trials, size)
 
 
 def dry_run(sweep: str | Path, output: str | Path | None = None, *, workers: int = 1, trials: int | None = None,

@@ -112,10 +112,33 @@ class SweepSpec:
         """What the sweep's method makes of it: the sampler and, for grid, every point it visits."""
         return SWEEP_METHODS.build(self.method, self)
 
+    def finite_space(self) -> list[dict[str, Any]] | None:
+        """For random or bayes over categorical parameters only: every configuration, as
+        {the sweep file's name: Optuna's stored value}, in file order; else None (grid lists
+        its own points; a continuous range has no end). Such a sweep trains each once."""
+        if self.search().points is not None or not self.varied \
+                or any(p.distribution != "categorical" for p in self.varied):
+            return None
+        import itertools
+        import math
+
+        if math.prod(len(p.choices()) for p in self.varied) > 100_000:
+            return None
+        names = [p.display for p in self.varied]
+        return [dict(zip(names, combo)) for combo in itertools.product(*(p.choices() for p in self.varied))]
+
+    def space_size(self) -> int | None:
+        """How many distinct configurations the method can visit; None when unbounded."""
+        points = self.search().points
+        if points is not None:
+            return len(points)
+        finite = self.finite_space()
+        return None if finite is None else len(finite)
+
     def planned_trials(self) -> int | None:
         """How many trials make the sweep complete; None: until stopped."""
-        points = self.search().points
-        caps = [c for c in (self.run_cap, None if points is None else len(points)) if c is not None]
+        size = self.space_size()
+        caps = [c for c in (self.run_cap, size) if c is not None]
         return min(caps) if caps else None
 
     def fingerprint(self) -> str:

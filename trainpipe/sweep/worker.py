@@ -230,6 +230,17 @@ class Objective:
             _free_gpu_cache()
         raise TrialFailed(mf.describe())
 
+    def propose_unvisited(self, trials: list[Any], keys: list[str]) -> None:
+        """random/bayes over a finite space proposed a configuration that already has a trial: queue
+        the first one (in file order) that has none, so that the next trial trains something new."""
+        space = self.wc.spec.finite_space()
+        if space is None:
+            return
+        seen = {st.point_of(t, keys) for t in trials}
+        fresh = next((p for p in space if tuple(repr(p[k]) for k in keys) not in seen), None)
+        if fresh is not None:
+            self.study.enqueue_trial(fresh, skip_if_exists=True)
+
     def discard_reason(self, trial: optuna.Trial) -> str | None:
         """Checked after sampling, so that two workers racing for the last slot agree.
 
@@ -248,6 +259,7 @@ class Objective:
             mine = st.point_of(me, keys)
             for t in earlier:
                 if st.point_of(t, keys) == mine:
+                    self.propose_unvisited(led.visible, keys)
                     return f"same point as trial {t.number:04d}"
         is_copy = "failed_trial" in me.system_attrs
         if self.wc.total is not None and not is_copy and len(earlier) >= self.wc.total:
@@ -315,8 +327,9 @@ def run_worker(wc: WorkerConfig) -> None:
     search = wc.spec.search()
     study = optuna.load_study(study_name=wc.study_name, storage=storage, sampler=search.sampler(),
                               pruner=st.pruner_for(wc.spec, wc.epochs))
-    objective = Objective(wc, study, distinct_points=search.points is not None)
-    points = None if search.points is None else len(search.points)
+    finite = search.points is not None or wc.spec.finite_space() is not None
+    objective = Objective(wc, study, distinct_points=finite)
+    points = wc.spec.space_size() if finite else None
     said_wait = False
     beat = None if isinstance(storage, optuna.storages.RDBStorage) else st.Beat(wc.sweep_dir, wc.heartbeat_interval)
     took: list[float] = []  # how long each of this worker's trials took, from start to written results
@@ -332,6 +345,8 @@ def run_worker(wc: WorkerConfig) -> None:
             led = st.ledger(storage.get_all_trials(study._study_id, deepcopy=False))
             action = next_action(wc.spec, led, wc.total, points)
             if action == "done":
+                if search.points is None and points is not None and len(led.visible) >= points:
+                    wc.say(f"the search space is exhausted: each of its {points} configurations has a trial")
                 return
             if action == "wait":
                 if not said_wait:
