@@ -152,6 +152,8 @@ def test_a_budget_stops_the_sweep_and_a_larger_one_goes_on(tmp_path: Path) -> No
     n2 = sum(r.state == "completed" for r in second.rows)
     assert n2 > n1  # the finished trials are kept and more run
     assert {r.number for r in first.rows} <= {r.number for r in second.rows}
+    if n2 < len(lrs):
+        assert "stopped: budget (" in (tmp_path / "sw" / "results.md").read_text()
 
 
 # ------------------------------------------------------------------------ hand-in exports

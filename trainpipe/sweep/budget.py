@@ -122,6 +122,14 @@ def start(sweep_dir: str | Path, total_s: float) -> Budget:
     return b
 
 
+def drop(sweep_dir: str | Path) -> None:
+    """A sweep resumed without a budget: it is no longer stopped by one, and none is shown."""
+    rec = read(sweep_dir)
+    if rec:
+        rec.update({"budget_s": None, "stopped": None, "started": None})
+        files.write_json(Path(sweep_dir) / BUDGET_FILE, rec)
+
+
 def mark_stopped(sweep_dir: str | Path, planned: int | None) -> None:
     """A worker found that no further trial fits: the sweep stops for its budget."""
     rec = read(sweep_dir)
