@@ -135,8 +135,9 @@ def test_unknown_budget_in_the_sweep_file_is_refused_with_exit_code_2(tmp_path: 
 def test_a_budget_stops_the_sweep_and_a_larger_one_goes_on(tmp_path: Path) -> None:
     from trainpipe.report import report
 
-    lrs = [0.01 * (i + 1) for i in range(12)]
-    # Trials of a few seconds each: 12 of them never fit in 10 s, on any machine.
+    # A grid far larger than any machine runs in 10 s (a one-epoch trial on digits takes at least
+    # a tenth of a second even on a fast machine; 400 of them take 40 s or more).
+    lrs = [round(0.0001 * (i + 1), 4) for i in range(400)]
     s = sweep_file(tmp_path, {"optim.lr": {"values": lrs}}, fixed=ONE_EPOCH, budget="10s", test="none")
     first = run_sweep(s, tmp_path / "sw")
     n1 = sum(r.state == "completed" for r in first.rows)
