@@ -78,6 +78,14 @@ def test_model_too_large_for_the_machine(tmp_path: Path, capsys: pytest.CaptureF
     assert "of memory" in err and "Lower model.width" in err
 
 
+def test_refused_model_leaves_an_empty_output_folder_empty(tmp_path: Path) -> None:
+    """A folder made for the run stays, as it was: empty (no config.yaml of a run that never started)."""
+    out = tmp_path / "made-by-me"
+    out.mkdir()
+    assert main(["train", *tiny_overrides(), "model.width=1000000", "--output", str(out), "--quiet"]) == 2
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
 def test_model_is_measured_against_the_device_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same model fits an 80 GiB GPU and not a 1 MiB one; it is never allocated to find out."""
     spec = DataSpec((3, 32, 32), 10)

@@ -114,9 +114,10 @@ def own_entries(path: str | Path) -> list[Path]:
     return out
 
 
-def remove_run(path: str | Path) -> list[str]:
+def remove_run(path: str | Path, *, keep_dir: bool = False) -> list[str]:
     """Delete what trainpipe wrote in run directory `path` (`own_entries`), and the directory
-    itself when nothing else is left; returns the names of the entries kept (not trainpipe's)."""
+    itself when nothing else is left (unless `keep_dir`: a folder the user made);
+    returns the names of the entries kept (not trainpipe's)."""
     import shutil
 
     p = Path(path)
@@ -135,7 +136,7 @@ def remove_run(path: str | Path) -> list[str]:
         kept = sorted(os.listdir(p))
     except OSError:
         return []
-    if not kept:
+    if not kept and not keep_dir:
         p.rmdir()
     return kept
 
@@ -390,20 +391,20 @@ def status(run_dir: str | Path, summary: dict[str, Any] | None = None) -> str:
     """The run's status as a user should read it: summary.json's, except that a run marked
     "running" whose process is gone (killed, machine rebooted) is "interrupted"."""
     s = read_summary(run_dir) if summary is None else summary
-    st = str(s.get("status", "unknown"))
-    if st == "running" and process_gone(run_dir):
+    current = str(s.get("status", "unknown"))
+    if current == "running" and process_gone(run_dir):
         return "interrupted"
-    return st
+    return current
 
 
 def describe_status(run_dir: str | Path, summary: dict[str, Any] | None = None) -> str:
     """One line for people: the status, and for a run that stopped before its end, how to continue it."""
     s = read_summary(run_dir) if summary is None else summary
-    st = status(run_dir, s)
-    if st == "interrupted":
+    current = status(run_dir, s)
+    if current == "interrupted":
         done = s.get("epochs_run") or max((int(r.get("epoch", 0)) for r in read_metrics(run_dir)), default=0)
         at = f" after epoch {done}" if done else ""
         return f"interrupted{at} (its process is gone); `{resume_command(run_dir)}` continues it"
-    if st == "failed" and s.get("error"):
+    if current == "failed" and s.get("error"):
         return f"failed: {s['error']}"
-    return st
+    return current

@@ -88,6 +88,8 @@ def train(
     run_dir = distributed.broadcast_object(new_run_dir(cfg, output, default_run_name(cfg, config, overrides)))
     command = command or f"trainpipe.train({config!r}, overrides={list(overrides)!r})"
     created = not run_dir.exists()
+    # An empty folder the user made for the run: refused input leaves it as it was, empty.
+    was_empty = run_dir.is_dir() and not any(run_dir.iterdir())
     if distributed.is_main():
         files.make_dir(run_dir, what="run directory")
         rundir.write_config(run_dir, cfg, command)
@@ -97,10 +99,10 @@ def train(
     except ConfigError as e:
         # Bad input found before the first epoch (a data file, a model that does not fit the
         # data): the directory holds nothing worth keeping, so it is not left behind.
-        if (created and distributed.is_main() and not isinstance(e, StorageError)
+        if ((created or was_empty) and distributed.is_main() and not isinstance(e, StorageError)
                 and not (run_dir / rundir.METRICS).exists()):
             try:
-                rundir.remove_run(run_dir)
+                rundir.remove_run(run_dir, keep_dir=was_empty)
             except OSError:
                 pass
         raise
@@ -367,12 +369,12 @@ def callbacks_for(cfg: RunConfig, run_dir: Path, *, main: bool, console: Callbac
 
 def final_summary(trainer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Test metrics of the best checkpoint (never used for selection), plus the run's bests."""
-    st = trainer.state
-    out: dict[str, Any] = bests(st, cfg.train.monitor)
-    if st.history:
-        last = st.history[-1]
+    state = trainer.state
+    out: dict[str, Any] = bests(state, cfg.train.monitor)
+    if state.history:
+        last = state.history[-1]
         out.update({f"final/{k}": v for k, v in last.items() if k.startswith("train/")})
-        times = [h["epoch_time_s"] for h in st.history if "epoch_time_s" in h]
+        times = [h["epoch_time_s"] for h in state.history if "epoch_time_s" in h]
         out["epoch_time_s"] = sum(times) / len(times) if times else None
     best_path = run_dir / rundir.CHECKPOINTS / ckpt.BEST
     if trainer.data.test is not None:
