@@ -62,8 +62,8 @@ def _file_stats(top: str, rel: str, out: list[str]) -> None:
         if e.is_dir():
             _file_stats(e.path, name, out)
         else:
-            st = e.stat()
-            out.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+            info = e.stat()
+            out.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
 
 
 def fingerprint(paths: Iterable[str | Path]) -> str:
@@ -74,8 +74,8 @@ def fingerprint(paths: Iterable[str | Path]) -> str:
         if top.is_dir():
             _file_stats(str(top), top.name, lines)
         elif top.exists():
-            st = top.stat()
-            lines.append(f"{top.name}:{st.st_size}:{st.st_mtime_ns}")
+            info = top.stat()
+            lines.append(f"{top.name}:{info.st_size}:{info.st_mtime_ns}")
         else:
             lines.append(f"{top.name}:missing")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]

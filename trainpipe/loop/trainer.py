@@ -363,27 +363,27 @@ class Trainer:
           run ends as with stop.
         It runs after every callback's on_epoch_end, so each has seen the diverged epoch.
         """
-        st = self.state
-        if self.cfg.train.on_nonfinite == "rollback" and st.rollbacks < MAX_ROLLBACKS and self._rollback():
+        state = self.state
+        if self.cfg.train.on_nonfinite == "rollback" and state.rollbacks < MAX_ROLLBACKS and self._rollback():
             return
-        st.should_stop, st.stop_reason = True, StopReason.NON_FINITE
+        state.should_stop, state.stop_reason = True, StopReason.NON_FINITE
 
     def _rollback(self) -> bool:
         found = self.last_good_state() if self.last_good_state is not None else None
         if found is None:
             return False
         saved, path = found
-        st = self.state
-        diverged_epoch, skipped = st.epoch, st.skipped_steps
-        rollbacks, factor = st.rollbacks + 1, self.schedule.factor("rollback") * 0.5
+        state = self.state
+        diverged_epoch, skipped = state.epoch, state.skipped_steps
+        rollbacks, factor = state.rollbacks + 1, self.schedule.factor("rollback") * 0.5
         self.load_state_dict(saved)
-        st = self.state
-        st.rollbacks, st.skipped_steps = rollbacks, skipped
+        state = self.state
+        state.rollbacks, state.skipped_steps = rollbacks, skipped
         self.schedule.set_factor("rollback", factor)
         self._warn(self._rng_notes + restore_rng(self._pending_rng))
         self._pending_rng = None
         if self.on_event is not None:
-            self.on_event({"event": "rollback", "diverged_epoch": diverged_epoch, "to_epoch": st.epoch,
+            self.on_event({"event": "rollback", "diverged_epoch": diverged_epoch, "to_epoch": state.epoch,
                            "checkpoint": getattr(path, "name", str(path)), "lr_factor": factor,
                            "rollback": rollbacks})
         return True

@@ -174,21 +174,21 @@ class Checkpoint(Callback):
         save_atomic(self.full_state(trainer), self.dir / LAST)
 
     def on_epoch_end(self, trainer: "Trainer") -> None:
-        st = trainer.state
-        if st.nonfinite:
+        state = trainer.state
+        if state.nonfinite:
             return  # a non-finite state must never replace the last good checkpoint
-        if self.save_best and st.best_epoch == st.epoch:
+        if self.save_best and state.best_epoch == state.epoch:
             save_atomic(
-                {"model": trainer.eval_model.state_dict(), "epoch": st.epoch, "metrics": st.metrics,
+                {"model": trainer.eval_model.state_dict(), "epoch": state.epoch, "metrics": state.metrics,
                  "config": self.config},
                 self.dir / BEST,
             )
-        last_epoch = st.should_stop or st.epoch >= trainer.cfg.train.epochs
-        if st.epoch % self.every == 0 or last_epoch:
+        last_epoch = state.should_stop or state.epoch >= trainer.cfg.train.epochs
+        if state.epoch % self.every == 0 or last_epoch:
             last = self.dir / LAST
             save_keeping_previous(self.full_state(trainer), last)
             if self.keep > 0:
-                self._snapshot(last, self.dir / f"epoch-{st.epoch:04d}.pt")
+                self._snapshot(last, self.dir / f"epoch-{state.epoch:04d}.pt")
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         # A stop request (a signal) ends the loop at a step boundary, often mid-epoch: the state

@@ -75,19 +75,19 @@ def resume(
         return execute(cfg, run_dir, device=device, quiet=quiet, extra_callbacks=callbacks,
                        on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=None, epoch=0))
     state, path = found
-    st = state["state"]
-    epoch = int(st["epoch"])
-    stopped_early = st.get("stop_reason") == "early_stopping"
+    saved = state["state"]
+    epoch = int(saved["epoch"])
+    stopped_early = saved.get("stop_reason") == "early_stopping"
     if not overrides and summary.get("status") == "completed" and (epoch >= cfg.train.epochs or stopped_early):
         if not quiet and main:
             print(f"{run_dir} already finished ({summary.get('stop_reason')}, {epoch} epochs); "
                   f"to train longer, resume with train.epochs=N (N > {epoch}).")
-        return RunResult(run_dir, summary, list(st.get("history", [])), cfg)
+        return RunResult(run_dir, summary, list(saved.get("history", [])), cfg)
     # A finished run continues only because the user asked for more: forget the old stop.
-    st["should_stop"], st["stop_reason"] = False, None
+    saved["should_stop"], saved["stop_reason"] = False, None
     if not quiet and main:
         was = " after it was interrupted (its process is gone)" if rundir.status(run_dir, summary) == "interrupted" else ""
-        at = (f"epoch {epoch + 1} of {cfg.train.epochs}, batch {st['batch']}" if st.get("batch")
+        at = (f"epoch {epoch + 1} of {cfg.train.epochs}, batch {saved['batch']}" if saved.get("batch")
               else f"epoch {epoch} of {cfg.train.epochs}")
         print(f"resuming {run_dir}{was} from {path.name} ({at})")
     # Nothing is written (config.yaml, history, summary.json) until the data, the model and
@@ -96,7 +96,7 @@ def resume(
                    resume_path=path,
                    prior_wall_time=float(summary.get("wall_time_s") or 0.0),
                    on_start=lambda: _record(run_dir, cfg, old, overrides, command, checkpoint=path.name, epoch=epoch,
-                                            batch=int(st.get("batch") or 0)))
+                                            batch=int(saved.get("batch") or 0)))
 
 
 def _record(run_dir: Path, cfg: config_mod.RunConfig, old: config_mod.RunConfig, overrides: list[str],
