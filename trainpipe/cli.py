@@ -232,7 +232,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     outcome = run_sweep(a.sweep, a.output, workers=1 if a.workers is None else a.workers, devices=a.devices,
                         storage=a.storage, trials=a.trials, overrides=a.overrides, budget=a.budget)
     if outcome.interrupted:
-        return EXIT_INTERRUPTED
+        return _signal_exit_code()
     return EXIT_RETRY if outcome.machine_failures else EXIT_OK
 
 
@@ -391,14 +391,20 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return a
 
 
-def _interrupted(run_dir: Path | None) -> int:
-    """Say how an interrupted run continues; the exit code is 128 + the signal's number."""
+def _signal_exit_code() -> int:
+    """128 + the number of the signal that stopped the command (130 Ctrl-C, 143 SIGTERM, 138
+    SIGUSR1), for a run and a sweep alike; 130 when no signal was recorded (a KeyboardInterrupt)."""
     signum = None
     if "trainpipe.run.signals" in sys.modules:
         from trainpipe.run import signals
 
         signum = signals.received()
-    code = 128 + signum if signum else EXIT_INTERRUPTED
+    return 128 + signum if signum else EXIT_INTERRUPTED
+
+
+def _interrupted(run_dir: Path | None) -> int:
+    """Say how an interrupted run continues; the exit code is 128 + the signal's number."""
+    code = _signal_exit_code()
     if run_dir is None:
         print("interrupted.", file=sys.stderr)
         return code
