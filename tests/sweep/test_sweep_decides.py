@@ -86,7 +86,7 @@ def test_single_runs_say_no_verdict_is_possible(tmp_path: Path) -> None:
     run_sweep(s, tmp_path / "sw")
     md = (tmp_path / "sw" / "results.md").read_text()
     assert "Verdict: no verdict is possible: every configuration ran once (n=1)" in md
-    assert "Add a seed parameter to the sweep file (`seed: {values: [0, 1, 2]}`)" in md
+    assert "Add `confirm: {top: 3, seeds: 5}` to the sweep file to rerun the best configurations" in md
     assert not math.isnan(float(read_csv(tmp_path / "sw" / "results.csv")[0]["best val/acc"]))
 
 

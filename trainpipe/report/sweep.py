@@ -195,7 +195,7 @@ def load_sweep(path: Path) -> Sweep:
     metric = metric_key(label)
     goal = _spec_goal(spec) or ("minimize" if _common(runs, "train", "monitor_mode") == "min" else "maximize")
     if metric_col and "state" in cols:
-        params = [c for c in cols[cols.index("state") + 1: cols.index(metric_col)] if c != "config"]
+        params = [c for c in cols[cols.index("state") + 1: cols.index(metric_col)] if c not in ("config", "stage")]
     elif declared:
         params = [n for n, p in declared.items() if p.varied]
     else:
@@ -310,12 +310,15 @@ def sweep_report(path: Path, output: Path, *, storage: str | None = None) -> Pat
 
     doc.heading("Results")
     config_of = {t.name: g.label for g in groups for t in g.rows} if sw.seed else {}
-    cols = (["trial", "state"] + [f"`{p}`" for p in sw.params] + (["config"] if sw.seed else [])
+    staged = any(t.csv.get("stage") for t in sw.trials)  # `confirm:`: screening or confirmation trial
+    cols = (["trial", "state"] + (["stage"] if staged else []) + [f"`{p}`" for p in sw.params]
+            + (["config"] if sw.seed else [])
             + [f"best {label}", "test/acc", "train/acc", "epochs", "s/epoch", "reason"])
     rows = []
     for t in sw.trials:
         reason = t.csv.get("reason") or (t.run.summary.get("error") or t.run.summary.get("stop_reason") if t.run else "")
-        rows.append([t.name, t.state] + [fmt_value(t.params.get(p)) for p in sw.params]
+        rows.append([t.name, t.state] + ([t.csv.get("stage") or "-"] if staged else [])
+                    + [fmt_value(t.params.get(p)) for p in sw.params]
                     + ([config_of.get(t.name, "-")] if sw.seed else []) + [
             fmt_metric(metric, t.value),
             fmt_metric("test/acc", t.test_acc),

@@ -132,8 +132,8 @@ def verdict(groups: Sequence[Configuration], metric: str, goal: str) -> vd.Verdi
     ranked = [g for g in groups if g.rank is not None]
     if not ranked:
         return None
-    # (sweeps have no `confirm:` block yet: single runs are answered with a seed parameter)
-    return vd.decide([(g.describe(), g.values) for g in ranked], metric, goal, advice=vd.SEED_ADVICE)
+    # single runs are answered with the `confirm:` block (`sweep.confirm`)
+    return vd.decide([(g.describe(), g.values) for g in ranked], metric, goal)
 
 
 def best_configuration(groups: Sequence[Configuration]) -> Configuration | None:

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trainpipe import files
 from trainpipe.run import failures
 from trainpipe.sweep import budget
+from trainpipe.sweep import confirm as cf
 from trainpipe.sweep import study as st
 from trainpipe.sweep.ranking import Configuration, best_configuration, best_trial, ci_text, configurations, \
     mean_spread, rank_trials, verdict
@@ -53,6 +54,7 @@ class TrialRow:
     cause: str = ""  # a failure of the machine: oom | disk_full | device_lost (`trainpipe.run.failures`)
     facts: dict[str, Any] = field(default_factory=dict)  # its batch_size, peak_memory_mb, requested_mb
     span_s: float | None = None  # start to end as the study records it (what a budget's estimate uses)
+    stage: str = ""  # with `confirm:`, screen or confirm (`sweep.confirm`)
 
     @property
     def name(self) -> str:
@@ -68,8 +70,19 @@ def trial_params(trial: FrozenTrial, spec: SweepSpec) -> dict[str, Any]:
 
 
 def shown_params(params: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
-    """{the sweep file's name: value}, with labels for list and dict values."""
-    return {p.display: p.label_of(params[p.key]) for p in spec.varied if p.key in params}
+    """{the sweep file's name: value}, with labels for list and dict values (and, with `confirm:` in a
+    sweep that varies no seed, the trial's `seed`)."""
+    out = {p.display: p.label_of(params[p.key]) for p in spec.varied if p.key in params}
+    if spec.confirm is not None and spec.seed_param is None and "seed" in params:
+        out["seed"] = params["seed"]
+    return out
+
+
+def shown_names(spec: SweepSpec) -> list[str]:
+    """The parameter columns of the results: the varied parameters, and `seed` when `confirm:` adds
+    seeds to a sweep that varies none."""
+    return [p.display for p in spec.varied] + (["seed"] if spec.confirm is not None and spec.seed_param is None
+                                               else [])
 
 
 def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
@@ -92,13 +105,17 @@ def row_of(trial: FrozenTrial, spec: SweepSpec) -> TrialRow:
         reason, value = f"queued again: trial {trial.system_attrs['failed_trial']:04d} {why}", None
     worker = trial.user_attrs.get("worker") or {}
     params = trial_params(trial, spec)
+    stage = ""
+    if spec.confirm is not None:  # the seed it trained with, shown as a parameter, and its stage
+        params[spec.seed_param.key if spec.seed_param is not None else "seed"] = cf.seed_of(trial, spec)
+        stage = cf.CONFIRM if cf.is_confirmation(trial) else cf.SCREEN
     cause = res.get("cause") if trial.state == TrialState.FAIL and res.get("cause") in failures.CAUSES else ""
     return TrialRow(trial.number, state, params, value, res.get("train_acc"), res.get("test_acc"),
                     res.get("epochs") if trial.state != TrialState.RUNNING else len(curve),
                     res.get("epoch_time_s"), res.get("wall_time_s"), str(reason), worker.get("host", ""),
                     trial.user_attrs.get("run_dir", ""), curve, shown_params(params, spec), cause,
                     {k: res[k] for k in ("batch_size", "peak_memory_mb", "requested_mb") if res.get(k) is not None}
-                    if cause else {}, budget.span_s(trial))
+                    if cause else {}, budget.span_s(trial), stage)
 
 
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
@@ -121,7 +138,7 @@ def config_groups(rows: list[TrialRow], spec: SweepSpec) -> list[Configuration]:
 
 def best_group(rows: list[TrialRow], spec: SweepSpec) -> Configuration | None:
     """The best configuration by mean, for a sweep that varies the seed (else None)."""
-    return best_configuration(config_groups(rows, spec)) if spec.seed_param is not None else None
+    return best_configuration(config_groups(rows, spec)) if spec.grouped else None
 
 
 def fmt(v: Any) -> str:
@@ -137,9 +154,10 @@ def fmt(v: Any) -> str:
 # ------------------------------------------------------------------- writing
 def columns(spec: SweepSpec) -> list[str]:
     m = spec.metric_label
-    seeded = ["config"] if spec.seed_param is not None else []
-    stats = [f"mean {m}", f"std {m}", "n", *ci_columns(spec)] if spec.seed_param is not None else []
-    return (["trial", *seeded, "state"] + [p.display for p in spec.varied] + [f"best {m}", *stats]
+    seeded = ["config"] if spec.grouped else []
+    stats = [f"mean {m}", f"std {m}", "n", *ci_columns(spec)] if spec.grouped else []
+    stage = ["stage"] if spec.confirm is not None else []
+    return (["trial", *seeded, "state", *stage] + shown_names(spec) + [f"best {m}", *stats]
             + ["train/acc", "test/acc", "epochs", "s/epoch", "time_s", "reason", "host", "run_dir", "cause"])
 
 
@@ -149,18 +167,19 @@ def ci_columns(spec: SweepSpec) -> list[str]:
 
 
 def as_record(r: TrialRow, spec: SweepSpec, group: Configuration | None = None) -> list[Any]:
-    seeded = [group.label if group else "-"] if spec.seed_param is not None else []
+    seeded = [group.label if group else "-"] if spec.grouped else []
     ci = group.ci if group else None
-    stats = [group.mean, group.std, group.n, *(ci or (None, None))] if spec.seed_param is not None and group else \
-        ([None, None, 0, None, None] if spec.seed_param is not None else [])
-    return ([r.name, *seeded, r.state] + [r.shown.get(p.display) for p in spec.varied] + [r.value, *stats]
+    stats = [group.mean, group.std, group.n, *(ci or (None, None))] if spec.grouped and group else \
+        ([None, None, 0, None, None] if spec.grouped else [])
+    stage = [r.stage] if spec.confirm is not None else []
+    return ([r.name, *seeded, r.state, *stage] + [r.shown.get(n) for n in shown_names(spec)] + [r.value, *stats]
             + [r.train_acc, r.test_acc, r.epochs, r.epoch_time_s, r.wall_time_s, r.reason, r.host, r.run_dir,
                r.cause])
 
 
 def records(rows: list[TrialRow], spec: SweepSpec) -> list[list[Any]]:
     """One record per trial; with a seed parameter, grouped by configuration, best mean first."""
-    if spec.seed_param is None:
+    if not spec.grouped:
         return [as_record(r, spec) for r in rows]
     return [as_record(r, spec, g) for g in config_groups(rows, spec) for r in g.rows]
 
@@ -186,7 +205,7 @@ def table_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
     keep = [i for i, c in enumerate(all_cols) if c not in hidden]
     cols = [all_cols[i] for i in keep]
     lines = ["| " + " | ".join(cols) + " |",
-             "|" + "|".join("---" if c in ("state", "reason") else "---:" for c in cols) + "|"]
+             "|" + "|".join("---" if c in ("state", "stage", "reason") else "---:" for c in cols) + "|"]
     for rec in records(rows, spec):
         lines.append(_md_row([fmt(rec[i]) for i in keep]))
     return lines
@@ -210,7 +229,7 @@ def budget_line(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path | N
         return None
     c = counts(rows)
     est = budget.trial_estimate([r.span_s for r in rows if r.state == "completed"])
-    return budget.line(sweep_dir, c["completed"] + c["pruned"] + c["failed"], spec.planned_trials(), est)
+    return budget.line(sweep_dir, c["completed"] + c["pruned"] + c["failed"], planned_all(spec), est)
 
 
 def to_markdown(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path | None = None) -> str:
@@ -222,9 +241,9 @@ def to_markdown(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path | N
     if (v := verdict_line(rows, spec)) is not None:
         lines += [v, ""]
     lines += [f"Test split: {WHEN[spec.test]}.", ""]
-    if spec.seed_param is not None:
+    if spec.grouped:
         lines += [f"## Configurations, best mean {spec.metric_label} first", "", *config_table_lines(rows, spec), "",
-                  f"## Trials (each {spec.seed_param.display})", ""]
+                  f"## Trials (each {spec.seed_name})", ""]
     lines += table_lines(rows, spec)
     lines += machine_failure_lines(rows, spec)
     best = best_trial(rows)
@@ -265,7 +284,7 @@ def machine_failure_lines(rows: list[TrialRow], spec: SweepSpec) -> list[str]:
 def verdict_line(rows: list[TrialRow], spec: SweepSpec) -> str | None:
     """`Verdict: ...`: the best configuration against the runner-up (`sweep.verdict`), or None
     before any trial completed."""
-    groups = config_groups(rows, spec) if spec.seed_param is not None else \
+    groups = config_groups(rows, spec) if spec.grouped else \
         configurations(rows, [p.display for p in spec.varied], spec.goal, per_trial=True)
     v = verdict(groups, spec.metric_label, spec.goal)
     return f"Verdict: {v.sentence}" if v is not None else None
@@ -278,8 +297,14 @@ def counts(rows: list[TrialRow]) -> dict[str, int]:
     return out
 
 
-def summary_line(rows: list[TrialRow], spec: SweepSpec) -> str:
+def planned_all(spec: SweepSpec) -> int | None:
+    """How many trials make the sweep complete, confirmation trials included; None: until stopped."""
     planned = spec.planned_trials()
+    return None if planned is None else planned + cf.planned_extra(spec, planned)
+
+
+def summary_line(rows: list[TrialRow], spec: SweepSpec) -> str:
+    planned = planned_all(spec)
     c = counts(rows)
     done = c["completed"] + c["pruned"] + c["failed"]
     of = f" of {planned}" if planned is not None else ""
@@ -326,7 +351,7 @@ def write_results(sweep_dir: str | Path, study: optuna.Study, spec: SweepSpec) -
         best = min((r for r in g.rows if r.state == "completed"), key=lambda r: r.number)
         header = (f"# Best configuration of sweep {spec.name} by mean {spec.metric_label} over seeds: "
                   f"{mean_spread(g.values)} ({spec.goal}), trials {g.trials}.\n# This is trial {best.name}'s "
-                  f"config ({spec.seed_param.display} {best.shown.get(spec.seed_param.display)}); "
+                  f"config ({spec.seed_name} {best.shown.get(spec.seed_name)}); "
                   f"run it with: trainpipe train {d / 'best.yaml'}\n")
     elif best is not None:
         header = (f"# Best trial {best.name} of sweep {spec.name}: {spec.metric_label} {fmt(best.value)} "
@@ -363,7 +388,7 @@ def status_text(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path) ->
     running = [r for r in rows if r.state == "running"]
     for r in running:
         lines.append(f"running: trial {r.name} on {r.host or '?'}, {r.reason}, {spec.metric_label} so far {fmt(r.value)}")
-    if spec.seed_param is not None:
+    if spec.grouped:
         lines += ["", *config_table_lines(rows, spec)]
     lines += ["", *table_lines(rows, spec), *machine_failure_lines(rows, spec)]
     return "\n".join(lines) + "\n"

@@ -325,6 +325,11 @@ def prepare_sweep(
         files.write_json(d / META, meta)
     total = planned_total(spec, trials)
     planned = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
+    if spec.confirm is not None:
+        from trainpipe.sweep.confirm import planned_extra
+
+        planned += (f" + {planned_extra(spec, total)} confirmation trials (the top {spec.confirm.top} with "
+                    f"{spec.confirm.seeds} seeds each)")
     can_run = runnable(spec, study, total)
     if can_run is not None and workers > max(can_run, 1):
         # A worker with nothing to run would only wait, and each one costs start-up time and memory.
@@ -375,11 +380,16 @@ def runnable(spec: SweepSpec, study: Any, total: int | None) -> int | None:
     """How many trials can run now (queued ones plus the room left); None: no limit."""
     from optuna.trial import TrialState
 
+    from trainpipe.sweep import confirm as cf
+
     led = st.ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
     queued = len(led.by_state(TrialState.WAITING))
     if total is None:
         return None
-    return queued + max(total - len(led.visible), 0)
+    left = max(total - len(cf.screening(led).visible), 0)
+    if spec.confirm is not None:  # the confirmation trials still to come (an estimate while screening runs)
+        left += len(cf.needed(spec, led.visible)) if not left else cf.planned_extra(spec, total)
+    return queued + left
 
 
 def write_results_if_room(d: Path, study: Any, spec: SweepSpec) -> list[TrialRow]:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # existing files work unchanged.
 IGNORED_KEYS = ("program", "command", "project", "entity", "description", "controller")
 TOP_KEYS = ("method", "metric", "parameters", "run_cap", "early_terminate", "name", "base", "fixed", "test",
-            "slurm", "budget", "seed", *IGNORED_KEYS)  # slurm: read by `trainpipe sweep --slurm` (trainpipe.launch.slurm)
+            "slurm", "budget", "seed", "confirm", *IGNORED_KEYS)  # slurm: read by `trainpipe sweep --slurm` (trainpipe.launch.slurm)
 # `test: best` by default: the configuration is chosen on val and the test split is
 # evaluated once, for the winner only (reporting every trial's test accuracy invites
 # choosing on it); it also spares a test pass per trial.
@@ -46,6 +46,41 @@ class Hyperband:
     min_iter: int = 1
     max_iter: int | None = None  # None: the base config's train.epochs
     eta: int = 3
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """The sweep file's `confirm:` block (what it does: `sweep.confirm`)."""
+
+    top: int  # how many of the best configurations (by screening mean) are confirmed
+    seeds: int  # how many runs each of them has in all, screening included
+
+
+CONFIRM_KEYS = ("top", "seeds")
+
+
+def parse_confirm(raw: Any, where: str) -> Confirm | None:
+    if raw is None:
+        return None
+    example = "confirm: {top: 3, seeds: 5}"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: confirm must be a mapping such as {example} (rerun the 3 best configurations "
+                          f"until each has 5 seeds); got {raw!r}.")
+    for k in raw:
+        if k not in CONFIRM_KEYS:
+            raise ConfigError(f"{where}: confirm.{k} is unknown{did_you_mean(str(k), CONFIRM_KEYS) or '.'} Valid keys: top "
+                              f"(how many of the best configurations to confirm), seeds (how many runs each then "
+                              f"has in all), e.g. {example}.")
+    out = {}
+    for k, low in (("top", 1), ("seeds", 2)):
+        v = raw.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            what = "how many of the best configurations to confirm" if k == "top" else \
+                "how many runs each confirmed configuration has in all, screening included"
+            raise ConfigError(f"{where}: confirm.{k} is {v!r}; it must be a whole number >= {low} ({what}), e.g. "
+                              f"{example}.")
+        out[k] = v
+    return Confirm(**out)
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,9 @@ class SweepSpec:
     # `seed: 7` at the top: the random and bayes samplers' seed, so that the same file proposes the
     # same trials (each trial's seed for training is a parameter or the base config's `seed`).
     sampler_seed: int = DEFAULT_SAMPLER_SEED
+    # `confirm: {top: 3, seeds: 5}`: rerun the best configurations with more seeds (`sweep.confirm`).
+    # Not part of the fingerprint: adding it to a finished sweep goes on with the confirmation.
+    confirm: Confirm | None = None
 
     @property
     def varied(self) -> list[Param]:
@@ -89,6 +127,16 @@ class SweepSpec:
     def config_params(self) -> list[Param]:
         """The varied parameters that make a configuration (all but the seed)."""
         return [p for p in self.varied if p.key != "seed"]
+
+    @property
+    def grouped(self) -> bool:
+        """Whether results group trials into configurations (several seeds per configuration)."""
+        return self.seed_param is not None or self.confirm is not None
+
+    @property
+    def seed_name(self) -> str:
+        """The results' name for a trial's seed: the seed parameter's, else `seed`."""
+        return self.seed_param.display if self.seed_param is not None else "seed"
 
     @property
     def direction(self) -> str:
@@ -258,13 +306,14 @@ def parse_with_problems(data: Mapping[str, Any], *, source: str | Path | None = 
                      f"number >= 0 (default {DEFAULT_SAMPLER_SEED}). To vary the training seed, make it a parameter: "
                      f"parameters: {{seed: {{values: [0, 1, 2]}}}}.")
         sampler_seed = DEFAULT_SAMPLER_SEED
+    confirm = problems.attempt(parse_confirm, data.get("confirm"), where)
     name = data.get("name") or (Path(source).stem if source else "sweep")
     spec = SweepSpec(name=str(name), method=str(method or "random"), metric=metric, goal=goal,
                      params=tuple(params), base=resolved_base, fixed=fixed, run_cap=run_cap, hyperband=hyperband,
                      source=str(source) if source else None, raw=dict(data),
                      metric_name=metric_name, test=test,
                      overrides=extra, ignored=tuple(k for k in data if k in IGNORED_KEYS), budget_s=budget_s,
-                     sampler_seed=sampler_seed)
+                     sampler_seed=sampler_seed, confirm=confirm)
     if method is not None:
         problems.attempt(spec.search)  # a method may refuse the parameters (grid over a continuous range)
     return spec, problems, base_ok

@@ -127,8 +127,6 @@ def _n(d: Difference) -> str:
 
 CONFIRM_ADVICE = ("Add `confirm: {top: 3, seeds: 5}` to the sweep file to rerun the best configurations with "
                   "more seeds.")
-SEED_ADVICE = "Add a seed parameter to the sweep file (`seed: {values: [0, 1, 2]}`) to run each configuration " \
-              "with several seeds."
 
 
 def decide(ranked: Sequence[tuple[str, Sequence[float]]], metric: str, goal: str = "maximize", *,

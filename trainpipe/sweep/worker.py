@@ -31,6 +31,7 @@ from trainpipe.errors import ConfigError, StorageError
 from trainpipe.loop.stop import StopReason
 from trainpipe.run import failures, rundir, signals
 from trainpipe.sweep import budget as bd
+from trainpipe.sweep import confirm as cf
 from trainpipe.sweep import study as st
 from trainpipe.sweep.final_test import SkipTestSplit
 from trainpipe.sweep.results import shown_params
@@ -135,7 +136,7 @@ class Objective:
         self.trial_id = trial._trial_id
         started = self.study._storage.get_trial(trial._trial_id).datetime_start
         trial.set_user_attr("worker", st.worker_attr(started))
-        overrides = trial_overrides(trial, spec)
+        overrides = {**trial_overrides(trial, spec), **cf.seed_override(trial)}
         why = self.discard_reason(trial)
         if why:
             trial.set_user_attr("discarded", why)
@@ -254,6 +255,10 @@ class Objective:
         led = st.ledger(trials)
         me = next(t for t in trials if t._trial_id == trial._trial_id)
         earlier = [t for t in led.visible if t.number < me.number]
+        if cf.is_confirmation(me):  # one trial per (configuration, seed); the cap counts screening only
+            dup = cf.duplicate_of(me, earlier, spec)
+            return None if dup is None else f"same configuration and seed as trial {dup.number:04d}"
+        earlier = [t for t in earlier if not cf.is_confirmation(t)]
         if self.distinct_points:
             keys = [p.display for p in spec.varied]
             mine = st.point_of(me, keys)
@@ -343,9 +348,12 @@ def run_worker(wc: WorkerConfig) -> None:
             for n in st.reap_dead_trials(study, grace_period=wc.grace_period, sweep_dir=wc.sweep_dir):
                 wc.say(f"trial {n:04d} lost its worker; queued again")
             led = st.ledger(storage.get_all_trials(study._study_id, deepcopy=False))
-            action = next_action(wc.spec, led, wc.total, points)
+            action = next_action(wc.spec, cf.screening(led), wc.total, points)
+            confirming = None
+            if wc.spec.confirm is not None:
+                action, confirming = cf.step(wc, led, action, took)
             if action == "done":
-                if search.points is None and points is not None and len(led.visible) >= points:
+                if search.points is None and points is not None and len(cf.screening(led).visible) >= points:
                     wc.say(f"the search space is exhausted: each of its {points} configurations has a trial")
                 return
             if action == "wait":
@@ -361,6 +369,8 @@ def run_worker(wc: WorkerConfig) -> None:
                 return
             if wc.budget is not None and not fits_budget(wc, led.visible, took):
                 return
+            if confirming is not None:
+                cf.enqueue(study, confirming)
             began = time.perf_counter()
             study.optimize(objective, n_trials=1, catch=(TrialFailed, TrialDiscarded), gc_after_trial=True)
             objective.trial_id = None
