@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test bench bench-gpu clean
+.PHONY: demo test test-optuna-oldest bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --durations=15
 
+# The sweep and report tests on the oldest Optuna that pyproject.toml admits (installed
+# beside the venv's own, in .optuna-oldest/, and put first on the import path).
+OPTUNA_OLDEST := 3.6.0
+test-optuna-oldest: $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target .optuna-oldest "optuna==$(OPTUNA_OLDEST)"
+	PYTHONPATH=.optuna-oldest OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) tests/sweep tests/report
+
 bench: $(STAMP)
 	$(PY) -m bench
 
@@ -27,4 +34,4 @@ bench-gpu: $(STAMP)
 	$(PY) -m bench gpu $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .optuna-oldest

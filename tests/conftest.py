@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_report_header() -> str:
+    import optuna
+
+    return f"optuna {optuna.__version__} ({Path(optuna.__file__).parent})"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Never touch the user's ~/.cache from tests; share one cache per test session.

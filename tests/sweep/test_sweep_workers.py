@@ -212,8 +212,8 @@ def test_postgres_two_machines_share_one_study(tmp_path: Path, monkeypatch: pyte
 
 
 # ------------------------------------------------------ dead workers, no training
-def _study(tmp_path: Path, **kw: int) -> tuple[optuna.Study, object]:
-    storage = st.make_storage(f"sqlite:///{tmp_path / 'o.db'}", **kw)
+def _study(tmp_path: Path) -> tuple[optuna.Study, object]:
+    storage = st.make_storage(f"sqlite:///{tmp_path / 'o.db'}")
     spec = parse_spec({"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
                        "parameters": {"optim.lr": {"values": [0.1, 0.2]}}})
     return optuna.create_study(storage=storage, study_name="t", direction="maximize",
@@ -257,11 +257,11 @@ def test_a_trial_whose_local_worker_died_is_queued_again_at_once(tmp_path: Path)
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() stands in for a worker
 def test_a_trial_of_a_silent_remote_worker_is_queued_again_after_the_grace_period(tmp_path: Path) -> None:
-    study, _ = _study(tmp_path, heartbeat_interval=1, grace_period=1)
+    study, _ = _study(tmp_path)
     t = study.ask()
     t.suggest_categorical("optim.lr", [0.1, 0.2])
     t.set_user_attr("worker", {"machine": "elsewhere", "host": "elsewhere", "pid": 1})
-    study._storage.record_heartbeat(t._trial_id)
+    t.set_user_attr("heartbeat", "2026-01-01T12:00:00")  # as its worker's heartbeat thread writes it
     assert st.reap_dead_trials(study, grace_period=1) == []  # still beating
     assert study.get_trials()[0].state == TrialState.RUNNING
     time.sleep(2.5)

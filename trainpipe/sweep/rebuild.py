@@ -134,8 +134,7 @@ def rebuild(study: optuna.Study, spec: SweepSpec, sweep_dir: str | Path) -> tupl
             tested = {k: float(v) for k, v in s.items() if k.startswith("test/") and isinstance(v, (int, float))}
             study.set_user_attr(TEST_ATTR, {**(study.user_attrs.get(TEST_ATTR) or {}), str(number): tested})
         if trial.state == TrialState.FAIL and (trial.user_attrs.get("result") or {}).get("status") != "failed":
-            st.retry_interrupted(study, study._storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, number))
+            st.retry_interrupted(study, number)
             queued.append(number)
     return rebuilt, queued
 
@@ -190,7 +189,7 @@ def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str,
     try:
         storage = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         study = st.open_study(spec, storage, study_name=study_name, epochs=epochs)
-        known = {t.number for t in storage.get_all_trials(study._study_id, deepcopy=False)}
+        known = {t.number for t in study.get_trials(deepcopy=False)}
     except st.DamagedDatabase as e:
         if not (local and dirs):
             raise

@@ -122,7 +122,7 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[TrialRow]:
     """Every trial that counts (not re-queued or discarded ones), best first; failed ones last."""
     from trainpipe.sweep.final_test import recorded
 
-    led = st.ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
+    led = st.ledger(study.get_trials(deepcopy=False))
     rows = [row_of(t, spec) for t in led.visible]
     tested = recorded(study)  # test: best evaluates the winner after the sweep
     for r in rows:

@@ -382,7 +382,7 @@ def runnable(spec: SweepSpec, study: Any, total: int | None) -> int | None:
 
     from trainpipe.sweep import confirm as cf
 
-    led = st.ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
+    led = st.ledger(study.get_trials(deepcopy=False))
     queued = len(led.by_state(TrialState.WAITING))
     if total is None:
         return None

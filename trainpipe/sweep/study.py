@@ -1,10 +1,15 @@
 """The Optuna side of a sweep: storage, study, sampler, pruner, and the trial ledger.
 
 Storage is an `RDBStorage` (SQLite file in the sweep directory by default, any
-SQLAlchemy URL otherwise) with heartbeats: a trial whose worker stops beating for
-`grace_period` seconds is failed and re-queued as a WAITING copy with the same
-parameters (Optuna's retry callback). On one machine a dead worker is noticed at once
-from its process id instead of waiting for the grace period.
+SQLAlchemy URL otherwise). Every worker beats for its running trial (a `heartbeat` user
+attribute, rewritten every `heartbeat_interval` seconds): a trial whose heartbeat another
+worker has watched stand still for `grace_period` seconds is failed and re-queued as a
+WAITING copy with the same parameters (the bookkeeping of Optuna's retry callback). On
+one machine a dead worker is noticed at once from its process id instead.
+
+Only Optuna's public API is used (`Study.ask`/`tell`/`get_trials`/`add_trial`,
+`FrozenTrial`, `create_trial`, the storage classes' documented arguments), so that a
+new Optuna release breaks nothing here; the range tested is in the README.
 
 Some trials exist only for bookkeeping and are hidden from results: a trial that was
 re-queued (its copy carries on), and a trial *discarded* because another worker had
@@ -15,9 +20,9 @@ already claimed the same point of a grid or the run cap was reached in the meant
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import time
 import warnings
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +42,6 @@ GRACE_PERIOD_S = 120
 MAX_RETRIES = 3
 FINGERPRINT_ATTR = "trainpipe:fingerprint"
 SWEEP_META = "study.json"  # study name, storage, base config, fingerprint: written when a sweep starts
-
-_RETRY_CLS = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
 
 
 def quiet_optuna() -> None:
@@ -125,8 +128,10 @@ def refuse_sqlite_on_network_fs(url: str) -> None:
             f"(an Optuna journal file in the sweep directory, made for shared file systems), or a PostgreSQL URL.")
 
 
-def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-                 grace_period: int = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
+def make_storage(url: str, *, heartbeat_interval: float | None = None,
+                 grace_period: float | None = None) -> optuna.storages.BaseStorage:
+    """The sweep's storage. (`heartbeat_interval` and `grace_period` are accepted for older
+    callers and unused: liveness is the workers' heartbeat attribute, `Liveness`.)"""
     quiet_optuna()
     if is_journal(url):
         # Optuna's journal file: an append-only log on a (shared) file system, no server. It has no
@@ -146,14 +151,9 @@ def make_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
         engine_kwargs["connect_args"] = {"timeout": 120}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    retry = _RETRY_CLS(max_retry=MAX_RETRIES)
-    params = inspect.signature(optuna.storages.RDBStorage).parameters
-    cb_name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs,
-                                              heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                              **{cb_name: retry})
+            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs)
         except ImportError as e:
             raise ConfigError(f"--storage {redact(url)}: the database driver is not installed ({e}). For "
                               f"PostgreSQL: pip install 'trainpipe[postgres]'.") from None
@@ -271,26 +271,84 @@ def worker_attr(started: dt.datetime | None = None) -> dict[str, Any]:
     return {**rundir.this_process(), "since": started.isoformat() if started else None}
 
 
-def requeue(study: optuna.Study, trial_id: int) -> bool:
-    """Fail a running trial (if nobody else did) and queue a copy; True when this call did it."""
-    storage = study._storage
-    try:
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
+def trial_of(study: optuna.Study, number: int) -> FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def queue_copy(study: optuna.Study, trial: FrozenTrial, *, max_retry: int | None) -> bool:
+    """Queue a WAITING copy of `trial` with its parameters; False when it was retried `max_retry` times.
+
+    The copy carries the bookkeeping of Optuna's retry callback (system attributes
+    `failed_trial`: the first trial of the series, `retry_history`: every one before it),
+    which optuna-dashboard shows; written here because the callback's class was renamed
+    in Optuna 4.9 and its old name goes in 6.0.
+    """
+    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    if max_retry is not None and len(system_attrs["retry_history"]) > max_retry:
         return False
-    frozen = storage.get_trial(trial_id)
-    if not frozen.user_attrs.get("discarded"):
-        _RETRY_CLS(max_retry=MAX_RETRIES)(study, frozen)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
+                                              distributions=trial.distributions, user_attrs=trial.user_attrs,
+                                              system_attrs=system_attrs))
     return True
 
 
-def retry_interrupted(study: optuna.Study, trial_id: int) -> None:
-    """Queue a copy of a trial that Ctrl-C ended (Optuna has marked it failed)."""
-    frozen = study._storage.get_trial(trial_id)
+def requeue(study: optuna.Study, number: int) -> bool:
+    """Fail a running trial (if nobody else did) and queue a copy; True when this call did it.
+
+    `Study.tell` is the atomic step: of two processes failing one trial, the storage lets
+    one through and refuses the other (the trial is finished by then).
+    """
+    try:
+        study.tell(number, state=TrialState.FAIL)
+    except (ValueError, RuntimeError):  # not running any more: told, or failed by another worker
+        return False
+    frozen = trial_of(study, number)
+    if not frozen.user_attrs.get("discarded"):
+        queue_copy(study, frozen, max_retry=MAX_RETRIES)
+    return True
+
+
+def retry_interrupted(study: optuna.Study, number: int) -> None:
+    """Queue a copy of a trial that Ctrl-C ended (the worker has told it failed)."""
+    frozen = trial_of(study, number)
     status = (frozen.user_attrs.get("result") or {}).get("status")
     if frozen.state == TrialState.FAIL and status in ("interrupted", "running") and not frozen.user_attrs.get("discarded"):
-        _RETRY_CLS(max_retry=None)(study, frozen)
+        queue_copy(study, frozen, max_retry=None)
+
+
+class Liveness:
+    """What this process has seen of the running trials' heartbeats.
+
+    A trial whose heartbeat (and worker record) stayed the same for `grace_period`
+    seconds of this process's own watch is dead. Clocks of other machines are never
+    compared, and `forget` restarts every watch: a process that lost the database
+    (`trainpipe.sweep.db`) saw nothing meanwhile, and must not take the silence of
+    others during that outage for their death.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str, float]] = {}
+
+    def silent_for(self, trial: FrozenTrial, now: float) -> float:
+        sign = repr((trial.user_attrs.get("heartbeat"), trial.user_attrs.get("worker")))
+        prev = self.seen.get(trial.number)
+        if prev is None or prev[0] != sign:
+            self.seen[trial.number] = (sign, now)
+            return 0.0
+        return now - prev[1]
+
+    def forget(self) -> None:
+        self.seen.clear()
+
+
+_LIVENESS: weakref.WeakKeyDictionary[optuna.Study, Liveness] = weakref.WeakKeyDictionary()
+
+
+def liveness(study: optuna.Study) -> Liveness:
+    if study not in _LIVENESS:
+        _LIVENESS[study] = Liveness()
+    return _LIVENESS[study]
 
 
 def retry_machine_failures(study: optuna.Study, causes: Iterable[str]) -> list[FrozenTrial]:
@@ -298,7 +356,7 @@ def retry_machine_failures(study: optuna.Study, causes: Iterable[str]) -> list[F
     is one of `causes`: out of memory, disk full, a lost device); returns those trials. Called
     when a sweep starts, so that each invocation retries them once."""
     wanted = set(causes)
-    led = ledger(study._storage.get_all_trials(study._study_id, deepcopy=False))
+    led = ledger(study.get_trials(deepcopy=False))
     retried = []
     for t in led.by_state(TrialState.FAIL):
         if (t.user_attrs.get("result") or {}).get("cause") in wanted:
@@ -353,30 +411,18 @@ def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S,
                      sweep_dir: str | Path | None = None) -> list[int]:
     """Re-queue running trials whose worker is gone; returns their numbers.
 
-    Same machine: the worker's process id is checked directly. Elsewhere: Optuna's
-    heartbeat (`fail_stale_trials`), or for a storage without one (the journal file) the
-    worker's beat file in `sweep_dir/workers/`, silent for `grace_period`. A trial that
-    died before it recorded its worker is judged by its age.
+    Same machine: the worker's process id is checked directly. Otherwise: the trial's
+    heartbeat stood still for `grace_period` seconds (`Liveness`), for any storage (the
+    heartbeat is a trial attribute); a trial that died before it recorded its worker is
+    judged the same way. (`sweep_dir` is not needed for this any more.)
     """
     reaped = []
-    now = dt.datetime.now()
-    own_beats = sweep_dir is not None and not isinstance(study._storage, optuna.storages.RDBStorage)
-    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+    watch, now = liveness(study), time.monotonic()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker")
-        if w is not None and w.get("since") == (t.datetime_start.isoformat() if t.datetime_start else None):
-            verdict = None if rundir.is_current(w) else rundir.gone(w)
-            if verdict is None and own_beats and not rundir.is_current(w):
-                verdict = _silent_for(sweep_dir, w, t.datetime_start) > grace_period
-            dead = verdict is True
-        else:
-            started = t.datetime_start or now
-            # The worker records itself first thing; a trial this old without a record
-            # lost its worker between Optuna's ask and the objective.
-            dead = (now - started).total_seconds() > grace_period
-        if dead and requeue(study, t._trial_id):
+        ours = w is not None and w.get("since") == (t.datetime_start.isoformat() if t.datetime_start else None)
+        gone = None if not ours else False if rundir.is_current(w) else rundir.gone(w)
+        dead = gone if gone is not None else watch.silent_for(t, now) > grace_period
+        if dead and requeue(study, t.number):
             reaped.append(t.number)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.storages.fail_stale_trials(study)
     return reaped
-

@@ -13,10 +13,13 @@ workers are still running: one of them may die and its trial come back), or stop
 
 from __future__ import annotations
 
+import datetime as dt
+import gc
 import math
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,14 +131,13 @@ class Objective:
     def __init__(self, wc: WorkerConfig, study: optuna.Study, *, distinct_points: bool = False) -> None:
         self.wc, self.study = wc, study
         self.distinct_points = distinct_points  # the method visits each point once (grid)
-        self.trial_id: int | None = None
+        self.trial_number: int | None = None
         self.disk_full = False  # a trial of this worker found the disk full: start no more
 
     def __call__(self, trial: optuna.Trial) -> float:
         wc, spec = self.wc, self.wc.spec
-        self.trial_id = trial._trial_id
-        started = self.study._storage.get_trial(trial._trial_id).datetime_start
-        trial.set_user_attr("worker", st.worker_attr(started))
+        self.trial_number = trial.number
+        trial.set_user_attr("worker", st.worker_attr(trial.datetime_start))
         overrides = {**trial_overrides(trial, spec), **cf.seed_override(trial)}
         why = self.discard_reason(trial)
         if why:
@@ -143,7 +145,7 @@ class Objective:
             raise TrialDiscarded(why)
         run_dir = (Path(wc.sweep_dir) / "trials" / f"{trial.number:04d}").resolve()
         before = (trial.user_attrs.get("result") or {}).get("cause")  # a copy of a trial the machine failed
-        history = self.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history") or []
+        history = st.trial_of(self.study, trial.number).system_attrs.get("retry_history") or []
         # A queued copy of a trial that was interrupted or lost its worker continues that trial's
         # run from its last checkpoint (mid-epoch after a signal), in its directory renamed to
         # this trial's number: no finished step is trained twice.
@@ -250,10 +252,9 @@ class Objective:
         lost trial never count against the cap: they replace it.
         """
         spec = self.wc.spec
-        storage = self.study._storage
-        trials = storage.get_all_trials(self.study._study_id, deepcopy=False)
+        trials = self.study.get_trials(deepcopy=False)
         led = st.ledger(trials)
-        me = next(t for t in trials if t._trial_id == trial._trial_id)
+        me = next(t for t in trials if t.number == trial.number)
         earlier = [t for t in led.visible if t.number < me.number]
         if cf.is_confirmation(me):  # one trial per (configuration, seed); the cap counts screening only
             dup = cf.duplicate_of(me, earlier, spec)
@@ -328,7 +329,7 @@ def run_worker(wc: WorkerConfig) -> None:
     """Run trials until the sweep is complete. Ctrl-C re-queues the running trial and re-raises."""
     from trainpipe.sweep.results import write_results
 
-    storage = st.make_storage(wc.storage_url, heartbeat_interval=wc.heartbeat_interval, grace_period=wc.grace_period)
+    storage = st.make_storage(wc.storage_url)
     search = wc.spec.search()
     study = optuna.load_study(study_name=wc.study_name, storage=storage, sampler=search.sampler(),
                               pruner=st.pruner_for(wc.spec, wc.epochs))
@@ -347,7 +348,7 @@ def run_worker(wc: WorkerConfig) -> None:
                 return
             for n in st.reap_dead_trials(study, grace_period=wc.grace_period, sweep_dir=wc.sweep_dir):
                 wc.say(f"trial {n:04d} lost its worker; queued again")
-            led = st.ledger(storage.get_all_trials(study._study_id, deepcopy=False))
+            led = st.ledger(study.get_trials(deepcopy=False))
             action = next_action(wc.spec, cf.screening(led), wc.total, points)
             confirming = None
             if wc.spec.confirm is not None:
@@ -372,8 +373,8 @@ def run_worker(wc: WorkerConfig) -> None:
             if confirming is not None:
                 cf.enqueue(study, confirming)
             began = time.perf_counter()
-            study.optimize(objective, n_trials=1, catch=(TrialFailed, TrialDiscarded), gc_after_trial=True)
-            objective.trial_id = None
+            run_trial(study, objective, wc)
+            objective.trial_number = None
             try:
                 write_results(wc.sweep_dir, study, wc.spec)
             except StorageError as e:
@@ -387,7 +388,7 @@ def run_worker(wc: WorkerConfig) -> None:
                 bd.touch(wc.sweep_dir)
                 took.append(time.perf_counter() - began)
     except KeyboardInterrupt:
-        release(study, objective.trial_id)
+        release(study, objective.trial_number)
         write_results(wc.sweep_dir, study, wc.spec)
         raise
     except Exception:
@@ -436,15 +437,61 @@ def fits_budget(wc: WorkerConfig, trials: list[Any], took: list[float]) -> bool:
     return False
 
 
-def release(study: optuna.Study, trial_id: int | None) -> None:
+def run_trial(study: optuna.Study, objective: Objective, wc: WorkerConfig) -> None:
+    """Ask for a trial, run it while a heartbeat thread beats for it, tell its outcome.
+
+    A failed or discarded trial is told FAIL and the worker goes on; any other exception
+    (Ctrl-C included) is told FAIL and raised.
+    """
+    trial = study.ask()
+    beat = Heartbeat(trial, wc.heartbeat_interval)
+    beat.start()
+    value, state = None, TrialState.FAIL
+    try:
+        value, state = objective(trial), TrialState.COMPLETE
+    except (TrialFailed, TrialDiscarded):
+        pass
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    finally:
+        beat.stop()
+        study.tell(trial, value, state=state)
+        gc.collect()
+
+
+class Heartbeat(threading.Thread):
+    """Rewrites the trial's `heartbeat` user attribute every `interval` seconds until stopped.
+
+    Other workers take a trial whose heartbeat stands still for the grace period for
+    dead (`study.Liveness`). A failed write is tried again at the next beat.
+    """
+
+    def __init__(self, trial: optuna.Trial, interval: float) -> None:
+        super().__init__(name=f"trainpipe-heartbeat-{trial.number}", daemon=True)
+        self.trial, self.interval = trial, interval
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.trial.set_user_attr("heartbeat", dt.datetime.now().isoformat(timespec="seconds"))
+            except Exception:  # noqa: BLE001 - the storage may be away for a moment; the next beat tries again
+                pass
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def release(study: optuna.Study, number: int | None) -> None:
     """After Ctrl-C: queue a copy of the interrupted trial and free any trial this process holds."""
     try:
-        if trial_id is not None:
-            st.retry_interrupted(study, trial_id)
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if number is not None:
+            st.retry_interrupted(study, number)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             w = t.user_attrs.get("worker") or {}
             if rundir.is_current(w):
-                st.requeue(study, t._trial_id)
+                st.requeue(study, t.number)
     except Exception as e:  # the storage may be what failed; the next start reaps by pid anyway
         print(f"could not re-queue the interrupted trial ({type(e).__name__}: {e}); the next start will",
               file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -49,21 +50,50 @@ def grid(spec: SweepSpec, /) -> Search:
 
 @functools.cache
 def _file_order_grid_sampler() -> type:
-    """GridSampler that visits combinations in the sweep file's order.
+    """A GridSampler that visits the combinations in the sweep file's order.
 
-    Optuna shuffles the grid; a fixed order makes trial NNNN the NNNN-th combination
-    of the file (last parameter fastest), which is what users read in the table.
-    (Made on first use, so that reading a sweep file does not import Optuna.)
+    Optuna's GridSampler picks a random combination among those not yet visited; a
+    fixed order makes trial NNNN the NNNN-th combination of the file (last parameter
+    fastest), which is what users read in the table. The choice is made in the
+    sampler's public hooks only: each trial takes the first combination that no other
+    trial of the study holds. Two workers racing for one combination are sorted out by
+    the worker's duplicate check, and the sweep's workers (not the sampler) decide when
+    the grid is done. (Made on first use, so that reading a sweep file does not import
+    Optuna.)
     """
     import optuna
 
     class FileOrderGridSampler(optuna.samplers.GridSampler):
         def __init__(self, search_space: dict[str, list[Any]], order: list[str]) -> None:
             super().__init__(search_space)
-            names = sorted(search_space)
-            ordered = list(itertools.product(*(search_space[k] for k in order)))
-            pos = [order.index(n) for n in names]
-            if hasattr(self, "_all_grids"):
-                self._all_grids = [tuple(c[i] for i in pos) for c in ordered]
+            self.file_order = list(order)
+            self.combinations = [dict(zip(order, combo)) for combo in itertools.product(*(search_space[k] for k in order))]
+            self.chosen: dict[int, dict[str, Any]] = {}
+
+        def key_of(self, params: dict[str, Any]) -> tuple[str, ...] | None:
+            if not all(k in params for k in self.file_order):
+                return None
+            return tuple(repr(params[k]) for k in self.file_order)
+
+        def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            pass
+
+        def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                               param_distribution: Any) -> Any:
+            point = self.chosen.get(trial.number)
+            if point is None:
+                taken = {self.key_of(t.params) for t in study.get_trials(deepcopy=False) if t.number != trial.number}
+                point = next((p for p in self.combinations if self.key_of(p) not in taken), self.combinations[0])
+                self.chosen[trial.number] = point
+            return point[param_name]
+
+        def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any,
+                        values: Any) -> None:
+            # Inside Study.optimize, stop once every combination is taken, as GridSampler does.
+            # Under ask/tell (the sweep's workers) Study.stop raises: the sweep decides itself.
+            taken = {self.key_of(t.params) for t in study.get_trials(deepcopy=False)} | {self.key_of(trial.params)}
+            if all(self.key_of(p) in taken for p in self.combinations):
+                with contextlib.suppress(RuntimeError):
+                    study.stop()
 
     return FileOrderGridSampler

@@ -1,0 +1,76 @@
+"""The sweep on Optuna's public API: no private names, our own heartbeat, the grid's order under ask/tell."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+
+import trainpipe.sweep
+from trainpipe.sweep import study as st
+from trainpipe.sweep.spec import parse_spec
+from trainpipe.sweep.worker import Heartbeat
+
+# What the sweep once reached into: Study/Trial/FrozenTrial internals, GridSampler's grid,
+# RDBStorage's signature sniffed to find a renamed argument.
+PRIVATE = re.compile(r"\._(storage|study_id|trial_id|all_grids|thread_local|get_stale_trial_ids|cached_frozen_trial)\b"
+                     r"|inspect\.signature\(optuna")
+
+
+def test_the_sweep_code_uses_no_private_name_of_optuna() -> None:
+    src = Path(trainpipe.sweep.__file__).parent
+    hits = [f"{p.relative_to(src)}:{i}: {line.strip()}" for p in sorted(src.rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if PRIVATE.search(line)]
+    assert hits == []
+
+
+def test_the_grid_keeps_file_order_under_ask_and_tell_and_never_stops_the_study(tmp_path: Path) -> None:
+    spec = parse_spec({"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+                       "parameters": {"optim.lr": {"values": [0.1, 0.2]}, "model.width": {"values": [8, 16]}}})
+    study = optuna.create_study(storage=st.make_storage(f"sqlite:///{tmp_path / 'o.db'}"),
+                                sampler=spec.search().sampler(), direction="maximize")
+    seen = []
+    for _ in range(4):
+        t = study.ask()
+        seen.append((t.suggest_categorical("optim.lr", [0.1, 0.2]), t.suggest_categorical("model.width", [8, 16])))
+        study.tell(t, 1.0)  # the last one exhausts the grid: Study.stop would raise outside optimize
+    assert seen == [(0.1, 8), (0.1, 16), (0.2, 8), (0.2, 16)]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_heartbeat_beats_on_after_a_failed_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study(storage=st.make_storage(f"sqlite:///{tmp_path / 'o.db'}"))
+    trial = study.ask()
+    calls, wrote = [], threading.Event()
+    real = trial.set_user_attr
+
+    def flaky(key: str, value: object) -> None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away for a moment")
+        real(key, value)
+        wrote.set()
+
+    monkeypatch.setattr(trial, "set_user_attr", flaky)
+    beat = Heartbeat(trial, interval=0.02)
+    beat.start()
+    try:
+        assert wrote.wait(30), "no heartbeat was written after the failed one"
+        assert beat.is_alive()
+    finally:
+        beat.stop()
+    assert "heartbeat" in study.get_trials()[0].user_attrs and not beat.is_alive()
+
+
+def test_a_silent_trial_is_dead_only_after_the_grace_period_of_this_process_watch() -> None:
+    watch = st.Liveness()
+    t = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs={"heartbeat": "12:00:00"})
+    assert watch.silent_for(t, now=100.0) == 0.0
+    assert watch.silent_for(t, now=150.0) == 50.0
+    beat = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs={"heartbeat": "12:00:30"})
+    assert watch.silent_for(beat, now=160.0) == 0.0  # it beat: the watch starts again
+    watch.forget()  # this process lost the database: what it saw before says nothing
+    assert watch.silent_for(beat, now=400.0) == 0.0
