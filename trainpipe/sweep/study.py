@@ -414,7 +414,9 @@ def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S,
     Same machine: the worker's process id is checked directly. Otherwise: the trial's
     heartbeat stood still for `grace_period` seconds (`Liveness`), for any storage (the
     heartbeat is a trial attribute); a trial that died before it recorded its worker is
-    judged the same way. (`sweep_dir` is not needed for this any more.)
+    judged the same way. A worker on a storage without its own heartbeat (the journal
+    file) also touches a liveness file in `sweep_dir/workers/`: where that file is, its
+    age decides.
     """
     reaped = []
     watch, now = liveness(study), time.monotonic()
@@ -422,6 +424,8 @@ def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S,
         w = t.user_attrs.get("worker")
         ours = w is not None and w.get("since") == (t.datetime_start.isoformat() if t.datetime_start else None)
         gone = None if not ours else False if rundir.is_current(w) else rundir.gone(w)
+        if gone is None and ours and sweep_dir is not None and beat_file(sweep_dir, w).is_file():
+            gone = _silent_for(sweep_dir, w, t.datetime_start) > grace_period  # its liveness file (journal)
         dead = gone if gone is not None else watch.silent_for(t, now) > grace_period
         if dead and requeue(study, t.number):
             reaped.append(t.number)
