@@ -24,8 +24,8 @@ test: $(STAMP)
 OPTUNA_OLDEST := 3.6.0
 test-optuna-oldest: $(STAMP)
 	$(PY) -m pip install -q --no-deps --upgrade --target .optuna-oldest "optuna==$(OPTUNA_OLDEST)"
-	PYTHONPATH=.optuna-oldest $(PY) -c "import optuna; print('testing on optuna', optuna.__version__)"
-	PYTHONPATH=.optuna-oldest OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) tests/sweep tests/report
+	PYTHONPATH=.optuna-oldest$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -c "import optuna; print('testing on optuna', optuna.__version__)"
+	PYTHONPATH=.optuna-oldest$${PYTHONPATH:+:$$PYTHONPATH} OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) tests/sweep tests/report
 
 bench: $(STAMP)
 	$(PY) -m bench

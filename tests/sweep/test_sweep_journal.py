@@ -40,7 +40,7 @@ def test_a_journal_sweep_whose_worker_is_killed_finishes_with_no_trial_lost_or_r
     assert (d / st.JOURNAL_FILE).is_file() and not (d / "optuna.db").exists()
 
     # optuna.load_study opens it as the README says
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(d / st.JOURNAL_FILE)))
+    storage = optuna.storages.JournalStorage(st.journal_file(d / st.JOURNAL_FILE))
     study = optuna.load_study(study_name="s", storage=storage)
     assert study.get_trials()[0].state == TrialState.RUNNING
 

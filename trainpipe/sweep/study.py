@@ -128,6 +128,17 @@ def refuse_sqlite_on_network_fs(url: str) -> None:
             f"(an Optuna journal file in the sweep directory, made for shared file systems), or a PostgreSQL URL.")
 
 
+def journal_file(path: str | Path) -> Any:
+    """Optuna's journal file backend for `path`: `optuna.storages.journal.JournalFileBackend` since
+    Optuna 4.0; before, the same public class was `optuna.storages.JournalFileStorage` (deprecated in
+    4.0, to be removed in 6.0). Checked on Optuna 3.6.0 and 5.1.0."""
+    try:
+        from optuna.storages.journal import JournalFileBackend
+    except ImportError:  # Optuna 3.x
+        return optuna.storages.JournalFileStorage(str(path))
+    return JournalFileBackend(str(path))
+
+
 def make_storage(url: str, *, heartbeat_interval: float | None = None,
                  grace_period: float | None = None) -> optuna.storages.BaseStorage:
     """The sweep's storage. (`heartbeat_interval` and `grace_period` are accepted for older
@@ -137,11 +148,9 @@ def make_storage(url: str, *, heartbeat_interval: float | None = None,
         # Optuna's journal file: an append-only log on a (shared) file system, no server. It has no
         # heartbeat; trials of dead workers are found from trainpipe's worker records instead
         # (`reap_dead_trials`, `beat`).
-        from optuna.storages.journal import JournalFileBackend
-
         path = Path(url[len(JOURNAL):])
         try:
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            return optuna.storages.JournalStorage(journal_file(path))
         except OSError as e:
             raise ConfigError(f"--storage {url}: cannot open the journal file ({e.strerror or e}); check that "
                               f"its directory exists and is writable.") from None
@@ -360,10 +369,9 @@ def retry_machine_failures(study: optuna.Study, causes: Iterable[str]) -> list[F
     retried = []
     for t in led.by_state(TrialState.FAIL):
         if (t.user_attrs.get("result") or {}).get("cause") in wanted:
-            _RETRY_CLS(max_retry=None)(study, t)
+            queue_copy(study, t, max_retry=None)
             retried.append(t)
     return retried
-
 
 
 # --------------------------------------------------- liveness without a heartbeat

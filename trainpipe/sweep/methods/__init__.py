@@ -48,20 +48,27 @@ def seeded_per_trial(cls: type, seed: int) -> type:
     The same sweep file then proposes the same trials, whichever worker asks for trial N and
     in whatever order the workers ask; two trials never share a draw. (Optuna seeds a sampler
     once, so that its draws depend on the order in which trials are asked for: with several
-    workers they would differ from run to run.)
+    workers they would differ from run to run.) Each draw is made by a sampler of the same
+    class and arguments built with that draw's seed, through its public `sample_independent`:
+    Optuna's samplers keep no state between draws but their random generator (and what they
+    read from the study).
     """
 
     class Seeded(cls):  # type: ignore[misc, valid-type]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.kwargs = kwargs
+
         def sample_independent(self, study: Any, trial: Any, param_name: str, distribution: Any) -> Any:
             # Optuna draws a value when the trial asks for it, so the draw is seeded there.
+            import warnings
             import zlib
 
             draw = zlib.crc32(f"{seed}/{trial.number}/{param_name}".encode())
-            self._rng.rng.seed(draw)  # LazyRandomState.rng: a numpy RandomState
-            inner = getattr(self, "_random_sampler", None)  # TPE's sampler for its first trials
-            if inner is not None:
-                inner._rng.rng.seed(draw)
-            return super().sample_independent(study, trial, param_name, distribution)
+            with warnings.catch_warnings():  # an experimental argument (constant_liar) warns each time
+                warnings.simplefilter("ignore")
+                one = cls(**{**self.kwargs, "seed": draw})
+            return one.sample_independent(study, trial, param_name, distribution)
 
     Seeded.__name__ = Seeded.__qualname__ = f"Seeded{cls.__name__}"
     return Seeded
