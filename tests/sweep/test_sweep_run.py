@@ -150,7 +150,7 @@ def test_a_changed_sweep_file_does_not_mix_into_an_existing_sweep(tmp_path: Path
     monkeypatch.chdir(tmp_path)
     s = sweep_file(tmp_path, {"optim.lr": {"values": [0.2]}})
     run_sweep(s)
-    sweep_file(tmp_path, {"optim.lr": {"values": [0.2, 0.1]}})
+    sweep_file(tmp_path, {"optim.lr": {"values": [0.1]}})  # (adding a value would extend the sweep)
     assert main(["sweep", str(s)]) == 2
     assert "different sweep file" in capsys.readouterr().err
     _, study = open_sweep(tmp_path / "sweeps" / "s")

@@ -224,7 +224,8 @@ def load_sweep(path: Path) -> Sweep:
     name = str(spec.get("name") or path.resolve().name)
     if (path / "study.json").is_file():  # the study name the sweep ran under
         with contextlib.suppress(ValueError, AttributeError):
-            name = str(json.loads((path / "study.json").read_text()).get("study_name") or name)
+            meta = json.loads((path / "study.json").read_text())
+            name = str(meta.get("name") or meta.get("study_name") or name)  # (an extended sweep's study is NAME.extended-K)
     seed = next((n for n, p in declared.items() if p.key == "seed" and p.varied and n in params), None)
     if seed is None and "seed" in params:
         seed = "seed"

@@ -246,6 +246,10 @@ def to_markdown(rows: list[TrialRow], spec: SweepSpec, sweep_dir: str | Path | N
                   f"## Trials (each {spec.seed_name})", ""]
     lines += table_lines(rows, spec)
     lines += machine_failure_lines(rows, spec)
+    if sweep_dir is not None:
+        from trainpipe.sweep.extend import history_lines
+
+        lines += history_lines(sweep_dir)
     best = best_trial(rows)
     g = best_group(rows, spec)
     if g is not None:

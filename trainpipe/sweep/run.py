@@ -143,7 +143,7 @@ def locate(sweep: str | Path, output: str | Path | None = None,
                               f"key=value arguments (its own are applied again), or start the sweep file with "
                               f"the new ones (another directory).")
         spec = load_checked_spec(p / "sweep.yaml", base=meta.get("base"), overrides=stored)
-        return replace(spec, name=meta["study_name"]), p, meta
+        return replace(spec, name=meta.get("name") or meta["study_name"]), p, meta
     spec = load_checked_spec(p, overrides=extra)
     if extra:
         spec = replace(spec, name=f"{spec.name}-{overrides_suffix(spec.overrides)}")
@@ -295,11 +295,11 @@ def prepare_sweep(
         from trainpipe.loop.device import resolve_device
 
         resolve_device(base_cfg.train.device)  # every trial here would be refused: say it once, before any write
-    if meta is not None and meta.get("fingerprint") != spec.fingerprint():
-        raise ConfigError(f"{d} holds a sweep started from a different sweep file (method, metric, parameters, "
-                          f"base or fixed changed; the original is {d / 'sweep.yaml'}). Restore it, or pass "
-                          f"another --output for the new sweep.")
     url = storage_url(d, storage, meta)
+    if meta is not None:  # a changed sweep file extends the sweep, or is refused (`sweep.extend`)
+        from trainpipe.sweep.extend import reconcile
+
+        meta = reconcile(spec, d, meta, url)
     study_name = meta["study_name"] if meta else spec.name
     if storage is None or st.is_journal(url):
         d.mkdir(parents=True, exist_ok=True)  # for optuna.db; another database is opened first
@@ -321,7 +321,8 @@ def prepare_sweep(
                 "method": spec.method, "metric": spec.metric, "goal": spec.goal,
                 "params": [p.display for p in spec.varied], "metric_name": spec.metric_label,
                 "overrides": spec.overrides,
-                "keys": {p.display: p.key for p in spec.varied}}
+                "keys": {p.display: p.key for p in spec.varied},
+                "sweep_file_text": Path(spec.source).read_text() if spec.source else None}
         files.write_json(d / META, meta)
     total = planned_total(spec, trials)
     planned = f"{total} trials" if total is not None else "trials until stopped (no run_cap or --trials)"
@@ -337,7 +338,8 @@ def prepare_sweep(
         print(f"--workers {workers}: {left}, so {max(can_run, 1)} worker{'s start' if can_run > 1 else ' starts'}",
               flush=True)
         workers = max(can_run, 1)
-    print(f"sweep {study_name}: {spec.method} over {', '.join(p.display for p in spec.varied) or 'nothing'}, "
+    shown = (meta or {}).get("name") or study_name  # (an extended sweep's study is NAME.extended-K)
+    print(f"sweep {shown}: {spec.method} over {', '.join(p.display for p in spec.varied) or 'nothing'}, "
           f"{spec.metric} ({spec.goal}), {planned}, {workers} worker{'s' if workers > 1 else ''}{where} -> {d}"
           f"{'' if storage is None else ' (study in ' + st.redact(url) + ')'}", flush=True)
 
