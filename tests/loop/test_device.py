@@ -66,7 +66,8 @@ def test_deterministic_on_cuda_is_strict_and_fixes_the_cublas_workspace(monkeypa
     assert current_settings() == before
 
 
-def test_a_fast_gpu_run_turns_on_tf32_and_the_autotuner_only_while_it_runs() -> None:
+def test_a_fast_gpu_run_turns_on_tf32_and_the_autotuner_only_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpus(monkeypatch, [A100])  # TF32 is a feature of Ampere and later
     before = current_settings()
     with run_settings(settings_for(SimpleNamespace(deterministic=False), torch.device("cuda"))):
         assert torch.get_float32_matmul_precision() == "high"
@@ -74,6 +75,41 @@ def test_a_fast_gpu_run_turns_on_tf32_and_the_autotuner_only_while_it_runs() -> 
     assert current_settings() == before
     with run_settings(settings_for(SimpleNamespace(deterministic=False), torch.device("cpu"))):
         assert current_settings() == before  # the CPU path changes nothing
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp16"])
+def test_mixed_precision_on_ampere_and_later_computes_the_fp32_rest_in_tf32(
+        monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    fake_gpus(monkeypatch, [T4, H100])  # the run trains on cuda:1, not the current GPU
+    before = current_settings()
+    train = SimpleNamespace(deterministic=False, precision=precision)
+    with run_settings(settings_for(train, torch.device("cuda:1"))):
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark
+    assert current_settings() == before
+
+
+def test_before_ampere_a_gpu_run_turns_on_only_the_autotuner(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpus(monkeypatch, [H100, T4])  # the current GPU has TF32; the training one does not
+    # As a user left it (put back after the test): nothing to gain on this GPU, so untouched.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    before = current_settings()
+    with run_settings(settings_for(SimpleNamespace(deterministic=False, precision="auto"), torch.device("cuda:1"))):
+        now = current_settings()
+        assert now.cudnn_benchmark
+        assert (now.matmul_precision, now.cudnn_tf32) == (before.matmul_precision, before.cudnn_tf32)
+    assert current_settings() == before
+
+
+def test_fp32_asked_for_by_name_is_ieee_fp32_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpus(monkeypatch, [A100])
+    before = current_settings()
+    assert before.cudnn_tf32  # torch's own default: TF32 in cuDNN's convolutions
+    with run_settings(settings_for(SimpleNamespace(deterministic=False, precision="fp32"), torch.device("cuda"))):
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark  # fixed shapes: the autotuner changes no result's precision
+    assert current_settings() == before
 
 
 def test_settings_read_after_torchs_newer_tf32_switch() -> None:

@@ -131,6 +131,12 @@ def has_fast_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def has_tf32(device: torch.device) -> bool:
+    """The GPU `device` has TF32 tensor cores (compute capability 8, Ampere, or later), the
+    same GPUs that have bf16 in hardware."""
+    return has_fast_bf16(device)
+
+
 _fp16_warned = False
 
 
@@ -212,19 +218,27 @@ def settings_for(train: Any, device: torch.device) -> TorchSettings:
 
     `deterministic`: torch's deterministic algorithms, strictly (an op with no deterministic
     implementation raises instead of warning), cuDNN's deterministic convolutions, no
-    autotuner, no TF32, and cuBLAS's fixed workspace. Otherwise, on a GPU: TF32 for fp32
-    matmuls and convolutions (bf16/fp16 autocast is unaffected) and cuDNN's autotuner, which
-    pays off with fixed batch shapes.
+    autotuner, no TF32, and cuBLAS's fixed workspace. Otherwise, on a GPU: cuDNN's autotuner,
+    which pays off with fixed batch shapes, and the fp32 math `train.precision` implies:
+    with `auto`, `bf16` or `fp16` (mixed precision), TF32 for the fp32 matmuls and
+    convolutions left outside autocast, on GPUs that have it (compute capability 8, Ampere,
+    and later; before that the switches do nothing and are left as found); with `fp32`
+    asked for by name, IEEE fp32 throughout (TF32 off, also in cuDNN, where torch's own
+    default has it on). On the CPU and MPS a run changes none of these.
     """
+    on_cuda = device.type == "cuda"
     if train.deterministic:
-        on_cuda = device.type == "cuda"
         workspace = (os.environ.get(_CUBLAS_ENV) or CUBLAS_WORKSPACE) if on_cuda else None
         return TorchSettings(deterministic=True, cudnn_deterministic=True, cudnn_benchmark=False,
                              matmul_precision="highest" if on_cuda else None,
                              cudnn_tf32=False if on_cuda else None, cublas_workspace=workspace)
-    if device.type == "cuda":
-        return TorchSettings(matmul_precision="high", cudnn_tf32=True, cudnn_benchmark=True)
-    return TorchSettings()
+    if not on_cuda:
+        return TorchSettings()
+    if getattr(train, "precision", "auto") == "fp32":
+        return TorchSettings(cudnn_benchmark=True, matmul_precision="highest", cudnn_tf32=False)
+    if has_tf32(device):
+        return TorchSettings(cudnn_benchmark=True, matmul_precision="high", cudnn_tf32=True)
+    return TorchSettings(cudnn_benchmark=True)
 
 
 @contextlib.contextmanager
