@@ -16,7 +16,8 @@
 #      script on the same data when --airbench names it (airbench.json)
 #   4. the rest of the table: CIFAR-100 shape, DeviceLoader images/s (rest.json)
 #   5. the defaults against every speed option set by hand and a hand-written loop, whole
-#      processes (`python -m bench defaults --device cuda`; its table in session.log)
+#      processes (`python -m bench defaults --device cuda`; its table in session.log; a rehearsal
+#      runs it with --quick on the CPU)
 # then summary.md (the table for BENCHMARKS.md; `python -m bench gpu --collect OUT_DIR` writes it
 # there). session.log has every step's output. OUT_DIR holds 8 files at most.
 #
@@ -181,9 +182,11 @@ for part in ${PARTS-smoke throughput speed airbench rest}; do
     collect
 done
 # 5. the defaults against every speed option set by hand and a hand-written loop, whole processes
-# (`python -m bench defaults`; its table goes to session.log). Rehearsed in the test suite instead.
+# (`python -m bench defaults`; its table goes to session.log). The rehearsal runs the same
+# benchmark on the CPU, one round of the resnet18 workload on a tiny image folder of its own.
 if [ "$REHEARSE" = 1 ]; then
-    log "defaults: not run in a rehearsal (tests/test_bench.py rehearses python -m bench defaults)"
+    step defaults "$CAP_DEFAULTS" "$PYTHON" -m bench defaults --quick --device cpu --no-configs --no-threads \
+        --no-write
 elif [ -n "$DATA" ]; then
     step defaults "$CAP_DEFAULTS" "$PYTHON" -m bench defaults --device cuda --cifar10 "$DATA" --rounds 2 \
         --config-rounds 2 --no-threads --no-write

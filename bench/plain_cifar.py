@@ -2,7 +2,7 @@
 PyTorch, the way course notebooks write it (and nothing from trainpipe).
 
 torchvision's ImageFolder decodes the JPEGs with PIL in 2 DataLoader workers and applies
-RandomCrop(32, padding=4, reflect) + RandomHorizontalFlip + ToTensor + Normalize per image;
+RandomCrop(32, padding=4) (zero padding, torchvision's default) + RandomHorizontalFlip + ToTensor + Normalize per image;
 timm's model; SGD with Nesterov momentum and weight decay under torch's OneCycleLR, stepped
 every batch; the running loss read with `.item()` every step; the test accuracy at the end.
 No speed option is set: the default memory format, torch's default optimizer kernels and
@@ -42,7 +42,7 @@ def main() -> None:
     device = torch.device("cuda" if a.device == "cuda_if_available" and torch.cuda.is_available()
                           else "cpu" if a.device == "cuda_if_available" else a.device)
     torch.manual_seed(0)
-    train_tf = T.Compose([T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip(),
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
                           T.ToTensor(), T.Normalize(MEAN, STD)])
     train_set = datasets.ImageFolder(f"{a.data}/train", train_tf)
     if a.fraction < 1:
