@@ -192,3 +192,16 @@ def test_two_workers_and_a_kill_add_no_duplicate_confirmation(tmp_path: Path, mo
     assert sorted(_config_seed(t) for t in visible) == sorted(
         [(0.05, 0), (0.2, 0), (best.params["optim.lr"], 1), (best.params["optim.lr"], 2)])
     assert all(r.state == "completed" for r in out.rows) and len(out.rows) == 4
+
+
+def test_a_study_rebuilt_from_the_trial_directories_keeps_its_confirmation_trials(tmp_path: Path) -> None:
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.1, 0.02]}}, fixed=ONE_EPOCH, confirm={"top": 1, "seeds": 2},
+                   test="none")
+    d = tmp_path / "sw"
+    run_sweep(s, d)
+    before = {t.number: _config_seed(t) for t in _visible(d)}
+    assert sum(cf.is_confirmation(t) for t in _visible(d)) == 1
+    (d / "optuna.db").unlink()
+    out = run_sweep(d)  # rebuilt from trials/: nothing runs again, the confirmation trial is still one
+    assert {t.number: _config_seed(t) for t in _visible(d)} == before and len(out.rows) == 3
+    assert sorted(p.name for p in (d / "trials").iterdir()) == ["0000", "0001", "0002"]

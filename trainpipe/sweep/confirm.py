@@ -83,6 +83,22 @@ def seed_of(trial: Any, spec: SweepSpec) -> Any:
     return screening_seed(spec)
 
 
+def rebuilt_mark(spec: SweepSpec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """For a study rebuilt from its trial directories (`sweep.rebuild`): the config to replay a trial's
+    parameters from, and its confirmation attribute ({} for a screening trial). A trial is taken for a
+    confirmation trial when its seed is not one that screening uses: the base config's (no seed
+    parameter), or one of the seed parameter's values."""
+    seed = config.get("seed")
+    if spec.confirm is None or seed is None:
+        return config, {}
+    sp = spec.seed_param
+    if sp is None:
+        return config, ({} if seed == screening_seed(spec) else {CONFIRM_ATTR: {"seed": seed}})
+    if sp.distribution != "categorical" or any(v == seed for v in sp.values):
+        return config, {}
+    return {**config, "seed": sp.values[0]}, {CONFIRM_ATTR: {"seed": seed}}
+
+
 def screening(led: Any) -> Any:
     """The ledger `led` (`study.Ledger`) without its confirmation trials."""
     from trainpipe.sweep.study import Ledger

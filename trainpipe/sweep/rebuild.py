@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from trainpipe.errors import ConfigError
 from trainpipe.run import failures, rundir
+from trainpipe.sweep import confirm as cf
 from trainpipe.sweep import study as st
 from trainpipe.sweep.final_test import TEST_ATTR
 from trainpipe.sweep.params import EPS, Param
@@ -141,7 +142,8 @@ def rebuild(study: optuna.Study, spec: SweepSpec, sweep_dir: str | Path) -> tupl
 
 def _trial_from(d: Path, spec: SweepSpec) -> optuna.trial.FrozenTrial | None:
     try:
-        params, dists = stored_params(spec, rundir.read_config(d))
+        config, mark = cf.rebuilt_mark(spec, rundir.read_config(d))  # a confirmation trial keeps its mark
+        params, dists = stored_params(spec, config)
     except (_Unreplayable, ConfigError, TypeError, ValueError):  # a config.yaml that cannot be read back
         return None
     s = rundir.read_summary(d)
@@ -167,7 +169,7 @@ def _trial_from(d: Path, spec: SweepSpec) -> optuna.trial.FrozenTrial | None:
     proc = rundir.read_process(d)
     return optuna.trial.create_trial(state=state, value=value, params=params, distributions=dists,
                                      intermediate_values=curve,
-                                     user_attrs={"run_dir": str(d.resolve()), "result": res, "rebuilt": True,
+                                     user_attrs={"run_dir": str(d.resolve()), "result": res, "rebuilt": True, **mark,
                                                  "worker": {"host": proc.get("host", ""),
                                                             "machine": proc.get("machine")}})
 
