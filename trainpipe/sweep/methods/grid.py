@@ -56,7 +56,8 @@ def _file_order_grid_sampler() -> type:
     fixed order makes trial NNNN the NNNN-th combination of the file (last parameter
     fastest), which is what users read in the table. The choice is made in the
     sampler's public hooks only: each trial takes the first combination that no other
-    trial of the study holds. Two workers racing for one combination are sorted out by
+    trial of the study holds, after those that earlier trials still choosing theirs will
+    take (`choose`). Two workers that still race for one combination are sorted out by
     the worker's duplicate check, and the sweep's workers (not the sampler) decide when
     the grid is done. (Made on first use, so that reading a sweep file does not import
     Optuna.)
@@ -82,10 +83,21 @@ def _file_order_grid_sampler() -> type:
                                param_distribution: Any) -> Any:
             point = self.chosen.get(trial.number)
             if point is None:
-                taken = {self.key_of(t.params) for t in study.get_trials(deepcopy=False) if t.number != trial.number}
-                point = next((p for p in self.combinations if self.key_of(p) not in taken), self.combinations[0])
+                point = self.choose(study.get_trials(deepcopy=False), trial.number)
                 self.chosen[trial.number] = point
             return point[param_name]
+
+        def choose(self, trials: list[optuna.trial.FrozenTrial], number: int) -> dict[str, Any]:
+            """The combination of trial `number`: the k-th that no other trial holds, k being the
+            number of earlier trials still choosing theirs (running, values not all stored), so
+            that workers asking at the same moment take different combinations."""
+            taken = {self.key_of(t.params) for t in trials if t.number != number}
+            ahead = sum(1 for t in trials if t.number < number and t.state == optuna.trial.TrialState.RUNNING
+                        and self.key_of(t.params) is None)
+            free = [p for p in self.combinations if self.key_of(p) not in taken]
+            if not free:
+                return self.combinations[0]  # more trials than combinations: the duplicate check discards it
+            return free[min(ahead, len(free) - 1)]
 
         def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any,
                         values: Any) -> None:
