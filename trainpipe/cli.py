@@ -229,11 +229,16 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         dry_run(a.sweep, a.output, workers=1 if a.workers is None else a.workers, trials=a.trials,
                 overrides=a.overrides)
         return EXIT_OK
+    from trainpipe.sweep.db import DbSettings
+
+    given = {"retry_limit": a.db_retry_limit, "connect_timeout": a.db_connect_timeout,
+             "statement_timeout": a.db_statement_timeout}
     outcome = run_sweep(a.sweep, a.output, workers=1 if a.workers is None else a.workers, devices=a.devices,
-                        storage=a.storage, trials=a.trials, overrides=a.overrides, budget=a.budget)
+                        storage=a.storage, trials=a.trials, overrides=a.overrides, budget=a.budget,
+                        db=DbSettings(**{k: v for k, v in given.items() if v is not None}))
     if outcome.interrupted:
         return _signal_exit_code()
-    return EXIT_RETRY if outcome.machine_failures else EXIT_OK
+    return EXIT_RETRY if outcome.machine_failures or outcome.unreachable else EXIT_OK
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -348,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "URL shared by several machines, e.g. postgresql://user:pw@host/db "
                                       "(default: SQLite in the sweep directory)")
     sw.add_argument("--trials", type=int, help="total number of trials (overrides the file's run_cap)")
+    sw.add_argument("--db-retry-limit", type=float, metavar="SECONDS",
+                    help="how long the sweep rides out its database being unreachable (or an SQLite file locked) "
+                         "before it stops cleanly with exit code 75 (default 300)")
+    sw.add_argument("--db-connect-timeout", type=float, metavar="SECONDS",
+                    help="PostgreSQL: give up opening a connection after this long (default 10)")
+    sw.add_argument("--db-statement-timeout", type=float, metavar="SECONDS",
+                    help="PostgreSQL: give up one statement after this long (default 60); SQLite: wait this long "
+                         "for a locked file before the retries take over")
     _slurm_arguments(sw, sweep=True)
     sw.add_argument("--budget", help="wall-clock time the sweep may spend, s/m/h (e.g. 90m; overrides the file's "
                                      "budget:); no trial starts that would not finish inside it")

@@ -12,7 +12,7 @@ import pytest
 import trainpipe
 from trainpipe.sweep import study as st
 from trainpipe.sweep.spec import parse_spec
-from trainpipe.sweep.worker import Heartbeat
+from trainpipe.sweep.worker import TrialLink
 
 # What the sweep once reached into, besides what `optuna_private_names` finds: RDBStorage's
 # signature sniffed to find a renamed argument.
@@ -80,13 +80,13 @@ def test_the_heartbeat_beats_on_after_a_failed_write(tmp_path: Path, monkeypatch
         wrote.set()
 
     monkeypatch.setattr(trial, "set_user_attr", flaky)
-    beat = Heartbeat(trial, interval=0.02)
+    beat = TrialLink(trial, interval=0.02)
     beat.start()
     try:
         assert wrote.wait(30), "no heartbeat was written after the failed one"
         assert beat.is_alive()
     finally:
-        beat.stop()
+        beat.close()
     assert "heartbeat" in study.get_trials()[0].user_attrs and not beat.is_alive()
 
 
@@ -99,3 +99,42 @@ def test_a_silent_trial_is_dead_only_after_the_grace_period_of_this_process_watc
     assert watch.silent_for(beat, now=160.0) == 0.0  # it beat: the watch starts again
     watch.forget()  # this process lost the database: what it saw before says nothing
     assert watch.silent_for(beat, now=400.0) == 0.0
+
+
+def test_a_trial_racing_an_earlier_one_for_its_grid_point_gives_way(tmp_path: Path) -> None:
+    # Two workers sample at the same moment and both take the first point; the earlier trial
+    # has stored only its first value when the later one checks. The later one must wait for
+    # it and give way, not run the point a second time.
+    from trainpipe.sweep.worker import Objective, WorkerConfig
+
+    spec = parse_spec({"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+                       "parameters": {"optim.lr": {"values": [0.1, 0.2]}, "model.width": {"values": [8, 16]}}})
+    storage = st.make_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", sampler=spec.search().sampler(),
+                                direction="maximize")
+    for _ in range(2):  # two workers that still chose one point (the sampler spreads them out where it can)
+        study.enqueue_trial({"optim.lr": 0.1, "model.width": 8})
+    first, second = study.ask(), study.ask()
+    first.suggest_categorical("optim.lr", [0.1, 0.2])  # the earlier trial is still writing its values
+    second.suggest_categorical("optim.lr", [0.1, 0.2])
+    second.suggest_categorical("model.width", [8, 16])
+    wc = WorkerConfig(spec=spec, sweep_dir=str(tmp_path), storage_url="", study_name="s", total=4, epochs=1)
+    finish = threading.Timer(0.3, lambda: first.suggest_categorical("model.width", [8, 16]))
+    finish.start()
+    reason = Objective(wc, study, distinct_points=True).discard_reason(second)
+    finish.join()
+    assert (first.params, second.params) == ({"optim.lr": 0.1, "model.width": 8},) * 2
+    assert reason == "same point as trial 0000"
+
+
+def test_workers_asking_at_the_same_moment_take_different_grid_points(tmp_path: Path) -> None:
+    spec = parse_spec({"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+                       "parameters": {"optim.lr": {"values": [0.1, 0.2]}, "model.width": {"values": [8, 16]}}})
+    study = optuna.create_study(storage=st.make_storage(f"sqlite:///{tmp_path / 'o.db'}"),
+                                sampler=spec.search().sampler(), direction="maximize")
+    first, second = study.ask(), study.ask()  # both asked before either sampled a value
+    second.suggest_categorical("optim.lr", [0.1, 0.2])
+    first.suggest_categorical("optim.lr", [0.1, 0.2])
+    assert [second.suggest_categorical("model.width", [8, 16]), first.suggest_categorical("model.width", [8, 16])] \
+        == [16, 8]
+    assert (first.params, second.params) == ({"optim.lr": 0.1, "model.width": 8}, {"optim.lr": 0.1, "model.width": 16})

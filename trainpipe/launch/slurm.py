@@ -249,7 +249,8 @@ def sweep_worker(wc: Any) -> int:
     from trainpipe.loop.trainer import StopRequest
     from trainpipe.run import signals
     from trainpipe.sweep import study as st
-    from trainpipe.sweep.worker import run_worker
+    from trainpipe.sweep.db import DatabaseUnreachable
+    from trainpipe.sweep.worker import EXIT_DB_UNREACHABLE, run_worker
 
     _threads()
     st.quiet_optuna()
@@ -261,6 +262,9 @@ def sweep_worker(wc: Any) -> int:
         return 0
     except KeyboardInterrupt:
         return _after_signal(signals.received())
+    except DatabaseUnreachable as e:  # the message says so; the task ends with EX_TEMPFAIL, no traceback
+        wc.say(f"stopped: {e}")
+        return EXIT_DB_UNREACHABLE
 
 
 def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str | None, trials: int | None,

@@ -10,6 +10,7 @@
     check.py    every candidate value resolved through the config before anything runs
     space.py    Optuna trial -> config overrides (each parameter sampled by its distribution's entry)
     study.py    storage, sampler, pruner, heartbeats, dead-worker detection, the ledger
+    db.py       every storage call retried through an outage; PostgreSQL's timeouts
     worker.py   the objective and the worker loop (in process, or spawned per GPU)
     ranking.py  the results as data: trials ranked, configurations (trials that differ only
                 in their seed) as mean ± std, the one formatter of a mean and its spread
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from trainpipe import callable_package
 
 _LAZY = {
-    "check_against_config": "trainpipe.sweep.check",
+    "check_against_config": "trainpipe.sweep.check", "DbSettings": "trainpipe.sweep.db",
     "Configuration": "trainpipe.sweep.ranking", "config_groups": "trainpipe.sweep.results",
     "TrialRow": "trainpipe.sweep.results", "trial_rows": "trainpipe.sweep.results",
     "write_results": "trainpipe.sweep.results",
@@ -47,6 +48,7 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
     from trainpipe.sweep.check import check_against_config
+    from trainpipe.sweep.db import DbSettings
     from trainpipe.sweep.ranking import Configuration
     from trainpipe.sweep.results import TrialRow, config_groups, trial_rows, write_results
     from trainpipe.sweep.run import SweepOutcome, open_sweep, run_sweep, sweep_status
@@ -79,15 +81,18 @@ def run_or_resume(
     storage: str | None = None,
     trials: int | None = None,
     budget: str | None = None,
+    db: DbSettings | None = None,
 ) -> SweepOutcome:
     """Run a sweep file, or resume the sweep in a sweep directory, exactly as `trainpipe sweep`
     does (the same arguments: `overrides` for every trial, --output, --workers, --devices,
-    --storage, --trials, --budget). Returns the SweepOutcome: `.trials` and `.configurations` as tables,
-    `.interrupted` when Ctrl-C (a notebook's stop button) ended it early."""
+    --storage, --trials, --budget; `db` the --db-* options as a `DbSettings`). Returns the
+    SweepOutcome: `.trials` and `.configurations` as tables, `.interrupted` when Ctrl-C (a
+    notebook's stop button) ended it early, `.unreachable` when the database stayed away for
+    longer than the retry limit."""
     from trainpipe.sweep.run import run_sweep
 
     return run_sweep(sweep, output, workers=workers, devices=devices, storage=storage, trials=trials,
-                     overrides=overrides, budget=budget)
+                     overrides=overrides, budget=budget, db=db)
 
 
 callable_package(__name__, run_or_resume)

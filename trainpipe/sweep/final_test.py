@@ -6,8 +6,15 @@
     none   no test pass at all
 
 Optuna does not let a finished trial's attributes change, so test results found after
-the sweep are kept in the study's user attribute `trainpipe:test` ({trial number:
-metrics}); they are also written into the trial's summary.json, where reports read them.
+the sweep are kept in the study's user attributes `trainpipe:test:NNNN` (one per trial,
+so that machines recording different trials never overwrite each other; older sweeps
+kept one `trainpipe:test` dict); they are also written into the trial's summary.json,
+where reports read them.
+
+Each trial is evaluated once per sweep, not once per machine that sees its run
+directory (a shared file system): the process that first creates the marker study
+`<study>:test-split:NNNN` in the storage evaluates it. Creating a study of a taken name
+fails atomically in every storage, which no read-then-write of an attribute does.
 """
 
 from __future__ import annotations
@@ -42,7 +49,34 @@ class SkipTestSplit(Callback):
 
 def recorded(study: optuna.Study) -> dict[int, dict[str, float]]:
     """Test metrics found after the sweep, by trial number."""
-    return {int(k): v for k, v in (study.user_attrs.get(TEST_ATTR) or {}).items()}
+    attrs = study.user_attrs
+    out = {int(k): v for k, v in (attrs.get(TEST_ATTR) or {}).items()}
+    prefix = TEST_ATTR + ":"
+    out.update({int(k[len(prefix):]): v for k, v in attrs.items() if k.startswith(prefix)})
+    return out
+
+
+def record(study: optuna.Study, number: int, metrics: dict[str, float]) -> None:
+    """Keep trial `number`'s test metrics in the study (an attribute of its own)."""
+    study.set_user_attr(f"{TEST_ATTR}:{number:04d}", metrics)
+
+
+def claim(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int) -> dict[str, Any] | None:
+    """Claim trial `number`'s test evaluation; None when this process has it, else who has it.
+
+    A claim whose process is gone from this machine without a recorded result is taken over.
+    """
+    name = f"{study.study_name}:test-split:{number:04d}"
+    try:
+        marker = optuna.create_study(storage=storage, study_name=name)
+    except optuna.exceptions.DuplicatedStudyError:
+        who = optuna.load_study(study_name=name, storage=storage).user_attrs.get("by") or {}
+        if rundir.gone(who) is not True:
+            return who
+        optuna.delete_study(study_name=name, storage=storage)
+        return claim(study, storage, number)
+    marker.set_user_attr("by", rundir.this_process())
+    return None
 
 
 def to_evaluate(rows: list[Any], spec: SweepSpec) -> list[Any]:
@@ -56,11 +90,12 @@ def to_evaluate(rows: list[Any], spec: SweepSpec) -> list[Any]:
 
 
 def evaluate_best(study: optuna.Study, spec: SweepSpec, rows: list[Any],
-                  say: Callable[[str], None] = print) -> list[int]:
+                  say: Callable[[str], None] = print, storage: optuna.storages.BaseStorage | None = None) -> list[int]:
     """Evaluate the best configuration's trials on the test split (those not evaluated yet).
 
     Returns the trial numbers evaluated now. A trial whose run directory is on another
-    machine is left to that machine's sweep command.
+    machine is left to that machine's sweep command; with `storage` (the study's), one
+    that another process claimed (`claim`) is left to that process.
     """
     from trainpipe.run.evaluate import evaluate_checkpoint
 
@@ -74,11 +109,19 @@ def evaluate_best(study: optuna.Study, spec: SweepSpec, rows: list[Any],
             say(f"test split: trial {r.name} ran on {r.host or 'another machine'} ({run_dir} is not here); "
                 f"run `trainpipe sweep` there to evaluate it")
             continue
+        if storage is not None:
+            who = claim(study, storage, r.number)
+            if who is not None:
+                say(f"test split: trial {r.name} is evaluated by {who.get('host') or 'another process'} "
+                    f"(pid {who.get('pid', '?')})")
+                continue
+            if r.number in recorded(study):  # finished by the claim's former holder meanwhile
+                continue
         cfg = rundir.read_config(run_dir)
         tta = (cfg.get("train") or {}).get("tta") == "flip"
         res = evaluate_checkpoint(run_dir, split="test", tta=tta)
         metrics = {k: float(v) for k, v in res.metrics.items()}
-        study.set_user_attr(TEST_ATTR, {**{str(k): v for k, v in recorded(study).items()}, str(r.number): metrics})
+        record(study, r.number, metrics)
         _add_to_summary(run_dir, metrics)
         evaluated.append(r.number)
         say(f"test split: trial {r.name} (best configuration) test/acc {metrics.get('test/acc', float('nan')):.4f}")

@@ -24,7 +24,8 @@ from trainpipe.errors import ConfigError
 from trainpipe.run import failures, rundir
 from trainpipe.sweep import confirm as cf
 from trainpipe.sweep import study as st
-from trainpipe.sweep.final_test import TEST_ATTR
+from trainpipe.sweep.db import DbSettings, PatientStorage
+from trainpipe.sweep.final_test import record as record_test
 from trainpipe.sweep.params import EPS, Param
 from trainpipe.sweep.spec import SweepSpec
 from trainpipe.sweep.worker import best_of
@@ -133,7 +134,7 @@ def rebuild(study: optuna.Study, spec: SweepSpec, sweep_dir: str | Path) -> tupl
         s = rundir.read_summary(d)
         if s.get("test_evaluated") and "test/acc" in s:  # `test: best` evaluated it after the sweep
             tested = {k: float(v) for k, v in s.items() if k.startswith("test/") and isinstance(v, (int, float))}
-            study.set_user_attr(TEST_ATTR, {**(study.user_attrs.get(TEST_ATTR) or {}), str(number): tested})
+            record_test(study, number, tested)
         if trial.state == TrialState.FAIL and (trial.user_attrs.get("result") or {}).get("status") != "failed":
             st.retry_interrupted(study, number)
             queued.append(number)
@@ -175,8 +176,9 @@ def _trial_from(d: Path, spec: SweepSpec) -> optuna.trial.FrozenTrial | None:
 
 
 def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str, *, local: bool, epochs: int,
-                    heartbeat_interval: int, grace_period: int) -> optuna.Study:
-    """The sweep's study, checked against its trial directories.
+                    heartbeat_interval: float, grace_period: float,
+                    db: DbSettings | None = None) -> tuple[optuna.Study, PatientStorage]:
+    """The sweep's study and its storage, the study checked against its trial directories.
 
     With the local optuna.db damaged (or missing, or empty) beside trials it no longer knows,
     the file is kept as optuna.db.damaged-TIME and the study rebuilt from the trial
@@ -189,7 +191,7 @@ def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str,
     damaged: str | None = None
     study = None
     try:
-        storage = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        storage = st.make_storage(url, db)
         study = st.open_study(spec, storage, study_name=study_name, epochs=epochs)
         known = {t.number for t in study.get_trials(deepcopy=False)}
     except st.DamagedDatabase as e:
@@ -203,7 +205,7 @@ def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str,
     if damaged is None and study is not None:
         unknown = sorted(set(dirs) - known)
         if not unknown:
-            return study
+            return study, storage
         where = "optuna.db" if local else st.redact(url)
         if known or not local:
             shown = ", ".join(f"{n:04d}" for n in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
@@ -214,12 +216,11 @@ def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str,
                               f"{len(known)} trials: an older copy, or another database). Nothing was run or "
                               f"written. To recover: {fix}.")
         damaged = "it holds no trials" if existed else "it was missing"
-    return _rebuild_local(spec, sweep_dir, url, study_name, damaged, keep_aside=existed, epochs=epochs,
-                          heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    return _rebuild_local(spec, sweep_dir, url, study_name, damaged, keep_aside=existed, epochs=epochs, settings=db)
 
 
 def _rebuild_local(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str, why: str, *, keep_aside: bool,
-                   epochs: int, heartbeat_interval: int, grace_period: int) -> optuna.Study:
+                   epochs: int, settings: DbSettings | None) -> tuple[optuna.Study, PatientStorage]:
     import datetime as dt
     import os
 
@@ -232,10 +233,10 @@ def _rebuild_local(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str, 
             if side.is_file():
                 os.replace(side, sweep_dir / f"optuna.db.damaged-{stamp}{suffix}")
         kept = f" (kept as optuna.db.damaged-{stamp})"
-    storage = st.make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    storage = st.make_storage(url, settings)
     study = st.open_study(spec, storage, study_name=study_name, epochs=epochs)
     rebuilt, queued = rebuild(study, spec, sweep_dir)
     again = f"; {len(queued)} that had not finished run again" if queued else ""
     print(f"{db} could not be used ({why}){kept}: rebuilt the study from {len(rebuilt)} trial directories in "
           f"{sweep_dir / 'trials'}{again}", flush=True)
-    return study
+    return study, storage

@@ -40,14 +40,15 @@ from trainpipe.run import failures
 from trainpipe.sweep import budget as bd
 from trainpipe.sweep import study as st
 from trainpipe.sweep.check import check_against_config, load_checked_spec
+from trainpipe.sweep.db import DatabaseUnreachable, DbSettings
 from trainpipe.sweep.final_test import evaluate_best
 from trainpipe.sweep.ranking import best_trial
 from trainpipe.sweep.rebuild import open_or_rebuild
 from trainpipe.sweep.results import TrialRow, config_groups, machine_failures, status_text, trial_rows, \
     write_results
 from trainpipe.sweep.spec import SweepSpec
-from trainpipe.sweep.worker import (WorkerConfig, check_stop, check_sweep_dir, install_signal_handlers, run_worker,
-                                   worker_main)
+from trainpipe.sweep.worker import (EXIT_DB_UNREACHABLE, WorkerConfig, check_stop, check_sweep_dir,
+                                   install_signal_handlers, run_worker, worker_main)
 
 META = st.SWEEP_META
 
@@ -63,6 +64,7 @@ class SweepOutcome:
     interrupted: bool = False
     spec: SweepSpec | None = None
     machine_failures: list[TrialRow] = field(default_factory=list)  # out of memory, disk full, a lost GPU
+    unreachable: bool = False  # stopped: the database was away for longer than the retry limit
 
     @property
     def trials(self) -> Any:
@@ -93,8 +95,8 @@ class SweepOutcome:
         best = best_trial(self.rows)
         metric = self.spec.metric if self.spec is not None else "best"
         shown = f", best {metric}={best.value:.4f} (trial {best.name})" if best is not None else ""
-        return (f"SweepOutcome({counts}{shown}{', interrupted' if self.interrupted else ''}, "
-                f"sweep_dir={str(self.sweep_dir)!r})")
+        return (f"SweepOutcome({counts}{shown}{', interrupted' if self.interrupted else ''}"
+                f"{', database unreachable' if self.unreachable else ''}, sweep_dir={str(self.sweep_dir)!r})")
 
 
 def read_meta(d: Path) -> dict[str, Any] | None:
@@ -223,20 +225,26 @@ def run_sweep(
     trials: int | None = None,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     budget: str | None = None,
-    heartbeat_interval: int = st.HEARTBEAT_INTERVAL_S,
-    grace_period: int = st.GRACE_PERIOD_S,
+    heartbeat_interval: float = st.HEARTBEAT_INTERVAL_S,
+    grace_period: float = st.GRACE_PERIOD_S,
+    db: DbSettings | None = None,
 ) -> SweepOutcome:
-    """Run (or resume, or join) a sweep; returns when it is complete or interrupted.
+    """Run (or resume, or join) a sweep; returns when it is complete or interrupted, or when
+    its database stayed away for longer than `db.retry_limit` (`unreachable`).
 
     `trials` caps the sweep's total number of trials (it overrides run_cap).
     `overrides` (`key=value` strings or a dict) apply to every trial, after `fixed`.
     `budget` (`90m`) replaces the file's `budget:` (see `sweep.budget`).
+    `db`: the retry limit and PostgreSQL's timeouts (`trainpipe.sweep.db`).
     """
     devs = parse_devices(devices)
     check_gpus(devs, devices)
-    p = prepare_sweep(sweep, output, workers=workers, storage=storage, trials=trials, overrides=overrides,
-                      heartbeat_interval=heartbeat_interval, grace_period=grace_period, trains_here=devs is None,
-                      budget=budget, budgeted=True)
+    try:
+        p = prepare_sweep(sweep, output, workers=workers, storage=storage, trials=trials, overrides=overrides,
+                          heartbeat_interval=heartbeat_interval, grace_period=grace_period, trains_here=devs is None,
+                          budget=budget, budgeted=True, db=db)
+    except DatabaseUnreachable as e:
+        return unreachable(str(e), locate(sweep, output, overrides)[1], storage in (None, "journal"))
     workers = p.common["workers"]  # capped at the trials that can run
     shares = device_shares(devs, workers)
     configs = [WorkerConfig(index=i, device=devs[i % len(devs)] if devs else None, device_share=shares[i],
@@ -245,11 +253,29 @@ def run_sweep(
                             env=dict(os.environ) if workers > 1 else None, **p.common) for i in range(workers)]
     limit = p.common["budget"]
     try:
-        interrupted = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
+        ended = run_in_process(configs[0]) if workers == 1 else run_processes(configs)
+    except DatabaseUnreachable as e:
+        return unreachable(str(e), p.sweep_dir, p.own_storage)
     finally:
         if limit is not None:
             bd.finish(p.sweep_dir, limit)
-    return finish_sweep(p, interrupted)
+    if ended == "unreachable":
+        return unreachable(f"a worker found the database unreachable for longer than the retry limit "
+                           f"({p.common['db'].retry_limit:g} s)", p.sweep_dir, p.own_storage)
+    try:
+        return finish_sweep(p, ended == "interrupted")
+    except DatabaseUnreachable as e:
+        return unreachable(str(e), p.sweep_dir, p.own_storage)
+
+
+def unreachable(why: str, d: Path, own_storage: bool) -> SweepOutcome:
+    """The sweep stops: its database stayed away for longer than the retry limit (exit code 75)."""
+    again = f"trainpipe sweep {d}{'' if own_storage else ' --storage URL'}"
+    print(f"stopped: {why}.\nThe running trials stopped at the end of an epoch and keep their checkpoints; "
+          f"finished trials are recorded. When the database is back, resume with: {again} (the stopped trials "
+          f"continue from their checkpoints; --db-retry-limit SECONDS waits longer for the database).",
+          file=sys.stderr, flush=True)
+    return SweepOutcome(d, d.name, "", [], unreachable=True)
 
 
 @dataclass
@@ -262,6 +288,7 @@ class PreparedSweep:
     url: str
     own_storage: bool  # the study lives in the sweep directory (SQLite or journal file): resuming needs no --storage
     common: dict[str, Any]
+    storage: Any = None  # the study's storage (`db.PatientStorage`)
 
 
 def prepare_sweep(
@@ -278,12 +305,18 @@ def prepare_sweep(
     trains_here: bool = False,
     budget: str | None = None,
     budgeted: bool = False,
+    db: DbSettings | None = None,
 ) -> PreparedSweep:
     """Check the sweep, create (or open) its directory and study, and say what will run; `where`
     is added to the first line (e.g. " on Slurm"). `trains_here`: the trials run on this machine
     on the config's train.device, which is then checked here (not so for --devices or Slurm).
     `budgeted`: the workers of this process keep to the time budget (`budget`, else the file's;
-    see `run_sweep`)."""
+    see `run_sweep`). `db`: how long the database's outages are ridden out (`DbSettings`)."""
+    db = db or DbSettings()
+    for name, v in (("--db-retry-limit", db.retry_limit), ("--db-connect-timeout", db.connect_timeout),
+                    ("--db-statement-timeout", db.statement_timeout)):
+        if not v > 0:
+            raise ConfigError(f"{name} must be a positive number of seconds; got {v:g}.")
     spec, d, meta = locate(sweep, output, overrides)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1; got {workers}.")
@@ -304,8 +337,8 @@ def prepare_sweep(
     if storage is None or st.is_journal(url):
         d.mkdir(parents=True, exist_ok=True)  # for optuna.db; another database is opened first
     st.refuse_sqlite_on_network_fs(url)
-    study = open_or_rebuild(spec, d, url, study_name, local=storage is None, epochs=base_cfg.train.epochs,
-                            heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study, storage_obj = open_or_rebuild(spec, d, url, study_name, local=storage is None, epochs=base_cfg.train.epochs,
+                            heartbeat_interval=heartbeat_interval, grace_period=grace_period, db=db)
     retried = st.retry_machine_failures(study, failures.CAUSES)
     if retried:
         print(f"retrying {len(retried)} trial{'s' if len(retried) > 1 else ''} that failed for a reason of the "
@@ -353,9 +386,9 @@ def prepare_sweep(
         bd.drop(d)
     common = dict(budget=limit, spec=spec, sweep_dir=str(d), storage_url=url, study_name=study_name, total=total,
                   epochs=base_cfg.train.epochs, workers=workers, heartbeat_interval=heartbeat_interval,
-                  grace_period=grace_period, command=command)
+                  grace_period=grace_period, command=command, db=db)
     own = storage is None or (st.is_journal(url) and Path(url[len(st.JOURNAL):]).parent == d.resolve())
-    return PreparedSweep(spec, d, study, url, own, common)
+    return PreparedSweep(spec, d, study, url, own, common, storage_obj)
 
 
 def finish_sweep(p: PreparedSweep, interrupted: bool) -> SweepOutcome:
@@ -363,9 +396,17 @@ def finish_sweep(p: PreparedSweep, interrupted: bool) -> SweepOutcome:
     spec, d, study, url = p.spec, p.sweep_dir, p.study, p.url
     study_name = p.common["study_name"]
     check_sweep_dir(d)
-    rows = write_results_if_room(d, study, spec)
+    if interrupted and p.storage is not None:
+        try:  # after Ctrl-C, never wait for a database that is away: the next start writes them
+            with p.storage.patience.no_wait():
+                rows = write_results_if_room(d, study, spec)
+        except DatabaseUnreachable:
+            rows = []
+    else:
+        rows = write_results_if_room(d, study, spec)
     broken = machine_failures(rows)
-    if spec.test == "best" and not interrupted and not broken and evaluate_best(study, spec, rows):
+    if spec.test == "best" and not interrupted and not broken and evaluate_best(study, spec, rows,
+                                                                                storage=p.storage):
         rows = write_results_if_room(d, study, spec)
     print(status_text(rows, spec, d).rstrip(), flush=True)
     if broken and not interrupted:
@@ -466,13 +507,14 @@ def dry_run(sweep: str | Path, output: str | Path | None = None, *, workers: int
     return lines
 
 
-def run_in_process(wc: WorkerConfig) -> bool:
+def run_in_process(wc: WorkerConfig) -> str:
+    """'done' or 'interrupted'; `DatabaseUnreachable` is raised."""
     restore = install_signal_handlers()
     try:
         run_worker(wc)
-        return False
+        return "done"
     except KeyboardInterrupt:
-        return True
+        return "interrupted"
     finally:
         restore()
 
@@ -516,8 +558,9 @@ def stop_forkserver(ctx: Any) -> None:
         stop()
 
 
-def run_processes(configs: list[WorkerConfig]) -> bool:
-    """Worker processes (never forks of this one: CUDA must not be inherited); True if interrupted."""
+def run_processes(configs: list[WorkerConfig]) -> str:
+    """Worker processes (never forks of this one: CUDA must not be inherited); 'done', 'interrupted' or
+    'unreachable' (a worker stopped for its database)."""
     ctx = worker_context()
     procs = [ctx.Process(target=worker_main, args=(wc,), name=f"trainpipe-sweep-worker-{wc.index}")
              for wc in configs]
@@ -544,13 +587,16 @@ def run_processes(configs: list[WorkerConfig]) -> bool:
     finally:
         restore()
         stop_forkserver(ctx)
+    lost_db = False
     for p, wc in zip(procs, configs):
         if p.exitcode == 130:
             interrupted = True
+        elif p.exitcode == EXIT_DB_UNREACHABLE:
+            lost_db = True
         elif p.exitcode not in (0, None) and not interrupted:
             print(f"worker {wc.index} stopped with exit code {p.exitcode}; its trial, if any, is queued again "
                   f"on the next start", file=sys.stderr)
-    return interrupted
+    return "interrupted" if interrupted else "unreachable" if lost_db else "done"
 
 
 def open_sweep(sweep_dir: str | Path, storage: str | None = None) -> tuple[SweepSpec, Any]:

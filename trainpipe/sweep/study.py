@@ -20,10 +20,11 @@ already claimed the same point of a grid or the run cap was reached in the meant
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainpipe.errors import ConfigError
 from trainpipe.run import rundir
+from trainpipe.sweep import db
 from trainpipe.sweep.spec import SweepSpec
 
 HEARTBEAT_INTERVAL_S = 30
@@ -139,27 +141,52 @@ def journal_file(path: str | Path) -> Any:
     return JournalFileBackend(str(path))
 
 
-def make_storage(url: str, *, heartbeat_interval: float | None = None,
-                 grace_period: float | None = None) -> optuna.storages.BaseStorage:
-    """The sweep's storage. (`heartbeat_interval` and `grace_period` are accepted for older
-    callers and unused: liveness is the workers' heartbeat attribute, `Liveness`.)"""
+def make_storage(url: str, settings: db.DbSettings | None = None, *, say: Callable[[str], None] | None = None,
+                 patient_open: bool = False, heartbeat_interval: float | None = None,
+                 grace_period: float | None = None) -> db.PatientStorage:
+    """The sweep's storage: Optuna's RDBStorage or JournalStorage, each call retried through
+    an outage (`trainpipe.sweep.db`).
+
+    `settings`: the retry limit and PostgreSQL's timeouts; `say` prints the outage lines.
+    Opening a local file (a locked SQLite file, a journal on a network file system that
+    does not answer) rides out an outage too; a database server only with `patient_open`
+    (a worker joining a running sweep): otherwise a server that cannot be reached when the
+    sweep starts is a bad --storage. (`heartbeat_interval` and `grace_period` are accepted
+    for older callers and unused: liveness is the workers' heartbeat attribute, `Liveness`.)
+    """
     quiet_optuna()
+    settings = settings or db.DbSettings()
+    patience = db.Patience(settings.retry_limit, db.Connectivity(say))
+    server = not (url.startswith("sqlite") or is_journal(url))
+    if patient_open or not server:
+        return db.PatientStorage(patience.call(_open_storage, url, settings, retry=True), patience)
+    return db.PatientStorage(_open_storage(url, settings, retry=False), patience)
+
+
+def _open_storage(url: str, settings: db.DbSettings, *, retry: bool) -> optuna.storages.BaseStorage:
+    """Optuna's storage for `url`; with `retry`, an outage's error is raised as it is (for the
+    caller's `Patience` to retry), else as a bad --storage."""
     if is_journal(url):
-        # Optuna's journal file: an append-only log on a (shared) file system, no server. It has no
-        # heartbeat; trials of dead workers are found from trainpipe's worker records instead
-        # (`reap_dead_trials`, `beat`).
+        # Optuna's journal file: an append-only log on a (shared) file system, no server. Trials of dead
+        # workers are found from trainpipe's worker records and liveness files (`reap_dead_trials`, `Beat`).
         path = Path(url[len(JOURNAL):])
         try:
             return optuna.storages.JournalStorage(journal_file(path))
         except OSError as e:
+            if retry and db.transient(e):
+                raise
             raise ConfigError(f"--storage {url}: cannot open the journal file ({e.strerror or e}); check that "
                               f"its directory exists and is writable.") from None
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        # Several worker processes write to one file; wait for the lock instead of failing.
-        engine_kwargs["connect_args"] = {"timeout": 120}
+        # Several worker processes write to one file; SQLite waits this long for the lock
+        # itself, then the retries take over.
+        engine_kwargs["connect_args"] = {"timeout": settings.statement_timeout}
     else:
         engine_kwargs["pool_pre_ping"] = True
+    if url.startswith("postgres"):
+        engine_kwargs["connect_args"] = db.postgres_connect_args(settings)
+        db.install_psycopg2_wait(settings)
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs)
@@ -174,11 +201,13 @@ def make_storage(url: str, *, heartbeat_interval: float | None = None,
                 # Optuna's tables; the loser finds them made on the next try.
                 time.sleep(1 + attempt)
                 continue
+            if retry and db.transient(e):
+                raise
             if url.startswith("sqlite:///"):
                 raise damaged_database(url, e) from None
             raise ConfigError(f"--storage {redact(url)}: cannot open the database: "
-                              f"{str(e).splitlines()[0]}. Check the URL, that the server runs and accepts "
-                              f"this user, and that the database exists.") from None
+                              f"{str(e).strip().splitlines()[0]}. Check the URL, that the server runs and "
+                              f"accepts this user, and that the database exists.") from None
     raise AssertionError("unreachable")
 
 
@@ -222,12 +251,27 @@ def pruner_for(spec: SweepSpec, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(spec: SweepSpec, storage: optuna.storages.BaseStorage, *, study_name: str,
-               epochs: int) -> optuna.Study:
-    """Create the study or join it; a study made from a different sweep file is refused."""
-    study = optuna.create_study(storage=storage, study_name=study_name, direction=spec.direction,
-                                sampler=sampler_for(spec), pruner=pruner_for(spec, epochs), load_if_exists=True)
+               epochs: int, wait_s: float = 60.0) -> optuna.Study:
+    """Create the study or join it; a study made from a different sweep file is refused.
+
+    Atomic: of machines starting together, exactly one creates the study (the storage
+    refuses a second study of that name) and records its sweep's fingerprint; the
+    others wait for that record (up to `wait_s` seconds) and compare theirs with it.
+    """
+    kw: dict[str, Any] = dict(storage=storage, study_name=study_name, sampler=sampler_for(spec),
+                              pruner=pruner_for(spec, epochs))
+    try:
+        study = optuna.create_study(direction=spec.direction, **kw)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**kw)
+        created = False
     fp = study.user_attrs.get(FINGERPRINT_ATTR)
-    if fp is None:
+    end = time.monotonic() + wait_s
+    while fp is None and not created and time.monotonic() < end:
+        time.sleep(0.2)  # the creator records it right after creating the study
+        fp = study.user_attrs.get(FINGERPRINT_ATTR)
+    if fp is None:  # ours, or a creator that died before it recorded its own
         study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint())
         study.set_user_attr("trainpipe:sweep", {"method": spec.method, "metric": spec.metric, "goal": spec.goal,
                                                 "params": [p.display for p in spec.varied], "name": spec.name})
@@ -313,7 +357,9 @@ def requeue(study: optuna.Study, number: int) -> bool:
     except (ValueError, RuntimeError):  # not running any more: told, or failed by another worker
         return False
     frozen = trial_of(study, number)
-    if not frozen.user_attrs.get("discarded"):
+    # A trial that never sampled its values (its worker died at once, or a retried
+    # request created it twice) leaves nothing to repeat: the sweep makes a new one if it has room.
+    if not frozen.user_attrs.get("discarded") and frozen.params:
         queue_copy(study, frozen, max_retry=MAX_RETRIES)
     return True
 
@@ -338,6 +384,8 @@ class Liveness:
 
     def __init__(self) -> None:
         self.seen: dict[int, tuple[str, float]] = {}
+        self.outages = 0
+        self.restarted = -math.inf  # when `forget` last restarted the watch (time.monotonic)
 
     def silent_for(self, trial: FrozenTrial, now: float) -> float:
         sign = repr((trial.user_attrs.get("heartbeat"), trial.user_attrs.get("worker")))
@@ -349,6 +397,13 @@ class Liveness:
 
     def forget(self) -> None:
         self.seen.clear()
+        self.restarted = time.monotonic()
+
+    def sync(self, connectivity: db.Connectivity) -> None:
+        """Forget what was seen before an outage this process went through (or is in)."""
+        if connectivity.down or connectivity.outages != self.outages:
+            self.forget()
+            self.outages = connectivity.outages
 
 
 _LIVENESS: weakref.WeakKeyDictionary[optuna.Study, Liveness] = weakref.WeakKeyDictionary()
@@ -415,26 +470,31 @@ def _silent_for(sweep_dir: str | Path, rec: dict[str, Any], started: dt.datetime
         return (dt.datetime.now() - (started or dt.datetime.now())).total_seconds()
 
 
-def reap_dead_trials(study: optuna.Study, *, grace_period: int = GRACE_PERIOD_S,
-                     sweep_dir: str | Path | None = None) -> list[int]:
+def reap_dead_trials(study: optuna.Study, *, grace_period: float = GRACE_PERIOD_S,
+                     sweep_dir: str | Path | None = None, connectivity: db.Connectivity | None = None) -> list[int]:
     """Re-queue running trials whose worker is gone; returns their numbers.
 
     Same machine: the worker's process id is checked directly. Otherwise: the trial's
     heartbeat stood still for `grace_period` seconds (`Liveness`), for any storage (the
     heartbeat is a trial attribute); a trial that died before it recorded its worker is
-    judged the same way. A worker on a storage without its own heartbeat (the journal
-    file) also touches a liveness file in `sweep_dir/workers/`: where that file is, its
-    age decides.
+    judged the same way. A worker on a journal file also touches a liveness file in
+    `sweep_dir/workers/`: where that file is, its age decides. Either way the watch
+    restarts after an outage this process went through (`connectivity`), so heartbeats
+    missed while the storage was away condemn nobody.
     """
     reaped = []
     watch, now = liveness(study), time.monotonic()
+    if connectivity is not None:
+        watch.sync(connectivity)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker")
+        silent = watch.silent_for(t, now) > grace_period
         ours = w is not None and w.get("since") == (t.datetime_start.isoformat() if t.datetime_start else None)
         gone = None if not ours else False if rundir.is_current(w) else rundir.gone(w)
         if gone is None and ours and sweep_dir is not None and beat_file(sweep_dir, w).is_file():
-            gone = _silent_for(sweep_dir, w, t.datetime_start) > grace_period  # its liveness file (journal)
-        dead = gone if gone is not None else watch.silent_for(t, now) > grace_period
+            # its liveness file (journal), judged only once this process has watched for a grace period
+            gone = _silent_for(sweep_dir, w, t.datetime_start) > grace_period and now - watch.restarted > grace_period
+        dead = gone if gone is not None else silent
         if dead and requeue(study, t.number):
             reaped.append(t.number)
     return reaped

@@ -6,6 +6,13 @@ hyperband, stops the run when Optuna prunes it. A failed trial is recorded with 
 reason and the worker goes on; Ctrl-C marks the running trial interrupted, queues a
 copy of it for the next start, and stops the worker.
 
+The running trial talks to the storage from a thread of its own (`TrialLink`): its
+heartbeat and its per-epoch reports. While the storage is away (`trainpipe.sweep.db`)
+those wait and training goes on; an outage longer than the retry limit stops the trial
+at the end of its epoch (its checkpoints stay) and the worker with
+`DatabaseUnreachable`. A trial that another worker took over meanwhile (it judged this
+one dead) is dropped here, never told twice.
+
 The worker loop decides between three things each round: run a trial (a queued copy,
 or a new one while the sweep has room), wait (everything is claimed but other
 workers are still running: one of them may die and its trial come back), or stop.
@@ -13,6 +20,7 @@ workers are still running: one of them may die and its trial come back), or stop
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import math
@@ -22,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,12 +44,15 @@ from trainpipe.run import failures, rundir, signals
 from trainpipe.sweep import budget as bd
 from trainpipe.sweep import confirm as cf
 from trainpipe.sweep import study as st
+from trainpipe.sweep.db import (Connectivity, DatabaseUnreachable, DbSettings, Patience, check_interrupt,
+                               trial_finished)
 from trainpipe.sweep.final_test import SkipTestSplit
 from trainpipe.sweep.results import shown_params
 from trainpipe.sweep.space import trial_overrides
 from trainpipe.sweep.spec import SweepSpec
 
 EXIT_INTERRUPTED = 130
+EXIT_DB_UNREACHABLE = 75  # sysexits' EX_TEMPFAIL: the database stayed away; run the sweep again later
 
 
 class TrialFailed(Exception):
@@ -50,6 +61,10 @@ class TrialFailed(Exception):
 
 class TrialDiscarded(Exception):
     """Another worker already took this configuration, or the cap was reached meanwhile."""
+
+
+class TrialTakenOver(Exception):
+    """The trial was finished by another worker (which judged this one dead) while this one ran it."""
 
 
 @dataclass
@@ -74,6 +89,7 @@ class WorkerConfig:
     env: dict[str, str] | None = None
     command: str = "trainpipe sweep"
     budget: bd.Budget | None = None  # the sweep's time budget; None = no limit
+    db: DbSettings = field(default_factory=DbSettings)  # how long the storage's outages are ridden out
 
     def say(self, msg: str) -> None:
         prefix = f"[worker {self.index}] " if self.workers > 1 else ""
@@ -81,10 +97,15 @@ class WorkerConfig:
 
 
 class ReportToStudy(Callback):
-    """Reports the sweep metric to Optuna every epoch; stops the run when the pruner says so."""
+    """Reports the sweep metric to Optuna every epoch; stops the run when the pruner says so.
 
-    def __init__(self, trial: optuna.Trial, metric: str, prune: bool) -> None:
-        self.trial, self.metric, self.prune = trial, metric, prune
+    With a `TrialLink` the report goes through it (training does not wait for the
+    storage); the run also stops (interrupted, its checkpoint kept) when the link lost its
+    trial to another worker or its storage for longer than the retry limit.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, prune: bool, link: TrialLink | None = None) -> None:
+        self.trial, self.metric, self.prune, self.link = trial, metric, prune, link
 
     def on_fit_start(self, trainer: Any) -> None:
         # A resumed trial (the queued copy of an interrupted one) reports its earlier epochs again.
@@ -93,16 +114,29 @@ class ReportToStudy(Callback):
 
     def on_epoch_end(self, trainer: Any) -> None:
         check_stop()
-        if self._report(trainer.state.metrics) and self.prune and self.trial.should_prune():
+        link = self.link
+        if link is not None and (link.lost or link.unreachable is not None):
+            trainer.state.should_stop = True
+            trainer.state.stop_reason = StopReason.INTERRUPTED
+            return
+        step = self._report(trainer.state.metrics)
+        if step is not None and self.prune and self._should_prune(step):
             trainer.state.should_stop = True
             trainer.state.stop_reason = StopReason.PRUNED
 
-    def _report(self, m: dict[str, Any]) -> bool:
+    def _report(self, m: dict[str, Any]) -> int | None:
         value = m.get(self.metric)
         if value is None or not math.isfinite(value):
-            return False
-        self.trial.report(float(value), step=int(m["epoch"]))
-        return True
+            return None
+        step = int(m["epoch"])
+        if self.link is not None:
+            self.link.report(float(value), step)
+        else:
+            self.trial.report(float(value), step=step)
+        return step
+
+    def _should_prune(self, step: int) -> bool:
+        return self.link.should_prune(step) if self.link is not None else self.trial.should_prune()
 
 
 def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
@@ -133,6 +167,9 @@ class Objective:
         self.distinct_points = distinct_points  # the method visits each point once (grid)
         self.trial_number: int | None = None
         self.disk_full = False  # a trial of this worker found the disk full: start no more
+        self.link: TrialLink | None = None  # the running trial's line to the storage (`run_trial`)
+        self.patience: Patience | None = None  # the storage's, for writes after Ctrl-C
+        self.first_seen: dict[int, float] = {}  # trial number -> when `discard_reason` first waited for it
 
     def __call__(self, trial: optuna.Trial) -> float:
         wc, spec = self.wc, self.wc.spec
@@ -163,7 +200,8 @@ class Objective:
 
         device = device_overrides(wc.device, wc.spawned)
         all_overrides = {**spec.constant_overrides(), **overrides, **device}
-        callbacks: list[Callback] = [ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None)]
+        callbacks: list[Callback] = [ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None,
+                                                   link=self.link)]
         if spec.test != "all":
             callbacks.append(SkipTestSplit())
         command = f"{wc.command} (trial {trial.number:04d})"
@@ -176,13 +214,18 @@ class Objective:
                                command=command)
         except KeyboardInterrupt:
             reason = rundir.read_summary(run_dir).get("stop_reason") or "interrupted"
-            trial.set_user_attr("result", {"status": "interrupted", "reason": f"interrupted ({reason})"})
+            with self.no_wait(), contextlib.suppress(Exception):
+                trial.set_user_attr("result", {"status": "interrupted", "reason": f"interrupted ({reason})"})
             raise
         except Exception as e:
             mf = machine_failure_of(e, run_dir, all_overrides)
             if mf is not None:
                 return self.fail_machine(trial, mf, run_dir)
             return self.fail(trial, f"{type(e).__name__}: {e}", run_dir=run_dir)
+        if self.link is not None:
+            self.link.close()  # the epochs' reports are written (waiting for the storage if it is away)
+            if self.link.lost:
+                raise TrialTakenOver()
         s = result.summary
         best = best_of(result.metrics, spec.metric, spec.goal)
         res = {"status": s.get("status"), "reason": s.get("stop_reason"), "best": best,
@@ -244,29 +287,45 @@ class Objective:
         if fresh is not None:
             self.study.enqueue_trial(fresh, skip_if_exists=True)
 
-    def discard_reason(self, trial: optuna.Trial) -> str | None:
+    def no_wait(self) -> Any:
+        """Storage calls in this block are tried once (clean-up after Ctrl-C: never wait for an outage)."""
+        return self.patience.no_wait() if self.patience is not None else contextlib.nullcontext()
+
+    def discard_reason(self, trial: optuna.Trial, settle_s: float = 30.0) -> str | None:
         """Checked after sampling, so that two workers racing for the last slot agree.
 
         Of two trials with the same point (of a grid) the lower number keeps it; a new trial
         beyond the cap (counting only lower numbers) gives way. Queued copies of a
-        lost trial never count against the cap: they replace it.
+        lost trial never count against the cap: they replace it. An earlier running trial
+        still writing its values (they are stored one by one) may be heading for this
+        trial's point: its values are waited for (up to `settle_s` seconds from when this
+        worker first waited for that trial, so that one whose worker died is not waited for again).
         """
         spec = self.wc.spec
-        trials = self.study.get_trials(deepcopy=False)
-        led = st.ledger(trials)
-        me = next(t for t in trials if t.number == trial.number)
-        earlier = [t for t in led.visible if t.number < me.number]
-        if cf.is_confirmation(me):  # one trial per (configuration, seed); the cap counts screening only
-            dup = cf.duplicate_of(me, earlier, spec)
-            return None if dup is None else f"same configuration and seed as trial {dup.number:04d}"
-        earlier = [t for t in earlier if not cf.is_confirmation(t)]
-        if self.distinct_points:
-            keys = [p.display for p in spec.varied]
+        keys = [p.display for p in spec.varied]
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            led = st.ledger(trials)
+            me = next(t for t in trials if t.number == trial.number)
+            earlier = [t for t in led.visible if t.number < me.number]
+            if cf.is_confirmation(me):  # one trial per (configuration, seed); the cap counts screening only
+                dup = cf.duplicate_of(me, earlier, spec)
+                return None if dup is None else f"same configuration and seed as trial {dup.number:04d}"
+            earlier = [t for t in earlier if not cf.is_confirmation(t)]
+            if not self.distinct_points:
+                break
             mine = st.point_of(me, keys)
-            for t in earlier:
-                if st.point_of(t, keys) == mine:
-                    self.propose_unvisited(led.visible, keys)
-                    return f"same point as trial {t.number:04d}"
+            same = next((t for t in earlier if st.point_of(t, keys) == mine), None)
+            if same is not None:
+                self.propose_unvisited(led.visible, keys)
+                return f"same point as trial {same.number:04d}"
+            now = time.monotonic()
+            unsettled = [t for t in earlier if t.state == TrialState.RUNNING and st.point_of(t, keys) is None
+                         and all(t.params[k] == me.params.get(k) for k in t.params)
+                         and now - self.first_seen.setdefault(t.number, now) < settle_s]
+            if not unsettled:
+                break
+            time.sleep(0.1)
         is_copy = "failed_trial" in me.system_attrs
         if self.wc.total is not None and not is_copy and len(earlier) >= self.wc.total:
             return "the sweep already has all its trials"
@@ -329,15 +388,16 @@ def run_worker(wc: WorkerConfig) -> None:
     """Run trials until the sweep is complete. Ctrl-C re-queues the running trial and re-raises."""
     from trainpipe.sweep.results import write_results
 
-    storage = st.make_storage(wc.storage_url)
+    storage = st.make_storage(wc.storage_url, wc.db, say=wc.say, patient_open=True)
     search = wc.spec.search()
     study = optuna.load_study(study_name=wc.study_name, storage=storage, sampler=search.sampler(),
                               pruner=st.pruner_for(wc.spec, wc.epochs))
     finite = search.points is not None or wc.spec.finite_space() is not None
     objective = Objective(wc, study, distinct_points=finite)
+    objective.patience = storage.patience
     points = wc.spec.space_size() if finite else None
     said_wait = False
-    beat = None if isinstance(storage, optuna.storages.RDBStorage) else st.Beat(wc.sweep_dir, wc.heartbeat_interval)
+    beat = st.Beat(wc.sweep_dir, wc.heartbeat_interval) if st.is_journal(wc.storage_url) else None
     took: list[float] = []  # how long each of this worker's trials took, from start to written results
     try:
         while True:
@@ -346,7 +406,8 @@ def run_worker(wc: WorkerConfig) -> None:
             if wc.spawned and _parent_gone():
                 wc.say("the sweep command is gone; this worker stops")
                 return
-            for n in st.reap_dead_trials(study, grace_period=wc.grace_period, sweep_dir=wc.sweep_dir):
+            for n in st.reap_dead_trials(study, grace_period=wc.grace_period, sweep_dir=wc.sweep_dir,
+                                         connectivity=storage.patience.connectivity):
                 wc.say(f"trial {n:04d} lost its worker; queued again")
             led = st.ledger(study.get_trials(deepcopy=False))
             action = next_action(wc.spec, cf.screening(led), wc.total, points)
@@ -388,8 +449,14 @@ def run_worker(wc: WorkerConfig) -> None:
                 bd.touch(wc.sweep_dir)
                 took.append(time.perf_counter() - began)
     except KeyboardInterrupt:
-        release(study, objective.trial_number)
-        write_results(wc.sweep_dir, study, wc.spec)
+        with storage.patience.no_wait():
+            release(study, objective.trial_number)
+            try:
+                write_results(wc.sweep_dir, study, wc.spec)
+            except DatabaseUnreachable:
+                pass  # the next start writes them
+        raise
+    except DatabaseUnreachable:
         raise
     except Exception:
         # Optuna then reports a failed write to its storage as "AssertionError: Should not reach."
@@ -438,49 +505,156 @@ def fits_budget(wc: WorkerConfig, trials: list[Any], took: list[float]) -> bool:
 
 
 def run_trial(study: optuna.Study, objective: Objective, wc: WorkerConfig) -> None:
-    """Ask for a trial, run it while a heartbeat thread beats for it, tell its outcome.
+    """Ask for a trial, run it with its `TrialLink`, tell its outcome.
 
-    A failed or discarded trial is told FAIL and the worker goes on; any other exception
-    (Ctrl-C included) is told FAIL and raised.
+    A failed or discarded trial is told FAIL and the worker goes on; Ctrl-C and any
+    other exception are told FAIL (if the storage answers at once) and raised;
+    `DatabaseUnreachable` is raised with the trial left running (the next start
+    re-queues it, and its copy continues from its checkpoint). A trial another worker
+    took over is dropped.
     """
     trial = study.ask()
-    beat = Heartbeat(trial, wc.heartbeat_interval)
-    beat.start()
-    value, state = None, TrialState.FAIL
+    link = TrialLink(trial, wc.heartbeat_interval, prune=wc.spec.hyperband is not None,
+                     connectivity=objective.patience.connectivity if objective.patience else None)
+    objective.link = link
+    link.start()
     try:
-        value, state = objective(trial), TrialState.COMPLETE
-    except (TrialFailed, TrialDiscarded):
-        pass
-    except optuna.TrialPruned:
-        state = TrialState.PRUNED
+        value, state = None, TrialState.FAIL
+        try:
+            value, state = objective(trial), TrialState.COMPLETE
+        except (TrialFailed, TrialDiscarded):
+            pass
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        link.close()
+        try:
+            study.tell(trial, value, state=state)
+        except (ValueError, RuntimeError) as e:  # finished already: another worker failed it meanwhile
+            raise TrialTakenOver() from e
+    except DatabaseUnreachable:
+        link.abandon()
+        raise
+    except BaseException as e:
+        link.abandon()
+        if isinstance(e, TrialTakenOver) or trial_finished(e):
+            wc.say(f"trial {trial.number:04d} was given to another worker while this one could not reach the "
+                   f"database; this copy stops (its result would count twice)")
+            return
+        with objective.no_wait(), contextlib.suppress(Exception):
+            study.tell(trial, state=TrialState.FAIL)
+        raise
     finally:
-        beat.stop()
-        study.tell(trial, value, state=state)
+        objective.link = None
         gc.collect()
 
 
-class Heartbeat(threading.Thread):
-    """Rewrites the trial's `heartbeat` user attribute every `interval` seconds until stopped.
+class TrialLink(threading.Thread):
+    """The running trial's line to the storage, off the training thread.
 
-    Other workers take a trial whose heartbeat stands still for the grace period for
-    dead (`study.Liveness`). A failed write is tried again at the next beat.
+    Writes the trial's `heartbeat` user attribute every `interval` seconds (other
+    workers take a trial whose heartbeat stands still for the grace period for dead,
+    `study.Liveness`), and the per-epoch reports in order, each followed by the pruner's
+    answer when pruning. While the storage is away these calls wait in this thread
+    (the storage retries them) and training goes on. A write refused because the trial
+    is finished means another worker took it over (`lost`); an outage past the retry
+    limit ends the link (`unreachable`). Any other failed heartbeat is tried again at
+    the next beat.
     """
 
-    def __init__(self, trial: optuna.Trial, interval: float) -> None:
-        super().__init__(name=f"trainpipe-heartbeat-{trial.number}", daemon=True)
-        self.trial, self.interval = trial, interval
-        self.done = threading.Event()
+    def __init__(self, trial: optuna.Trial, interval: float, *, prune: bool = False,
+                 connectivity: Connectivity | None = None) -> None:
+        super().__init__(name=f"trainpipe-trial-{trial.number}", daemon=True)
+        self.trial, self.interval, self.prune, self.connectivity = trial, interval, prune, connectivity
+        self.cv = threading.Condition()
+        self.pending: list[tuple[int, float]] = []
+        self.answers: dict[int, bool] = {}
+        self.closing = self.abandoned = self.lost = False
+        self.unreachable: DatabaseUnreachable | None = None
+
+    def report(self, value: float, step: int) -> None:
+        with self.cv:
+            self.pending.append((step, value))
+            self.cv.notify_all()
+
+    def should_prune(self, step: int) -> bool:
+        """The pruner's answer once the report of `step` is written; False (train on) while the storage is away."""
+        with self.cv:
+            while step not in self.answers and self.pending and not self.done:
+                self.cv.wait(0.05)
+                if self.pending and self.connectivity is not None and self.connectivity.down:
+                    return False
+            return self.answers.get(step, False)
+
+    @property
+    def done(self) -> bool:
+        return self.lost or self.abandoned or self.unreachable is not None
 
     def run(self) -> None:
-        while not self.done.wait(self.interval):
+        next_beat = time.monotonic() + self.interval
+        while True:
+            with self.cv:
+                while not self.pending and not self.closing and not self.abandoned \
+                        and time.monotonic() < next_beat:
+                    self.cv.wait(max(0.0, next_beat - time.monotonic()))
+                if self.abandoned or (self.closing and not self.pending):
+                    return
+                item = self.pending[0] if self.pending else None
             try:
-                self.trial.set_user_attr("heartbeat", dt.datetime.now().isoformat(timespec="seconds"))
-            except Exception:  # noqa: BLE001 - the storage may be away for a moment; the next beat tries again
-                pass
+                if item is not None:
+                    self.write_report(*item)
+                elif time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval
+                    self.beat()
+            except DatabaseUnreachable as e:
+                self.end(unreachable=e)
+                return
+            except Exception:  # noqa: BLE001 - only a finished trial gets here (see write_report, beat)
+                self.end(lost=True)
+                return
 
-    def stop(self) -> None:
-        self.done.set()
-        self.join()
+    def write_report(self, step: int, value: float) -> None:
+        answer = False
+        try:
+            self.trial.report(value, step=step)
+            answer = self.prune and self.trial.should_prune()
+        except Exception as e:  # noqa: BLE001 - a report Optuna refuses is dropped; training goes on
+            if isinstance(e, DatabaseUnreachable) or trial_finished(e):
+                raise
+        with self.cv:
+            self.pending.pop(0)
+            self.answers[step] = answer
+            self.cv.notify_all()
+
+    def beat(self) -> None:
+        try:
+            self.trial.set_user_attr("heartbeat", dt.datetime.now().isoformat(timespec="seconds"))
+        except Exception as e:  # noqa: BLE001 - the next beat tries again
+            if isinstance(e, DatabaseUnreachable) or trial_finished(e):
+                raise
+
+    def end(self, *, lost: bool = False, unreachable: DatabaseUnreachable | None = None) -> None:
+        with self.cv:
+            self.lost = self.lost or lost
+            self.unreachable = self.unreachable or unreachable
+            self.cv.notify_all()
+
+    def close(self) -> None:
+        """Stop once the pending reports are written; raises `DatabaseUnreachable` if that failed."""
+        with self.cv:
+            self.closing = True
+            self.cv.notify_all()
+        while self.is_alive():  # waiting for the storage: Ctrl-C still stops the worker
+            self.join(0.2)
+            check_interrupt()
+        if self.unreachable is not None:
+            raise self.unreachable
+
+    def abandon(self) -> None:
+        """Stop without waiting for the storage (Ctrl-C, a lost trial, a lost storage)."""
+        with self.cv:
+            self.abandoned = True
+            self.pending.clear()
+            self.cv.notify_all()
 
 
 def release(study: optuna.Study, number: int | None) -> None:
@@ -567,3 +741,6 @@ def worker_main(wc: WorkerConfig) -> None:
     except ConfigError as e:
         wc.say(f"error: {' '.join(str(e).split())}")
         sys.exit(2)
+    except DatabaseUnreachable as e:
+        wc.say(f"stopped: {e}")
+        sys.exit(EXIT_DB_UNREACHABLE)
