@@ -108,3 +108,18 @@ def test_a_change_that_invalidates_finished_trials_is_refused_naming_the_key(tmp
         [(0, 0.1, 0), (1, 0.02, 0), (2, 0.1, 1), (3, 0.02, 1)]
     assert len(out.rows) == 4 and "parameters.seed is new; the finished trials ran with 0, one of its values" in \
         (d / "results.md").read_text()
+
+
+def test_the_dry_run_says_whether_a_changed_file_extends_the_sweep(tmp_path: Path) -> None:
+    from trainpipe.sweep.run import dry_run
+
+    s = sweep_file(tmp_path, {"optim.lr": {"values": [0.1]}}, fixed=ONE_EPOCH, test="none")
+    d = tmp_path / "sw"
+    run_sweep(s, d)
+    _rewrite(s, parameters={"optim.lr": {"values": [0.1, 0.02]}})
+    lines = dry_run(s, d, timed=False)
+    assert "extends the sweep: parameters.optim.lr: added 0.02 (the finished trials are kept)" in lines
+    _rewrite(s, fixed={**ONE_EPOCH, "train.epochs": 3})
+    assert any(line.startswith("refused: ") and "fixed.train.epochs is 3, was 1" in line
+               for line in dry_run(s, d, timed=False))
+    assert not (d / "extensions.json").exists()  # a dry run writes nothing

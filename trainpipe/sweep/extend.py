@@ -190,6 +190,19 @@ def refusal(d: Path, refused: list[Change], source: str | None) -> ConfigError:
         f"({kept}), or pass another --output to start a new sweep.")
 
 
+def preview(spec: SweepSpec, d: Path, meta: dict[str, Any]) -> list[str]:
+    """The dry run's words on a changed sweep file: what running it would extend, or why it is refused."""
+    old = accepted_spec(d, meta, spec)
+    if old is None:
+        return [] if meta.get("fingerprint") == spec.fingerprint() else [str(refusal(d, [Change(
+            "sweep", "the search changed", "the finished trials came from the old one")], spec.source))]
+    found = changes(old, spec)
+    refused = [c for c in found if not c.accepted]
+    if refused:
+        return [f"refused: {refusal(d, refused, spec.source)}"]
+    return [f"extends the sweep: {'; '.join(c.text for c in found)} (the finished trials are kept)"] if found else []
+
+
 def reconcile(spec: SweepSpec, d: Path, meta: dict[str, Any], url: str) -> dict[str, Any]:
     """Accept the changed sweep file as an extension of the sweep in `d` (moving its trials to a new
     study where its distributions change), or refuse it; returns study.json's new content."""

@@ -72,7 +72,8 @@ class SweepOutcome:
         installed, else a `Table`."""
         from trainpipe.run.result import as_table
 
-        return as_table([{"trial": r.name, "state": r.state, **r.shown, "best": r.value, "test/acc": r.test_acc,
+        return as_table([{"trial": r.name, "state": r.state, **({"stage": r.stage} if r.stage else {}),
+                          **r.shown, "best": r.value, "test/acc": r.test_acc,
                           "epochs": r.epochs, "wall_time_s": r.wall_time_s, "reason": r.reason} for r in self.rows],
                         index="trial")
 
@@ -498,6 +499,10 @@ def dry_run(sweep: str | Path, output: str | Path | None = None, *, workers: int
     lines = plan_lines(spec, total, workers)
     lines.append(f"directory: {d}" + (" (exists: running the sweep resumes it; finished trials are not run again)"
                                       if meta is not None else ""))
+    if meta is not None:  # a changed sweep file: what running it would do (`sweep.extend`)
+        from trainpipe.sweep.extend import preview
+
+        lines += preview(spec, d, meta)
     print("\n".join(lines), flush=True)
     if timed:
         print("timing a few steps of the first configuration ...", flush=True)
