@@ -314,6 +314,9 @@ def move_trials(spec: SweepSpec, d: Path, meta: dict[str, Any], url: str,
         for name, stored in (fill or {}).items():
             if old_names and all(n in params for n in old_names):  # a trial with all of its values
                 params[name], dists[name] = stored, CategoricalDistribution(by_name[name].choices())
+            # A queued trial (`Study.enqueue_trial`) carries its values in the system attribute
+            # "fixed_params", which Optuna's samplers read when the trial starts; no public call
+            # edits a queued trial's values. Checked on Optuna 3.6.0 and 5.1.0.
             if isinstance(system.get("fixed_params"), dict):  # a queued one
                 system["fixed_params"] = {**system["fixed_params"], name: stored}
         new.add_trial(FrozenTrial(number=t.number, state=t.state, value=None, values=t.values,
