@@ -310,6 +310,9 @@ def _wait(conn: Any) -> None:
         state = conn.poll()
         if state == ext.POLL_OK:
             return
+        # A signal inside a sweep's handling block sets a stop request rather than raising:
+        # honour it here, or the wait would last until the timeout.
+        check_interrupt()
         left = deadline - time.monotonic()
         if left <= 0:
             # Worded as a lost connection, so that SQLAlchemy throws the connection away.
