@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,10 +30,16 @@ def pg() -> Iterator[PgServer]:
     server.close()
 
 
+def _as_from_a_terminal() -> None:
+    # A test runner's worker may ignore SIGINT, and a child inherits that; a command started from
+    # a terminal takes Ctrl-C with Python's default handler, which is what these tests are about.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def trainpipe_sweep(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "trainpipe", "sweep", *args],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_as_from_a_terminal)
 
 
 def on_another_machine(machine: str, sweep: Path, storage: str, output: str) -> subprocess.Popen:
