@@ -288,8 +288,8 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
     md = "\n".join([
         (f"`{command}`, measured {today()} on {device}, "
          f"{hardware(threads=False)}; 1/5/15-minute load average {', '.join(f'{x:.1f}' for x in load_before)} "
-         f"before and {', '.join(f'{x:.1f}' for x in load_after)} after (the machine's 2 cores were shared with "
-         f"other processes throughout). Whole processes, in alternating order"
+         f"before and {', '.join(f'{x:.1f}' for x in load_after)} after (the benchmark's own processes count in it). "
+         f"Whole processes, in alternating order"
          f"{' (quick mode: tiny sizes, not for quoting)' if quick else ''}."),
         "",
         body,

@@ -407,12 +407,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def _signal_exit_code() -> int:
     """128 + the number of the signal that stopped the command (130 Ctrl-C, 143 SIGTERM, 138
     SIGUSR1), for a run and a sweep alike; 130 when no signal was recorded (a KeyboardInterrupt)."""
-    signum = None
-    if "trainpipe.run.signals" in sys.modules:
-        from trainpipe.run import signals
+    if "trainpipe.run.signals" not in sys.modules:  # stopped before any signal handling began
+        return EXIT_INTERRUPTED
+    from trainpipe.run import signals
 
-        signum = signals.received()
-    return 128 + signum if signum else EXIT_INTERRUPTED
+    return signals.exit_code(signals.received())  # the one rule, also for Slurm tasks (launch.slurm)
 
 
 def _interrupted(run_dir: Path | None) -> int:

@@ -46,6 +46,20 @@ def test_options_come_from_the_slurm_block_and_the_flags() -> None:
         slurm.options({"time": "soon"})
 
 
+def test_a_task_stopped_by_a_signal_exits_as_every_command_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    requeued: list[bool] = []
+    monkeypatch.setattr(slurm, "requeue_self", lambda: requeued.append(True))
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert slurm._after_signal(signal.SIGTERM) == 143 and not requeued  # scancel, preemption: no requeue
+    assert slurm._after_signal(None) == 130  # a KeyboardInterrupt with no signal recorded
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert slurm._after_signal(slurm.TIME_LIMIT_SIGNAL) == 138 and not requeued  # only rank 0 requeues the job
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert slurm._after_signal(slurm.TIME_LIMIT_SIGNAL) == 138 and requeued == [True]
+
+
 def test_dry_run_shows_the_sbatch_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("submitit")

@@ -238,9 +238,13 @@ def _threads() -> None:
 
 
 def _after_signal(signum: int | None) -> int:
+    """A task stopped by a signal: requeued when it was the time-limit warning, and the exit
+    code every trainpipe command gives after a signal (128 + its number, `signals.exit_code`)."""
+    from trainpipe.run import signals
+
     if signum == TIME_LIMIT_SIGNAL and int(os.environ.get("SLURM_PROCID", "0")) == 0:
         requeue_self()
-    return 128 + (signum or int(signal.SIGINT))
+    return signals.exit_code(signum)
 
 
 # ------------------------------------------------------------------ sweeps
@@ -272,7 +276,7 @@ def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str |
                  wait: bool = False) -> int:
     """`trainpipe sweep FILE --slurm`: submit the workers the sweep still needs as one job array."""
     from trainpipe.sweep.run import finish_sweep, locate, prepare_sweep
-    from trainpipe.sweep.worker import WorkerConfig
+    from trainpipe.sweep.worker import EXIT_DB_UNREACHABLE, WorkerConfig
 
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers (Slurm array tasks) must be at least 1; got {workers}.")
@@ -305,8 +309,11 @@ def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str |
               f"stays resumable: trainpipe sweep {d} --slurm submits what is left).", flush=True)
     if not wait:
         return 0
-    _wait_for(folder)
-    return 0 if not finish_sweep(p, False).interrupted else 130
+    _wait_for(folder)  # a signal here raises KeyboardInterrupt: the command exits 128 + its number
+    outcome = finish_sweep(p, False)
+    # As a sweep on this machine ends (`trainpipe sweep` without --slurm): 75 when trials failed for
+    # a reason of the machine (queued again: submitting once more runs them), else 0.
+    return EXIT_DB_UNREACHABLE if outcome.machine_failures or outcome.unreachable else 0
 
 
 def _tasks_needed(p: Any, workers: int | None, folder: Path) -> int:
