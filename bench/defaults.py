@@ -21,8 +21,11 @@ Workloads:
 
 "Hand-set" is every speed option a user can set in a config, each to its fastest value on
 the device: `train.channels_last=true` for conv nets, `data.loader=device`, and on a GPU
-`train.precision=bf16` and `train.compile=true` (on the CPU, fp32 is the fastest precision
-and compiling takes longer than a short run saves).
+`train.precision=bf16` and `train.compile=true`. `--also bf16,compile` adds the hand-set
+options with each of those as well ("hand-set + bf16", ...), so that the table shows which
+hand-set variant is the fastest on this machine (on the CPU, fp32 and no compiling were
+chosen for the hand-set variant from that measurement); the defaults are compared with the
+fastest hand-set variant of each workload.
 """
 
 from __future__ import annotations
@@ -112,7 +115,25 @@ def hand_set(device: str) -> list[str]:
     return ov
 
 
-def course_variants(data: Path, fraction: float, work: Path, device: str) -> list[Variant]:
+# `--also NAME`: the hand-set options with one more setting, to show which hand-set variant is fastest.
+ALSO = {"bf16": ["train.precision=bf16"], "compile": ["train.compile=true"], "fp32": ["train.precision=fp32"],
+        "no-compile": ["train.compile=false"]}
+HAND = "trainpipe hand-set"
+
+
+def hand_variants(config: str, common: list[str], out: Path, device: str, also: Sequence[str]) -> list[Variant]:
+    """The hand-set variant, then one per `also` name (the hand-set options plus that setting)."""
+    return [Variant(HAND, trainpipe_cmd(config, common + hand_set(device), out / "hand")),
+            *(Variant(f"{HAND} + {name}", trainpipe_cmd(config, common + hand_set(device) + ALSO[name],
+                                                         out / f"hand-{name}")) for name in also)]
+
+
+def fastest_hand(times: dict[str, Times]) -> str:
+    """The hand-set variant with the lowest median wall-clock time."""
+    return min((n for n in times if n.startswith(HAND)), key=lambda n: median(times[n].wall))
+
+
+def course_variants(data: Path, fraction: float, work: Path, device: str, also: Sequence[str] = ()) -> list[Variant]:
     cfg = work / "course.yaml"
     cfg.write_text(json.dumps(COURSE))  # JSON is YAML
     common = [f"data.path={data}", f"data.fraction={fraction}", f"data.cache_dir={work / 'cache'}",
@@ -122,7 +143,7 @@ def course_variants(data: Path, fraction: float, work: Path, device: str) -> lis
     plain = [sys.executable, "-m", "bench.plain_cifar", "--data", str(data), "--fraction", str(fraction),
              "--lr", str(COURSE["optim"]["lr"]), "--batch-size", str(COURSE["data"]["batch_size"]), "--device", device]
     return [Variant("trainpipe defaults", trainpipe_cmd(str(cfg), common, work / "runs" / "defaults")),
-            Variant("trainpipe hand-set", trainpipe_cmd(str(cfg), common + hand_set(device), work / "runs" / "hand")),
+            *hand_variants(str(cfg), common, work / "runs", device, also),
             Variant("plain PyTorch loop", plain)]
 
 
@@ -138,10 +159,11 @@ def thread_variants(data: Path, fraction: float, work: Path) -> list[Variant]:
             for n, env in (("1 thread", "1"), ("torch's default threads", None))]
 
 
-def config_variants(name: str, overrides: Sequence[str], work: Path, device: str) -> list[Variant]:
+def config_variants(name: str, overrides: Sequence[str], work: Path, device: str,
+                    also: Sequence[str] = ()) -> list[Variant]:
     common = [*overrides, "train.epochs=1", f"data.cache_dir={work / 'cache'}", f"train.device={device}"]
     return [Variant("trainpipe defaults", trainpipe_cmd(name, common, work / "runs" / f"{name}-defaults")),
-            Variant("trainpipe hand-set", trainpipe_cmd(name, common + hand_set(device), work / "runs" / f"{name}-hand"))]
+            *hand_variants(name, common, work / "runs" / name, device, also)]
 
 
 def packaged(data_root: Path, cifar10: Path | None, quick: bool, fraction: float = 0.2) -> dict[str, list[str]]:
@@ -209,7 +231,7 @@ def _load() -> str:
 
 def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None = None, fraction: float = 0.2,
         full: bool = False, full_rounds: int = 1, device: str = "cpu", configs: bool = True, threads: bool = True,
-        config_rounds: int | None = None, per_class: tuple[int, int] | None = None,
+        config_rounds: int | None = None, per_class: tuple[int, int] | None = None, also: Sequence[str] = (),
         work: Path | None = None, command: str = "python -m bench defaults") -> Section:
     """`rounds=0` leaves out the rounds on a share of the epoch (then `full` gives the ratio
     to the plain loop). Every workload's table row carries the 1-minute load average before
@@ -249,16 +271,16 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
             return t
 
         vs_plain = full_vs_plain = None
-        vs_hand: list[float] = []
+        vs_hand: list[tuple[float, str]] = []  # (defaults / the fastest hand-set variant, its name)
         if rounds:
-            course = section(f"resnet18{where}", course_variants(data, fraction, work, device), rounds)
+            course = section(f"resnet18{where}", course_variants(data, fraction, work, device, also), rounds)
             vs_plain = ratio(course, "trainpipe defaults", "plain PyTorch loop")
-            vs_hand.append(ratio(course, "trainpipe defaults", "trainpipe hand-set"))
+            vs_hand.append((ratio(course, "trainpipe defaults", fastest_hand(course)), fastest_hand(course)))
         if full:
-            whole = section("resnet18, full epoch", course_variants(whole_data, 1.0, work, device), full_rounds,
+            whole = section("resnet18, full epoch", course_variants(whole_data, 1.0, work, device, also), full_rounds,
                             warm_up=True)
             full_vs_plain = ratio(whole, "trainpipe defaults", "plain PyTorch loop")
-            vs_hand.append(ratio(whole, "trainpipe defaults", "trainpipe hand-set"))
+            vs_hand.append((ratio(whole, "trainpipe defaults", fastest_hand(whole)), fastest_hand(whole)))
         if threads and device == "cpu":
             t = section(f"2 at once, resnet18{where}", thread_variants(data, fraction, work), config_rounds,
                         baseline="2 processes x 1 thread", warm_up=False)
@@ -268,22 +290,23 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
         if configs:
             for name, overrides in packaged(SHARED_DATA, whole_data if not quick else None, quick, fraction).items():
                 t = section(name + (f" ({overrides[-1]})" if overrides else ""),
-                            config_variants(name, overrides, work, device), config_rounds)
-                vs_hand.append(ratio(t, "trainpipe defaults", "trainpipe hand-set"))
+                            config_variants(name, overrides, work, device, also), config_rounds)
+                vs_hand.append((ratio(t, "trainpipe defaults", fastest_hand(t)), fastest_hand(t)))
     load_after = os.getloadavg()
     body = table(["workload", "variant", "wall s (median, min-max)", "CPU s (median)",
                   "speed vs defaults (median wall)", "load before / after"], rows)
     print(body)
     main_ratio = full_vs_plain if full_vs_plain is not None else vs_plain
     plain_ok = main_ratio is not None and main_ratio <= MAX_VS_PLAIN
-    hand_ok = bool(vs_hand) and max(vs_hand) <= MAX_VS_HAND
+    hand_ok = bool(vs_hand) and max(v for v, _ in vs_hand) <= MAX_VS_HAND
     if main_ratio is not None:
         notes.append("resnet18 defaults / plain loop: "
                      + ", ".join(f"{v:.3f} on {w}" for v, w in ((vs_plain, "the rounds' workload"),
                                                                 (full_vs_plain, "the full epoch")) if v is not None)
                      + f" (bound {MAX_VS_PLAIN}: {'within' if plain_ok else 'OVER'}).")
     if vs_hand:
-        notes.append(f"defaults / hand-set, worst workload: {max(vs_hand):.3f} (bound {MAX_VS_HAND}: "
+        worst, which = max(vs_hand)
+        notes.append(f"defaults / the fastest hand-set variant ({which}), worst workload: {worst:.3f} (bound {MAX_VS_HAND}: "
                      f"{'within' if hand_ok else 'OVER'}).")
     md = "\n".join([
         (f"`{command}`, measured {today()} on {device}, "
@@ -315,13 +338,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config-rounds", type=int, help="rounds of the packaged configs and the threads check (default 3)")
     p.add_argument("--no-configs", action="store_true", help="the resnet18 workload only")
     p.add_argument("--no-threads", action="store_true", help="skip the two-trainings-at-once check")
+    p.add_argument("--also", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="NAME[,NAME]",
+                   help=f"more hand-set variants: the hand-set options plus one of {', '.join(ALSO)} each")
     add_write_option(p)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv_list)
+    unknown = [x for x in a.also if x not in ALSO]
+    if unknown:
+        p.error(f"--also: unknown {', '.join(unknown)}; choose from {', '.join(ALSO)}")
     section = run(a.quick, cifar10=a.cifar10, rounds=a.rounds, fraction=a.fraction, full=a.full,
                   full_rounds=a.full_rounds, device=a.device,
                   configs=not a.no_configs, threads=not a.no_threads, config_rounds=a.config_rounds,
-                  per_class=a.per_class, command=" ".join(["python -m bench defaults", *argv_list]))
+                  per_class=a.per_class, also=a.also, command=" ".join(["python -m bench defaults", *argv_list]))
     publish(section, a)
     return 0 if section.ok or a.quick else 1  # --quick checks that it runs; its sizes prove no bound
 

@@ -215,6 +215,14 @@ def test_defaults_bench_runs_valid_commands_and_reports_its_bounds(tmp_path: Pat
     assert re.search(r"\| resnet18 +\| plain PyTorch loop +\| 10\.0 \(10\.0-10\.0\)", section.markdown)
     wall["trainpipe defaults"] = 7.5  # slower than the plain loop's 0.7 and than hand-set
     assert not bench_defaults.run(quick=True, work=tmp_path, threads=False).ok
+    # --also: the defaults are held to the fastest hand-set variant, whichever it is
+    wall.update({"trainpipe defaults": 6.0, "trainpipe hand-set + bf16": 5.0, "trainpipe hand-set + compile": 7.0})
+    seen.clear()
+    section = bench_defaults.run(quick=True, work=tmp_path, threads=False, configs=False, also=["bf16", "compile"])
+    hand = {v.name: v.command for v in seen if v.name.startswith("trainpipe hand-set")}
+    assert "train.precision=bf16" in hand["trainpipe hand-set + bf16"]
+    assert "train.compile=true" in hand["trainpipe hand-set + compile"]
+    assert not section.ok and "(trainpipe hand-set + bf16), worst workload: 1.200" in section.markdown
 
 
 def test_plain_cifar_loop_trains_on_an_image_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
