@@ -5,7 +5,10 @@ Each variant is a whole process (`python -m trainpipe train ...`,
 `python -m bench.plain_cifar ...`), timed from start to exit: import, data, model, training, the test evaluation, the files
 a run writes. Rounds alternate the order of the variants, so that a busy shared machine slows
 them alike; the table gives the median wall-clock seconds with the range over rounds, the
-processes' CPU seconds (theirs and their DataLoader workers'), and ratios of medians.
+processes' CPU seconds (theirs and their DataLoader workers'), and ratios of medians; for
+trainpipe's variants also the seconds the run itself recorded (`wall_time_s`: without the
+interpreter's start-up and imports, a few seconds that vary between identical processes and
+make up most of a short config's process).
 
 Workloads:
 - `resnet18`: the CIFAR-10 training course reports use: timm's resnet18 (10 classes, no
@@ -70,6 +73,21 @@ class Variant:
 class Times:
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    run: list[float] = field(default_factory=list)  # a trainpipe run's own wall_time_s (summary.json)
+
+
+def run_seconds(v: Variant) -> float | None:
+    """The `wall_time_s` a trainpipe variant's run recorded in its summary.json: the run from
+    its config to its last file, without the interpreter's start-up and imports (which whole
+    processes of a few seconds are mostly made of, and which vary between identical processes)."""
+    cmd = v.command
+    if "--output" not in cmd:
+        return None
+    summary = Path(cmd[cmd.index("--output") + 1]) / "summary.json"
+    try:
+        return float(json.loads(summary.read_text())["wall_time_s"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def run_process(v: Variant, *, timeout: float | None = None) -> tuple[float, float]:
@@ -98,7 +116,11 @@ def alternate(variants: Sequence[Variant], rounds: int) -> dict[str, Times]:
             wall, cpu = run_process(v)
             out[v.name].wall.append(wall)
             out[v.name].cpu.append(cpu)
-            print(f"    {v.name}: {wall:.1f}s wall, {cpu:.1f}s CPU", flush=True)
+            own = run_seconds(v)
+            if own is not None:
+                out[v.name].run.append(own)
+            print(f"    {v.name}: {wall:.1f}s wall, {cpu:.1f}s CPU"
+                  + (f", the run itself {own:.1f}s" if own is not None else ""), flush=True)
     return out
 
 
@@ -173,7 +195,7 @@ def packaged(data_root: Path, cifar10: Path | None, quick: bool, fraction: float
         return out
     mnist = data_root / "mnist" / "data.npz"
     if mnist.is_file():
-        out["mnist"] = ["data.dataset=arrays", f"data.path={mnist}", "data.fraction=0.05"]
+        out["mnist"] = ["data.dataset=arrays", f"data.path={mnist}", "data.fraction=0.2"]
     if cifar10 is not None:  # the folder the resnet18 rounds train on
         out["cifar10_cpu"] = ["data.dataset=imagefolder", f"data.path={cifar10}", "data.download=false",
                               f"data.fraction={fraction}"]
@@ -183,10 +205,13 @@ def packaged(data_root: Path, cifar10: Path | None, quick: bool, fraction: float
 def rows_of(label: str, times: dict[str, Times], baseline: str = "trainpipe defaults") -> list[list[str]]:
     rows = []
     base = median(times[baseline].wall)
+    base_run = median(times[baseline].run) if times[baseline].run else None
     for name, t in times.items():
         m = median(t.wall)
+        own = (f"{median(t.run):.1f} ({base_run / median(t.run):.3f})"
+               if t.run and base_run and len(t.run) == len(t.wall) else "-")
         rows.append([label, name, f"{m:.1f} ({min(t.wall):.1f}-{max(t.wall):.1f})", f"{median(t.cpu):.1f}",
-                     f"{base / m:.3f}"])
+                     f"{base / m:.3f}", own])
     return rows
 
 
@@ -294,7 +319,8 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
                 vs_hand.append((ratio(t, "trainpipe defaults", fastest_hand(t)), fastest_hand(t)))
     load_after = os.getloadavg()
     body = table(["workload", "variant", "wall s (median, min-max)", "CPU s (median)",
-                  "speed vs defaults (median wall)", "load before / after"], rows)
+                  "speed vs defaults (median wall)", "the run itself: s (speed vs defaults)", "load before / after"],
+                 rows)
     print(body)
     main_ratio = full_vs_plain if full_vs_plain is not None else vs_plain
     plain_ok = main_ratio is not None and main_ratio <= MAX_VS_PLAIN

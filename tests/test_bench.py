@@ -225,6 +225,28 @@ def test_defaults_bench_runs_valid_commands_and_reports_its_bounds(tmp_path: Pat
     assert not section.ok and "(trainpipe hand-set + bf16), worst workload: 1.200" in section.markdown
 
 
+def test_defaults_bench_reports_the_runs_own_time_beside_the_process(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from bench import defaults as bench_defaults
+
+    own = {"trainpipe defaults": 2.0, "trainpipe hand-set": 2.5}
+
+    def fake(v: bench_defaults.Variant, timeout: float | None = None) -> tuple[float, float]:
+        if v.name in own:  # what the run writes at its end
+            out = Path(v.command[v.command.index("--output") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps({"wall_time_s": own[v.name]}))
+        return 5.0, 5.0
+
+    monkeypatch.setattr(bench_defaults, "run_process", fake)
+    md = bench_defaults.run(quick=True, work=tmp_path, threads=False, configs=False).markdown
+    assert re.search(r"\| trainpipe defaults +\| 5\.0 \(5\.0-5\.0\) +\| 5\.0 +\| 1\.000 +\| 2\.0 \(1\.000\)", md)
+    assert re.search(r"\| trainpipe hand-set +\| .* \| 2\.5 \(0\.800\)", md)
+    assert re.search(r"\| plain PyTorch loop +\| .* \| - +\|", md)  # not a trainpipe run
+
+
 def test_plain_cifar_loop_trains_on_an_image_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import json
