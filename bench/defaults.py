@@ -257,6 +257,7 @@ def _load() -> str:
 def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None = None, fraction: float = 0.2,
         full: bool = False, full_rounds: int = 1, device: str = "cpu", configs: bool = True, threads: bool = True,
         config_rounds: int | None = None, per_class: tuple[int, int] | None = None, also: Sequence[str] = (),
+        only: Sequence[str] = (),
         work: Path | None = None, command: str = "python -m bench defaults") -> Section:
     """`rounds=0` leaves out the rounds on a share of the epoch (then `full` gives the ratio
     to the plain loop). Every workload's table row carries the 1-minute load average before
@@ -314,6 +315,8 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
                          f"torch's default threads each.")
         if configs:
             for name, overrides in packaged(SHARED_DATA, whole_data if not quick else None, quick, fraction).items():
+                if only and name not in only:
+                    continue
                 t = section(name + (f" ({overrides[-1]})" if overrides else ""),
                             config_variants(name, overrides, work, device, also), config_rounds)
                 vs_hand.append((ratio(t, "trainpipe defaults", fastest_hand(t)), fastest_hand(t)))
@@ -363,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--config-rounds", type=int, help="rounds of the packaged configs and the threads check (default 3)")
     p.add_argument("--no-configs", action="store_true", help="the resnet18 workload only")
+    p.add_argument("--config", action="append", default=[], metavar="NAME",
+                   help="only this packaged config (quickstart, mnist, cifar10_cpu); may be repeated")
     p.add_argument("--no-threads", action="store_true", help="skip the two-trainings-at-once check")
     p.add_argument("--also", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="NAME[,NAME]",
                    help=f"more hand-set variants: the hand-set options plus one of {', '.join(ALSO)} each")
@@ -375,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = run(a.quick, cifar10=a.cifar10, rounds=a.rounds, fraction=a.fraction, full=a.full,
                   full_rounds=a.full_rounds, device=a.device,
                   configs=not a.no_configs, threads=not a.no_threads, config_rounds=a.config_rounds,
-                  per_class=a.per_class, also=a.also, command=" ".join(["python -m bench defaults", *argv_list]))
+                  per_class=a.per_class, also=a.also, only=a.config, command=" ".join(["python -m bench defaults", *argv_list]))
     publish(section, a)
     return 0 if section.ok or a.quick else 1  # --quick checks that it runs; its sizes prove no bound
 

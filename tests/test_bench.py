@@ -223,6 +223,9 @@ def test_defaults_bench_runs_valid_commands_and_reports_its_bounds(tmp_path: Pat
     assert "train.precision=bf16" in hand["trainpipe hand-set + bf16"]
     assert "train.compile=true" in hand["trainpipe hand-set + compile"]
     assert not section.ok and "(trainpipe hand-set + bf16), worst workload: 1.200" in section.markdown
+    # --config NAME: only the packaged configs named
+    assert "| quickstart" in bench_defaults.run(quick=True, work=tmp_path, threads=False).markdown
+    assert "| quickstart" not in bench_defaults.run(quick=True, work=tmp_path, threads=False, only=["mnist"]).markdown
 
 
 def test_defaults_bench_reports_the_runs_own_time_beside_the_process(tmp_path: Path,
