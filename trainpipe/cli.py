@@ -220,19 +220,20 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
             print("\n".join(status_lines(slurm_dir / "slurm")))
         return EXIT_OK
-    if a.slurm:
-        from trainpipe.launch.slurm import submit_sweep
-
-        return submit_sweep(a.sweep, a.output, storage=a.storage, trials=a.trials, overrides=a.overrides,
-                            workers=a.workers, flags=_slurm_values(a), dry_run=a.dry_run, wait=a.wait)
-    if a.dry_run:
-        dry_run(a.sweep, a.output, workers=1 if a.workers is None else a.workers, trials=a.trials,
-                overrides=a.overrides)
-        return EXIT_OK
     from trainpipe.sweep.db import DbSettings
 
     given = {"retry_limit": a.db_retry_limit, "connect_timeout": a.db_connect_timeout,
              "statement_timeout": a.db_statement_timeout}
+    if a.slurm:
+        from trainpipe.launch.slurm import submit_sweep
+
+        return submit_sweep(a.sweep, a.output, storage=a.storage, trials=a.trials, overrides=a.overrides,
+                            workers=a.workers, flags=_slurm_values(a), dry_run=a.dry_run, wait=a.wait,
+                            db=DbSettings(**{k: v for k, v in given.items() if v is not None}))
+    if a.dry_run:
+        dry_run(a.sweep, a.output, workers=1 if a.workers is None else a.workers, trials=a.trials,
+                overrides=a.overrides)
+        return EXIT_OK
     outcome = run_sweep(a.sweep, a.output, workers=1 if a.workers is None else a.workers, devices=a.devices,
                         storage=a.storage, trials=a.trials, overrides=a.overrides, budget=a.budget,
                         db=DbSettings(**{k: v for k, v in given.items() if v is not None}))

@@ -60,6 +60,28 @@ def test_a_task_stopped_by_a_signal_exits_as_every_command_does(monkeypatch: pyt
     assert slurm._after_signal(slurm.TIME_LIMIT_SIGNAL) == 138 and requeued == [True]
 
 
+def test_the_db_flags_travel_to_every_array_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("submitit")
+    monkeypatch.chdir(tmp_path)
+    sent: list = []
+
+    class Job:
+        job_id = "4242_0"
+
+    class Executor:  # what submitit would pickle and send to the array's tasks
+        def map_array(self, fn: object, configs: list) -> list[Job]:
+            sent.extend(configs)
+            return [Job() for _ in configs]
+
+    monkeypatch.setattr(slurm, "executor", lambda *a, **k: Executor())
+    monkeypatch.setattr(slurm, "slurm_states", lambda ids: {})  # nothing submitted before
+    s = _sweep_file(tmp_path)
+    assert main(["sweep", str(s), "--slurm", "--workers", "2", "--db-retry-limit", "42",
+                 "--db-connect-timeout", "3"]) == 0
+    assert len(sent) == 2 and {(c.index, c.db.retry_limit, c.db.connect_timeout) for c in sent} == {(0, 42, 3), (1, 42, 3)}
+    assert all(c.db.statement_timeout == 60 for c in sent)  # the default where no flag was given
+
+
 def test_dry_run_shows_the_sbatch_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("submitit")

@@ -273,8 +273,9 @@ def sweep_worker(wc: Any) -> int:
 
 def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str | None, trials: int | None,
                  overrides: Any, workers: int | None, flags: dict[str, Any], dry_run: bool = False,
-                 wait: bool = False) -> int:
-    """`trainpipe sweep FILE --slurm`: submit the workers the sweep still needs as one job array."""
+                 wait: bool = False, db: Any = None) -> int:
+    """`trainpipe sweep FILE --slurm`: submit the workers the sweep still needs as one job array;
+    `db` (`sweep.db.DbSettings`, the `--db-*` flags) travels with each task's worker config."""
     from trainpipe.sweep.run import finish_sweep, locate, prepare_sweep
     from trainpipe.sweep.worker import EXIT_DB_UNREACHABLE, WorkerConfig
 
@@ -295,7 +296,7 @@ def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str |
         print(sbatch_text(folder, params, array=n, array_parallelism=opts.array_parallelism))
         return 0
     p = prepare_sweep(sweep, output, workers=workers or 1, storage=storage, trials=trials, overrides=overrides,
-                      where=" on Slurm")
+                      where=" on Slurm", db=db)
     n = _tasks_needed(p, workers, folder)
     if n > 0:
         configs = [WorkerConfig(**{**p.common, "sweep_dir": str(d.resolve()), "workers": n}, index=i)
