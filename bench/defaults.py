@@ -150,9 +150,10 @@ def hand_variants(config: str, common: list[str], out: Path, device: str, also: 
                                                          out / f"hand-{name}")) for name in also)]
 
 
-def fastest_hand(times: dict[str, Times]) -> str:
-    """The hand-set variant with the lowest median wall-clock time."""
-    return min((n for n in times if n.startswith(HAND)), key=lambda n: median(times[n].wall))
+def vs_fastest_hand(times: dict[str, Times]) -> tuple[float, str]:
+    """(defaults / the hand-set variant with the lowest median wall-clock time, its name)."""
+    fastest = min((n for n in times if n.startswith(HAND)), key=lambda n: median(times[n].wall))
+    return ratio(times, "trainpipe defaults", fastest), fastest
 
 
 def course_variants(data: Path, fraction: float, work: Path, device: str, also: Sequence[str] = ()) -> list[Variant]:
@@ -301,12 +302,12 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
         if rounds:
             course = section(f"resnet18{where}", course_variants(data, fraction, work, device, also), rounds)
             vs_plain = ratio(course, "trainpipe defaults", "plain PyTorch loop")
-            vs_hand.append((ratio(course, "trainpipe defaults", fastest_hand(course)), fastest_hand(course)))
+            vs_hand.append(vs_fastest_hand(course))
         if full:
             whole = section("resnet18, full epoch", course_variants(whole_data, 1.0, work, device, also), full_rounds,
                             warm_up=True)
             full_vs_plain = ratio(whole, "trainpipe defaults", "plain PyTorch loop")
-            vs_hand.append((ratio(whole, "trainpipe defaults", fastest_hand(whole)), fastest_hand(whole)))
+            vs_hand.append(vs_fastest_hand(whole))
         if threads and device == "cpu":
             t = section(f"2 at once, resnet18{where}", thread_variants(data, fraction, work), config_rounds,
                         baseline="2 processes x 1 thread", warm_up=False)
@@ -319,7 +320,7 @@ def run(quick: bool = False, *, cifar10: Path | None = None, rounds: int | None 
                     continue
                 t = section(name + (f" ({overrides[-1]})" if overrides else ""),
                             config_variants(name, overrides, work, device, also), config_rounds)
-                vs_hand.append((ratio(t, "trainpipe defaults", fastest_hand(t)), fastest_hand(t)))
+                vs_hand.append(vs_fastest_hand(t))
     load_after = os.getloadavg()
     body = table(["workload", "variant", "wall s (median, min-max)", "CPU s (median)",
                   "speed vs defaults (median wall)", "the run itself: s (speed vs defaults)", "load before / after"],

@@ -21,7 +21,6 @@ from pathlib import Path
 from trainpipe.errors import ConfigError, check_output
 
 EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_RETRY = 75  # sysexits' EX_TEMPFAIL: a sweep's trials failed for a reason of the machine; run it again
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
@@ -224,22 +223,21 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
     given = {"retry_limit": a.db_retry_limit, "connect_timeout": a.db_connect_timeout,
              "statement_timeout": a.db_statement_timeout}
+    db = DbSettings(**{k: v for k, v in given.items() if v is not None})
     if a.slurm:
         from trainpipe.launch.slurm import submit_sweep
 
         return submit_sweep(a.sweep, a.output, storage=a.storage, trials=a.trials, overrides=a.overrides,
-                            workers=a.workers, flags=_slurm_values(a), dry_run=a.dry_run, wait=a.wait,
-                            db=DbSettings(**{k: v for k, v in given.items() if v is not None}))
+                            workers=a.workers, flags=_slurm_values(a), dry_run=a.dry_run, wait=a.wait, db=db)
     if a.dry_run:
         dry_run(a.sweep, a.output, workers=1 if a.workers is None else a.workers, trials=a.trials,
                 overrides=a.overrides)
         return EXIT_OK
     outcome = run_sweep(a.sweep, a.output, workers=1 if a.workers is None else a.workers, devices=a.devices,
-                        storage=a.storage, trials=a.trials, overrides=a.overrides, budget=a.budget,
-                        db=DbSettings(**{k: v for k, v in given.items() if v is not None}))
+                        storage=a.storage, trials=a.trials, overrides=a.overrides, budget=a.budget, db=db)
     if outcome.interrupted:
         return _signal_exit_code()
-    return EXIT_RETRY if outcome.machine_failures or outcome.unreachable else EXIT_OK
+    return outcome.exit_code
 
 
 def cmd_report(a: argparse.Namespace) -> int:

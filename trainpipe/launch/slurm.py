@@ -254,7 +254,7 @@ def sweep_worker(wc: Any) -> int:
     from trainpipe.run import signals
     from trainpipe.sweep import study as st
     from trainpipe.sweep.db import DatabaseUnreachable
-    from trainpipe.sweep.worker import EXIT_DB_UNREACHABLE, run_worker
+    from trainpipe.sweep.worker import EXIT_RETRY, run_worker
 
     _threads()
     st.quiet_optuna()
@@ -268,7 +268,7 @@ def sweep_worker(wc: Any) -> int:
         return _after_signal(signals.received())
     except DatabaseUnreachable as e:  # the message says so; the task ends with EX_TEMPFAIL, no traceback
         wc.say(f"stopped: {e}")
-        return EXIT_DB_UNREACHABLE
+        return EXIT_RETRY
 
 
 def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str | None, trials: int | None,
@@ -277,7 +277,7 @@ def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str |
     """`trainpipe sweep FILE --slurm`: submit the workers the sweep still needs as one job array;
     `db` (`sweep.db.DbSettings`, the `--db-*` flags) travels with each task's worker config."""
     from trainpipe.sweep.run import finish_sweep, locate, prepare_sweep
-    from trainpipe.sweep.worker import EXIT_DB_UNREACHABLE, WorkerConfig
+    from trainpipe.sweep.worker import WorkerConfig
 
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers (Slurm array tasks) must be at least 1; got {workers}.")
@@ -311,10 +311,7 @@ def submit_sweep(sweep: str | Path, output: str | Path | None, *, storage: str |
     if not wait:
         return 0
     _wait_for(folder)  # a signal here raises KeyboardInterrupt: the command exits 128 + its number
-    outcome = finish_sweep(p, False)
-    # As a sweep on this machine ends (`trainpipe sweep` without --slurm): 75 when trials failed for
-    # a reason of the machine (queued again: submitting once more runs them), else 0.
-    return EXIT_DB_UNREACHABLE if outcome.machine_failures or outcome.unreachable else 0
+    return finish_sweep(p, False).exit_code  # as a sweep on this machine ends
 
 
 def _tasks_needed(p: Any, workers: int | None, folder: Path) -> int:

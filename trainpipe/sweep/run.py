@@ -47,7 +47,7 @@ from trainpipe.sweep.rebuild import open_or_rebuild
 from trainpipe.sweep.results import TrialRow, config_groups, machine_failures, status_text, trial_rows, \
     write_results
 from trainpipe.sweep.spec import SweepSpec
-from trainpipe.sweep.worker import (EXIT_DB_UNREACHABLE, WorkerConfig, check_stop, check_sweep_dir,
+from trainpipe.sweep.worker import (EXIT_RETRY, WorkerConfig, check_stop, check_sweep_dir,
                                    install_signal_handlers, run_worker, worker_main)
 
 META = st.SWEEP_META
@@ -65,6 +65,13 @@ class SweepOutcome:
     spec: SweepSpec | None = None
     machine_failures: list[TrialRow] = field(default_factory=list)  # out of memory, disk full, a lost GPU
     unreachable: bool = False  # stopped: the database was away for longer than the retry limit
+
+    @property
+    def exit_code(self) -> int:
+        """How `trainpipe sweep` ends when no signal stopped it (with or without --slurm): 75 when
+        running it again is what is needed (trials failed for a reason of the machine, or the
+        database stayed away), else 0."""
+        return EXIT_RETRY if self.machine_failures or self.unreachable else 0
 
     @property
     def trials(self) -> Any:
@@ -596,7 +603,7 @@ def run_processes(configs: list[WorkerConfig]) -> str:
     for p, wc in zip(procs, configs):
         if p.exitcode == 130:
             interrupted = True
-        elif p.exitcode == EXIT_DB_UNREACHABLE:
+        elif p.exitcode == EXIT_RETRY:
             lost_db = True
         elif p.exitcode not in (0, None) and not interrupted:
             print(f"worker {wc.index} stopped with exit code {p.exitcode}; its trial, if any, is queued again "

@@ -52,7 +52,8 @@ from trainpipe.sweep.space import trial_overrides
 from trainpipe.sweep.spec import SweepSpec
 
 EXIT_INTERRUPTED = 130
-EXIT_DB_UNREACHABLE = 75  # sysexits' EX_TEMPFAIL: the database stayed away; run the sweep again later
+EXIT_RETRY = 75  # sysexits' EX_TEMPFAIL: run the sweep again later (the database stayed away, or trials
+#                  failed for a reason of the machine)
 
 
 class TrialFailed(Exception):
@@ -743,4 +744,4 @@ def worker_main(wc: WorkerConfig) -> None:
         sys.exit(2)
     except DatabaseUnreachable as e:
         wc.say(f"stopped: {e}")
-        sys.exit(EXIT_DB_UNREACHABLE)
+        sys.exit(EXIT_RETRY)
