@@ -290,7 +290,7 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_trial_at_the_next_epoch(
         del thing
         assert ref() is None and dropped == [KeyboardInterrupt]
         with pytest.raises(KeyboardInterrupt):
-            ReportToStudy(trial=None, metric="val/acc", prune=False).on_epoch_end(trainer=None)
+            ReportToStudy(link=None, metric="val/acc", prune=False).on_epoch_end(trainer=None)
     finally:
         restore()
 

@@ -100,13 +100,13 @@ class WorkerConfig:
 class ReportToStudy(Callback):
     """Reports the sweep metric to Optuna every epoch; stops the run when the pruner says so.
 
-    With a `TrialLink` the report goes through it (training does not wait for the
+    The report goes through the trial's `TrialLink` (training does not wait for the
     storage); the run also stops (interrupted, its checkpoint kept) when the link lost its
     trial to another worker or its storage for longer than the retry limit.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str, prune: bool, link: TrialLink | None = None) -> None:
-        self.trial, self.metric, self.prune, self.link = trial, metric, prune, link
+    def __init__(self, link: TrialLink, metric: str, prune: bool) -> None:
+        self.link, self.metric, self.prune = link, metric, prune
 
     def on_fit_start(self, trainer: Any) -> None:
         # A resumed trial (the queued copy of an interrupted one) reports its earlier epochs again.
@@ -115,13 +115,12 @@ class ReportToStudy(Callback):
 
     def on_epoch_end(self, trainer: Any) -> None:
         check_stop()
-        link = self.link
-        if link is not None and (link.lost or link.unreachable is not None):
+        if self.link.lost or self.link.unreachable is not None:
             trainer.state.should_stop = True
             trainer.state.stop_reason = StopReason.INTERRUPTED
             return
         step = self._report(trainer.state.metrics)
-        if step is not None and self.prune and self._should_prune(step):
+        if step is not None and self.prune and self.link.should_prune(step):
             trainer.state.should_stop = True
             trainer.state.stop_reason = StopReason.PRUNED
 
@@ -130,14 +129,8 @@ class ReportToStudy(Callback):
         if value is None or not math.isfinite(value):
             return None
         step = int(m["epoch"])
-        if self.link is not None:
-            self.link.report(float(value), step)
-        else:
-            self.trial.report(float(value), step=step)
+        self.link.report(float(value), step)
         return step
-
-    def _should_prune(self, step: int) -> bool:
-        return self.link.should_prune(step) if self.link is not None else self.trial.should_prune()
 
 
 def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
@@ -201,8 +194,8 @@ class Objective:
 
         device = device_overrides(wc.device, wc.spawned)
         all_overrides = {**spec.constant_overrides(), **overrides, **device}
-        callbacks: list[Callback] = [ReportToStudy(trial, spec.metric, prune=spec.hyperband is not None,
-                                                   link=self.link)]
+        assert self.link is not None, "run_trial gives the objective its trial's link"
+        callbacks: list[Callback] = [ReportToStudy(self.link, spec.metric, prune=spec.hyperband is not None)]
         if spec.test != "all":
             callbacks.append(SkipTestSplit())
         command = f"{wc.command} (trial {trial.number:04d})"
