@@ -176,7 +176,6 @@ def _trial_from(d: Path, spec: SweepSpec) -> optuna.trial.FrozenTrial | None:
 
 
 def open_or_rebuild(spec: SweepSpec, sweep_dir: Path, url: str, study_name: str, *, local: bool, epochs: int,
-                    heartbeat_interval: float, grace_period: float,
                     db: DbSettings | None = None) -> tuple[optuna.Study, PatientStorage]:
     """The sweep's study and its storage, the study checked against its trial directories.
 

@@ -346,7 +346,7 @@ def prepare_sweep(
         d.mkdir(parents=True, exist_ok=True)  # for optuna.db; another database is opened first
     st.refuse_sqlite_on_network_fs(url)
     study, storage_obj = open_or_rebuild(spec, d, url, study_name, local=storage is None, epochs=base_cfg.train.epochs,
-                            heartbeat_interval=heartbeat_interval, grace_period=grace_period, db=db)
+                                         db=db)
     retried = st.retry_machine_failures(study, failures.CAUSES)
     if retried:
         print(f"retrying {len(retried)} trial{'s' if len(retried) > 1 else ''} that failed for a reason of the "

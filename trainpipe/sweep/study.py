@@ -142,8 +142,7 @@ def journal_file(path: str | Path) -> Any:
 
 
 def make_storage(url: str, settings: db.DbSettings | None = None, *, say: Callable[[str], None] | None = None,
-                 patient_open: bool = False, heartbeat_interval: float | None = None,
-                 grace_period: float | None = None) -> db.PatientStorage:
+                 patient_open: bool = False) -> db.PatientStorage:
     """The sweep's storage: Optuna's RDBStorage or JournalStorage, each call retried through
     an outage (`trainpipe.sweep.db`).
 
@@ -151,8 +150,7 @@ def make_storage(url: str, settings: db.DbSettings | None = None, *, say: Callab
     Opening a local file (a locked SQLite file, a journal on a network file system that
     does not answer) rides out an outage too; a database server only with `patient_open`
     (a worker joining a running sweep): otherwise a server that cannot be reached when the
-    sweep starts is a bad --storage. (`heartbeat_interval` and `grace_period` are accepted
-    for older callers and unused: liveness is the workers' heartbeat attribute, `Liveness`.)
+    sweep starts is a bad --storage.
     """
     quiet_optuna()
     settings = settings or db.DbSettings()
